@@ -1,0 +1,1 @@
+"""segstream.calibrate: INT8 quantization with a measured accuracy report."""

@@ -1,0 +1,1 @@
+"""segstream.engines: backends, pre/post-processing, models and training."""

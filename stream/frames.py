@@ -1,0 +1,37 @@
+"""The frame that flows from a source through the pipeline."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured camera frame.
+
+    Attributes:
+        camera_id: the source's id (``--source ID=URI``, default ``cam0``, ``cam1``...).
+        seq: per-camera sequence number, counted from 0 as frames leave the source
+            (before any drop), so gaps downstream show drops.
+        t_capture_mono: ``time.monotonic_ns()`` when the sample left the source.
+        t_capture_wall: ``time.time_ns()`` at the same moment (for cross-host clients).
+        image: (H, W, 3) uint8 BGR, C-contiguous.
+    """
+
+    camera_id: str
+    seq: int
+    t_capture_mono: int
+    t_capture_wall: int
+    image: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape[0], self.image.shape[1]
+
+
+def now_ns() -> tuple[int, int]:
+    """(monotonic, wall clock) in nanoseconds, read together."""
+    return time.monotonic_ns(), time.time_ns()
