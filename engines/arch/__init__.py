@@ -1,0 +1,1 @@
+"""Network architectures; each module registers itself in engines.registry."""
