@@ -50,16 +50,18 @@ class Postprocessor:
         logits = output.astype(np.float32, copy=False)
         if box is not None:  # crop the letterboxed content at logits resolution
             in_h, in_w = self.spec.input_size
-            k, h, w = logits.shape
+            _, h, w = logits.shape
             t, b = box.top * h / in_h, (box.top + box.height) * h / in_h
             lft, r = box.left * w / in_w, (box.left + box.width) * w / in_w
-            logits = logits[:, int(t):max(int(t) + 1, round(b)), int(lft):max(int(lft) + 1, round(r))]
+            rows = slice(int(t), max(int(t) + 1, round(b)))
+            cols = slice(int(lft), max(int(lft) + 1, round(r)))
+            logits = logits[:, rows, cols]
         return _upsample_argmax_cv(logits, out_h, out_w, self.band_rows)
 
 
 def _upsample_argmax_cv(logits: np.ndarray, out_h: int, out_w: int, band: int) -> np.ndarray:
     """(K, h, w) float32 -> (out_h, out_w) uint8, processing ``band`` output rows at a time."""
-    k, h, w = logits.shape
+    _, h, w = logits.shape
     if (h, w) == (out_h, out_w):
         return logits.argmax(axis=0).astype(np.uint8)
     hwk = np.ascontiguousarray(logits.transpose(1, 2, 0))  # (h, w, K)

@@ -1,0 +1,88 @@
+"""Latency and rate statistics for the live pipeline and the benchmark.
+
+All times are nanoseconds from ``time.monotonic_ns`` / ``time.perf_counter_ns``;
+reported figures are milliseconds and frames per second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+STAGES = ("capture", "pre", "infer", "post", "encode", "publish", "total")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Percentiles of one stage over the window, in milliseconds."""
+
+    count: int
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, samples_ns: Iterable[int]) -> Summary:
+        a = np.fromiter(samples_ns, dtype=np.float64)
+        if a.size == 0:
+            return cls(0, float("nan"), float("nan"), float("nan"), float("nan"))
+        a /= 1e6
+        p50, p99 = np.percentile(a, [50, 99])
+        return cls(int(a.size), float(a.mean()), float(p50), float(p99), float(a.max()))
+
+
+class StageTimes:
+    """Rolling windows of per-stage durations plus a frame-rate meter.
+
+    ``add(stage, ns)`` records one duration; ``tick()`` counts one finished frame.
+    Windows hold the last ``window`` samples, so percentiles follow the live state.
+    """
+
+    def __init__(self, window: int = 2000) -> None:
+        self._w: dict[str, deque[int]] = {s: deque(maxlen=window) for s in STAGES}
+        self._ticks: deque[int] = deque(maxlen=window)
+        self.frames = 0
+
+    def add(self, stage: str, ns: int) -> None:
+        self._w.setdefault(stage, deque(maxlen=self._ticks.maxlen)).append(int(ns))
+
+    def tick(self, t_ns: int | None = None) -> None:
+        self._ticks.append(time.monotonic_ns() if t_ns is None else t_ns)
+        self.frames += 1
+
+    def fps(self, horizon_s: float = 2.0) -> float:
+        """Frames per second over the last ``horizon_s`` seconds of ticks."""
+        if len(self._ticks) < 2:
+            return 0.0
+        end = self._ticks[-1]
+        start_limit = end - int(horizon_s * 1e9)
+        n, first = 0, end
+        for t in reversed(self._ticks):
+            if t < start_limit:
+                break
+            n, first = n + 1, t
+        return (n - 1) * 1e9 / (end - first) if n > 1 and end > first else 0.0
+
+    def summary(self, stage: str) -> Summary:
+        return Summary.of(self._w.get(stage, ()))
+
+    def summaries(self) -> dict[str, Summary]:
+        return {s: self.summary(s) for s in self._w if self._w[s]}
+
+
+def format_line(camera: str, fps: float, s: dict[str, Summary], dropped: int,
+                state: str = "running") -> str:
+    """One compact status line: ``cam0 29.8 fps | e2e p50 12.1 p99 20.3 ms | infer ...``."""
+    def part(name: str) -> str:
+        x = s.get(name)
+        return f"{name} {x.p50_ms:5.1f}/{x.p99_ms:5.1f}" if x and x.count else f"{name} -"
+    stages = " ".join(part(n) for n in ("pre", "infer", "post", "publish"))
+    total = s.get("total")
+    e2e = f"e2e p50 {total.p50_ms:6.1f} p99 {total.p99_ms:6.1f} ms" if total and total.count \
+        else "e2e -"
+    return f"{camera:>8} {state:>8} {fps:6.1f} fps | {e2e} | {stages} ms | dropped {dropped}"
