@@ -1,0 +1,34 @@
+# segstream: the two commands from the README, plus helpers.
+#   make run    set up (idempotent, apt included) and run the main job
+#   make test   set up and run the test suite (what CI runs)
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+SOURCE ?= test://smpte?width=480&height=360&fps=30
+PUBLISH ?= tcp://*:5555
+ARGS ?=
+
+.PHONY: setup run test lint bench gpu-checks clean
+
+setup:
+	@bash scripts/setup.sh
+
+# The main job: camera in, label maps out over ZeroMQ, live FPS/latency on the terminal.
+# Override the camera with e.g. make run SOURCE=rtsp://cam.local/stream
+run: setup
+	$(BIN)/segstream run --source '$(SOURCE)' --publish '$(PUBLISH)' $(ARGS)
+
+test: setup
+	@bash scripts/test.sh
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/segstream bench $(ARGS)
+
+gpu-checks:
+	bash tests/gpu/run_gpu_checks.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""The pipeline loop with in-memory sources and sinks (GStreamer/ZeroMQ: test_run_e2e.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engines.segmenter import Segmenter
+from stream.frames import Frame, now_ns
+from stream.pipeline import EngineError, Pipeline, check_labels
+
+
+class ListSource:
+    """Hands out prepared frames one by one, then reports end of stream."""
+
+    def __init__(self, camera_id: str, n: int, shape=(48, 64)) -> None:
+        self.camera_id = camera_id
+        rng = np.random.default_rng(len(camera_id))
+        self._images = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(n)]
+        self._seq = 0
+        self.state = "running"
+        self.dropped = 0
+
+    def latest(self, timeout: float) -> Frame | None:
+        if self._seq >= len(self._images):
+            self.state = "eos"
+            return None
+        mono, wall = now_ns()
+        f = Frame(self.camera_id, self._seq, mono, wall, self._images[self._seq])
+        self._seq += 1
+        return f
+
+    def close(self) -> None:
+        self.state = "stopped"
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Frame, np.ndarray]] = []
+
+    def send(self, frame, labels, t_infer_ns, dropped) -> None:
+        self.sent.append((frame, labels.copy()))
+
+    def close(self) -> None:
+        pass
+
+
+def test_pipeline_publishes_every_frame_of_two_sources(tiny_model):
+    seg = Segmenter.from_path(tiny_model, threads=1)
+    a, b = ListSource("a", 5), ListSource("bb", 3, shape=(30, 40))
+    sink = ListSink()
+    res = Pipeline([a, b], seg, sink, stats_interval=0).run()
+    assert res.error is None and res.published == 8
+    seqs = {cam: [f.seq for f, _ in sink.sent if f.camera_id == cam] for cam in ("a", "bb")}
+    assert seqs == {"a": [0, 1, 2, 3, 4], "bb": [0, 1, 2]}
+    for frame, labels in sink.sent:
+        assert labels.shape == frame.shape and labels.dtype == np.uint8
+        assert np.array_equal(labels, seg(frame.image))
+    times = res.per_camera["a"].times.summaries()
+    assert times["total"].count == 5 and times["infer"].p50_ms > 0
+
+
+def test_pipeline_stops_on_event_and_max_frames(tiny_model):
+    seg = Segmenter.from_path(tiny_model, threads=1)
+    res = Pipeline([ListSource("a", 50)], seg, ListSink(), max_frames=7).run()
+    assert res.published == 7
+    stop = threading.Event()
+    stop.set()
+    assert Pipeline([ListSource("a", 50)], seg, ListSink()).run(stop).published == 0
+
+
+def test_engine_failure_publishes_nothing_and_reports(tiny_model):
+    class Broken:
+        spec = Segmenter.from_path(tiny_model, threads=1).spec
+
+        def run(self, image):
+            raise RuntimeError("CUDA error: illegal address")
+
+    sink = ListSink()
+    res = Pipeline([ListSource("a", 3)], Broken(), sink).run()
+    assert sink.sent == [] and "illegal address" in res.error and "seq 0" in res.error
+
+
+def test_invalid_label_maps_are_refused():
+    frame = Frame("a", 0, 0, 0, np.zeros((4, 5, 3), np.uint8))
+    check_labels(np.zeros((4, 5), np.uint8), frame, 3)
+    with pytest.raises(EngineError, match="expected uint8"):
+        check_labels(np.zeros((4, 5), np.int64), frame, 3)
+    with pytest.raises(EngineError, match="expected uint8"):
+        check_labels(np.zeros((5, 4), np.uint8), frame, 3)
+    with pytest.raises(EngineError, match="class id 7"):
+        check_labels(np.full((4, 5), 7, np.uint8), frame, 3)
+
+
+def test_status_lines_report_fps_and_drops(tiny_model):
+    seg = Segmenter.from_path(tiny_model, threads=1)
+    lines: list[str] = []
+    src = ListSource("cam0", 40)
+    src.dropped = 3
+    p = Pipeline([src], seg, ListSink(), stats_interval=1e-9, on_status=lines.append)
+    p.run()
+    time.sleep(0)
+    assert any("cam0" in ln and "dropped 3" in ln and "fps" in ln for ln in lines)
