@@ -24,14 +24,13 @@ def upsample_argmax_ref(logits: np.ndarray, out_h: int, out_w: int) -> np.ndarra
 class Postprocessor:
     """Network output for one frame -> (H, W) uint8 label map at the source size.
 
-    Logits (K, h, w) are upsampled bilinearly to the source size and argmax'd, in
-    bands of rows so that full-resolution logits never sit in memory at once. In-graph
+    Logits (K, h, w) are upsampled bilinearly to the source size and argmax'd one class
+    plane at a time, so full-resolution logits never sit in memory at once. In-graph
     labels (H, W) are resized with nearest-neighbour.
     """
 
-    def __init__(self, spec: ModelSpec, *, band_rows: int = 64) -> None:
+    def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.band_rows = band_rows
 
     def __call__(self, output: np.ndarray, out_hw: tuple[int, int],
                  box: Letterbox | None = None) -> np.ndarray:
@@ -56,40 +55,31 @@ class Postprocessor:
             rows = slice(int(t), max(int(t) + 1, round(b)))
             cols = slice(int(lft), max(int(lft) + 1, round(r)))
             logits = logits[:, rows, cols]
-        return _upsample_argmax_cv(logits, out_h, out_w, self.band_rows)
+        return _upsample_argmax_cv(np.ascontiguousarray(logits), out_h, out_w)
 
 
-def _upsample_argmax_cv(logits: np.ndarray, out_h: int, out_w: int, band: int) -> np.ndarray:
-    """(K, h, w) float32 -> (out_h, out_w) uint8, processing ``band`` output rows at a time."""
-    _, h, w = logits.shape
+def _upsample_argmax_cv(logits: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """(K, h, w) float32 -> (out_h, out_w) uint8: running argmax over per-class upsamples.
+
+    Each class plane is upsampled on its own (OpenCV bilinear, half-pixel centres) and
+    compared with the best score so far, so only two full-resolution float planes exist
+    at any time, never the (K, H, W) upsampled logits. Strict ``>`` keeps the lowest
+    class id on ties, like ``np.argmax``.
+    """
+    k, h, w = logits.shape
     if (h, w) == (out_h, out_w):
         return logits.argmax(axis=0).astype(np.uint8)
-    hwk = np.ascontiguousarray(logits.transpose(1, 2, 0))  # (h, w, K)
-    out = np.empty((out_h, out_w), np.uint8)
-    sy = h / out_h
-    for y0 in range(0, out_h, band):
-        y1 = min(out_h, y0 + band)
-        # Source rows this band touches (half-pixel centres), with a row of margin.
-        s0 = max(0, int(np.floor((y0 + 0.5) * sy - 0.5)) - 1)
-        s1 = min(h, int(np.ceil((y1 - 0.5) * sy - 0.5)) + 2)
-        band_logits = _band_resize(hwk, s0, s1, y0, y1, out_w, sy, w)  # (y1-y0, out_w, K)
-        out[y0:y1] = band_logits.argmax(axis=2)
-    return out
-
-
-def _band_resize(hwk: np.ndarray, s0: int, s1: int, y0: int, y1: int, out_w: int,
-                 sy: float, w: int) -> np.ndarray:
-    """Bilinear resample rows y0..y1 of the output from source rows s0..s1 (any K)."""
-    h = hwk.shape[0]
-    ys = np.clip((np.arange(y0, y1, dtype=np.float32) + 0.5) * sy - 0.5, 0, h - 1)
-    yi = np.floor(ys).astype(np.int64)
-    wy = (ys - yi)[:, None, None]
-    yj = np.minimum(yi + 1, h - 1)
-    # Horizontal pass on the few source rows involved, with OpenCV (fast, any K <= 512).
-    rows = cv2.resize(hwk[s0:s1].reshape(s1 - s0, w, -1), (out_w, s1 - s0),
-                      interpolation=cv2.INTER_LINEAR)
-    rows = rows.reshape(s1 - s0, out_w, -1)
-    return rows[yi - s0] * (1 - wy) + rows[yj - s0] * wy
+    size = (out_w, out_h)
+    best = cv2.resize(logits[0], size, interpolation=cv2.INTER_LINEAR)  # (H, W) float32
+    labels = np.zeros((out_h, out_w), np.uint8)
+    better = np.empty((out_h, out_w), bool)
+    score = np.empty_like(best)
+    for c in range(1, k):
+        cv2.resize(logits[c], size, dst=score, interpolation=cv2.INTER_LINEAR)
+        np.greater(score, best, out=better)
+        np.copyto(best, score, where=better)
+        labels[better] = c
+    return labels
 
 
 def colorize(labels: np.ndarray, spec_or_palette: ModelSpec | np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ from stream import __version__
 
 # Order here is the order in `segstream --help`.
 COMMANDS: tuple[str, ...] = (
+    "run",
+    "launch",
 )
 
 EPILOG = """examples:

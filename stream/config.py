@@ -101,10 +101,10 @@ def with_default_ids(sources: list[SourceConfig]) -> tuple[SourceConfig, ...]:
 
 def parse_source_arg(text: str) -> SourceConfig:
     """``[ID=]URI`` from the command line; ``=`` inside a URI query is left alone."""
-    head, sep, tail = text.partition("=")
-    if sep and head and "/" not in head and ":" not in head and "?" not in head:
-        return SourceConfig(uri=tail, id=head)
-    return SourceConfig(uri=text)
+    from stream.sources import split_source_arg
+
+    cam_id, uri = split_source_arg(text)
+    return SourceConfig(uri=uri, id=cam_id)
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

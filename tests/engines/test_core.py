@@ -99,7 +99,7 @@ def test_resize_reference_identity_and_constant():
 @pytest.mark.parametrize("k,h,w,H,W", [(11, 45, 60, 360, 480), (5, 7, 13, 33, 51), (3, 9, 9, 9, 9)])
 def test_postprocess_matches_reference(k, h, w, H, W):
     logits = np.random.default_rng(2).standard_normal((k, h, w)).astype(np.float32)
-    got = Postprocessor(SPEC, band_rows=16)(logits, (H, W))
+    got = Postprocessor(SPEC)(logits, (H, W))
     assert got.dtype == np.uint8 and got.shape == (H, W)
     assert np.array_equal(got, upsample_argmax_ref(logits, H, W))
 

@@ -1,0 +1,46 @@
+"""Helpers shared by the command modules: error reporting and logging setup."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from engines.backend import BackendError
+from engines.spec import ModelSpecError
+from engines.zoo import NoModelError
+from stream.config import ConfigError
+
+# Errors that mean "the user's input is wrong": print the message, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    BackendError, ModelSpecError, NoModelError, ConfigError, FileNotFoundError,
+)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS plus the stream-side ones (imported lazily: GStreamer, ZeroMQ)."""
+    from stream.publish import PublishError
+    from stream.sources import SourceError
+
+    return (*USER_ERRORS, SourceError, PublishError)
+
+
+def report_errors(func: Callable[[Any], int]) -> Callable[[Any], int]:
+    """Wrap a command: user errors print ``segstream: error: ...`` and exit 2."""
+
+    def wrapper(args: Any) -> int:
+        try:
+            return func(args)
+        except user_errors() as e:
+            print(f"segstream: error: {e}", file=sys.stderr)
+            return 2
+
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+def setup_logging(verbose: int = 0) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(logging.DEBUG, level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
