@@ -1,0 +1,120 @@
+"""GStreamer through PyGObject: lazy loading and appsink sample -> numpy conversion.
+
+Importing this module never fails; :func:`load_gst` raises :class:`GstUnavailableError` (with
+the reason and the fix) when PyGObject or the GStreamer typelibs are missing, and
+:func:`gst_available` tells the capture factory whether to fall back to OpenCV.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+_lock = threading.Lock()
+_gst: SimpleNamespace | None = None
+_error: str | None = None
+
+
+class GstUnavailableError(ImportError):
+    """PyGObject or the GStreamer 1.0 typelibs (Gst, GstApp, GstVideo) are missing."""
+
+
+def load_gst() -> SimpleNamespace:
+    """Import and initialise GStreamer once; returns a namespace with ``Gst``, ``GstApp``,
+    ``GstVideo`` and ``GLib``.
+
+    Raises:
+        GstUnavailableError: with the import error and the packages to install.
+    """
+    global _gst, _error
+    with _lock:
+        if _gst is not None:
+            return _gst
+        if _error is None:
+            try:
+                import gi
+
+                gi.require_version("Gst", "1.0")
+                gi.require_version("GstApp", "1.0")
+                gi.require_version("GstVideo", "1.0")
+                from gi.repository import GLib, Gst, GstApp, GstVideo
+
+                Gst.init(None)
+                _gst = SimpleNamespace(Gst=Gst, GstApp=GstApp, GstVideo=GstVideo, GLib=GLib)
+                return _gst
+            except (ImportError, ValueError) as e:
+                _error = (f"GStreamer is not usable from Python ({e}); install PyGObject and "
+                          "the GStreamer 1.0 typelibs, e.g. apt install python3-gi "
+                          "gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 "
+                          "gstreamer1.0-plugins-good gstreamer1.0-libav")
+        raise GstUnavailableError(_error)
+
+
+def gst_available() -> bool:
+    """True when :func:`load_gst` succeeds."""
+    try:
+        load_gst()
+    except GstUnavailableError:
+        return False
+    return True
+
+
+def missing_elements(description: str) -> list[str]:
+    """Element factory names at the start of each ``!``-separated stage of a launch
+    description that this GStreamer installation does not have (caps stages skipped)."""
+    gst = load_gst()
+    missing = []
+    for stage in description.split("!"):
+        words = stage.strip().split()
+        if not words or "/" in words[0] or "=" in words[0] or words[0].startswith("("):
+            continue
+        if gst.Gst.ElementFactory.find(words[0]) is None and words[0] not in missing:
+            missing.append(words[0])
+    return missing
+
+
+def sample_to_bgr(sample: Any) -> np.ndarray:
+    """Copy a ``video/x-raw,format=BGR`` appsink sample into a numpy image.
+
+    Rows in a GStreamer buffer are ``stride`` bytes apart, and the stride is rounded up
+    to a multiple of 4 (a 322-pixel BGR row is 966 bytes of pixels in a 968-byte
+    stride), so the padding is cut off here.
+
+    Returns:
+        (H, W, 3) uint8 BGR, C-contiguous, read-only (frames are shared by several
+        consumers; copy before drawing on one).
+
+    Raises:
+        ValueError: the caps are not packed BGR or the buffer is smaller than they say.
+    """
+    gst = load_gst()
+    caps = sample.get_caps()
+    info = gst.GstVideo.VideoInfo.new_from_caps(caps)
+    if info is None or info.finfo.format != gst.GstVideo.VideoFormat.BGR:
+        raise ValueError(f"appsink caps must be video/x-raw,format=BGR, got {caps.to_string()}")
+    w, h, stride, offset = info.width, info.height, info.stride[0], info.offset[0]
+    buf = sample.get_buffer()
+    ok, mapinfo = buf.map(gst.Gst.MapFlags.READ)
+    if not ok:
+        raise ValueError("could not map the GStreamer buffer for reading")
+    try:
+        data = mapinfo.data  # bytes: PyGObject copies the mapped memory out
+    finally:
+        buf.unmap(mapinfo)
+    need = offset + (h - 1) * stride + w * 3
+    if len(data) < need:
+        raise ValueError(f"buffer of {len(data)} bytes is too small for {w}x{h} BGR "
+                         f"(stride {stride}, needs {need})")
+    flat = np.frombuffer(data, dtype=np.uint8)
+    if stride == w * 3:
+        image = flat[offset:offset + h * stride].reshape(h, w, 3)
+    else:
+        rows = np.lib.stride_tricks.as_strided(flat[offset:], shape=(h, w * 3),
+                                               strides=(stride, 1), writeable=False)
+        image = np.ascontiguousarray(rows).reshape(h, w, 3)  # (H, W, 3)
+    image.flags.writeable = False
+    return image
+

@@ -1,0 +1,346 @@
+"""Source specs: ``[ID=]URI`` strings -> a validated :class:`SourceSpec` and its GStreamer
+pipeline description.
+
+This module only parses and formats text; it does not import GStreamer, so it works (and
+its errors are the same) on machines that fall back to OpenCV capture.
+
+Every pipeline ends in the same tail, so the capture code sees one format whatever the
+camera: packed 8-bit BGR from an appsink named ``sink`` that keeps only the newest buffer::
+
+    ... ! videoconvert ! video/x-raw,format=BGR ! appsink name=sink emit-signals=false
+          max-buffers=1 drop=true sync=<bool>
+
+``sync=true`` only for files played at their own rate (``realtime=1``, the default); live
+sources already arrive at their rate and must never wait on the clock. Files read with
+``realtime=0`` use ``drop=false``: the decoder runs as fast as the consumer takes frames
+and none is lost (see :attr:`SourceSpec.lossless`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+KINDS = ("file", "v4l2", "rtsp", "csi", "test", "gst")
+
+VALID_FORMS = """valid sources ([ID=]URI, id defaults to cam0, cam1, ... by position):
+  /path/video.mp4 or file:///path/video.mp4   [?loop=1&realtime=0]
+  v4l2:///dev/video0 or v4l2://0               [?width=1280&height=720&fps=30&format=raw|mjpeg]
+  rtsp://[user:pass@]host[:port]/path          [?transport=tcp|udp&latency=MS]
+  csi://0 (Jetson nvarguscamerasrc sensor id)  [?width=1280&height=720&fps=30&flip=0..7]
+  test://[pattern]                             [?width=640&height=480&fps=30&frames=N&live=1]
+  gst://<pipeline description that stops before the appsink>"""
+
+# videotestsrc "pattern" nicks (GStreamer 1.22).
+TEST_PATTERNS = (
+    "smpte", "snow", "black", "white", "red", "green", "blue", "checkers-1", "checkers-2",
+    "checkers-4", "checkers-8", "circular", "blink", "smpte75", "zone-plate", "gamut",
+    "chroma-zone-plate", "solid-color", "ball", "smpte100", "bar", "pinwheel", "spokes",
+    "gradient", "colors", "smpte-rp-219",
+)
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_CREDENTIALS_RE = re.compile(r"(://[^:/@\s\"]*:)[^@/\s\"]*@")
+
+
+def redact(text: str) -> str:
+    """Mask the password in any ``scheme://user:password@host`` inside ``text`` (for
+    logs, status lines and error messages)."""
+    return _CREDENTIALS_RE.sub(r"\1***@", text)
+
+
+class SourceError(ValueError):
+    """A source string that cannot be used; the message names it and lists valid forms."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One camera, resolved.
+
+    Attributes:
+        id: camera id (``Frame.camera_id``).
+        uri: the source string as given (without the ``ID=`` prefix).
+        kind: one of :data:`KINDS`.
+        pipeline: complete ``gst-launch`` description ending in ``appsink name=sink``.
+        live: True for cameras and streams (frames arrive at the sensor's rate and a
+            broken stream is rebuilt); False for files.
+        loop: files only: replay from the start at end of stream.
+        realtime: files only: True plays at the file's frame rate, False decodes as fast
+            as the consumer takes frames.
+        target: what ``cv2.VideoCapture`` opens in the OpenCV fallback (file path, device
+            path or URL); empty when the kind has no OpenCV equivalent.
+        width, height, fps: requested capture format; 0 = whatever the source gives.
+    """
+
+    id: str
+    uri: str
+    kind: str
+    pipeline: str
+    live: bool
+    loop: bool = False
+    realtime: bool = True
+    target: str = ""
+    width: int = 0
+    height: int = 0
+    fps: int = 0
+
+    @property
+    def display(self) -> str:
+        """The URI with any password masked, for logs and status lines."""
+        return redact(self.uri)
+
+    @property
+    def lossless(self) -> bool:
+        """Every frame is delivered (the source waits for the consumer): files at
+        ``realtime=0``."""
+        return not self.live and not self.realtime
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def split_source_arg(text: str) -> tuple[str, str]:
+    """``[ID=]URI`` -> (id or "", uri). An ``=`` inside the URI (a query) is not an id:
+    the id part may not contain ``/``, ``:`` or ``?``."""
+    head, sep, tail = text.partition("=")
+    if sep and head and not any(c in head for c in "/:?"):
+        return head, tail
+    return "", text
+
+
+def parse_source_args(texts: Sequence[str]) -> list[SourceSpec]:
+    """Several ``--source [ID=]URI`` values; unnamed ones become cam0, cam1, ... by
+    position. Ids must be unique."""
+    specs = []
+    for i, text in enumerate(texts):
+        cam_id, uri = split_source_arg(text)
+        specs.append(parse_source(uri, cam_id or f"cam{i}"))
+    ids = [s.id for s in specs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise SourceError(f"source id {dupes[0]!r} is used twice; give each source its own "
+                          f"id with ID=URI, e.g. --source front=rtsp://...")
+    return specs
+
+
+def parse_source(uri: str, camera_id: str = "cam0") -> SourceSpec:
+    """Resolve one source string (without ``ID=``) into a :class:`SourceSpec`.
+
+    Raises:
+        SourceError: unknown scheme, unknown or bad query option, missing file or
+            device; the message names the source and lists the valid forms.
+    """
+    if not _ID_RE.match(camera_id):
+        raise SourceError(f"camera id {camera_id!r} must be 1-64 characters from "
+                          f"A-Z a-z 0-9 _ . -")
+    uri = uri.strip()
+    if not uri:
+        raise SourceError(f"source {camera_id}: empty source\n{VALID_FORMS}")
+    scheme, sep, _ = uri.partition("://")
+    if not sep:
+        builder = _file
+    else:
+        builder = _BUILDERS.get(scheme.lower())
+        if builder is None and "=" in scheme:
+            raise SourceError(f"source {uri!r}: an ID=URI string goes through "
+                              f"parse_source_args (or --source); parse_source takes the "
+                              f"URI and the id separately")
+        if builder is None:
+            raise SourceError(f"source {uri!r}: unknown scheme {scheme + '://'!r}\n"
+                              f"{VALID_FORMS}")
+    return builder(uri, camera_id)
+
+
+# ----------------------------------------------------------------- query option helpers
+
+
+class _Options:
+    """Query options of one source, checked against the keys its scheme accepts."""
+
+    def __init__(self, uri: str, query: str, allowed: Sequence[str]) -> None:
+        self.uri = uri
+        pairs = parse_qsl(query, keep_blank_values=True)
+        keys = [k for k, _ in pairs]
+        for k in keys:
+            if k not in allowed:
+                raise SourceError(f"source {uri!r}: unknown option {k!r}; valid options for "
+                                  f"this kind: {', '.join(allowed) or 'none'}\n{VALID_FORMS}")
+            if keys.count(k) > 1:
+                raise SourceError(f"source {uri!r}: option {k!r} given twice")
+        self.values = dict(pairs)
+
+    def _get(self, key: str, default: object, conv: Callable[[str], object],
+             expected: str) -> object:
+        if key not in self.values:
+            return default
+        raw = self.values[key]
+        try:
+            return conv(raw)
+        except ValueError:
+            raise SourceError(f"source {self.uri!r}: option {key}={raw!r} is not valid; "
+                              f"expected {expected}") from None
+
+    def integer(self, key: str, default: int, lo: int = 1, hi: int = 1 << 16) -> int:
+        def conv(s: str) -> int:
+            v = int(s)
+            if not lo <= v <= hi:
+                raise ValueError
+            return v
+        return int(self._get(key, default, conv, f"an integer in {lo}..{hi}"))  # type: ignore[arg-type]
+
+    def flag(self, key: str, default: bool) -> bool:
+        table = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+        def conv(s: str) -> bool:
+            if s.lower() not in table:
+                raise ValueError
+            return table[s.lower()]
+        return bool(self._get(key, default, conv, "1 or 0"))
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        def conv(s: str) -> str:
+            if s not in choices:
+                raise ValueError
+            return s
+        return str(self._get(key, default, conv, f"one of {', '.join(choices)}"))
+
+
+def _quote(value: str) -> str:
+    """A property value for ``gst_parse_launch``: double-quoted, ``\\`` and ``"`` escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _tail(sync: bool, drop: bool = True) -> str:
+    return ("videoconvert ! video/x-raw,format=BGR ! appsink name=sink emit-signals=false "
+            f"max-buffers=1 drop={str(drop).lower()} sync={str(sync).lower()}")
+
+
+def _raw_caps(width: int, height: int, fps: int, media: str = "video/x-raw") -> str:
+    caps = [media]
+    if width:
+        caps.append(f"width={width}")
+    if height:
+        caps.append(f"height={height}")
+    if fps:
+        caps.append(f"framerate={fps}/1")
+    return ",".join(caps)
+
+
+# ------------------------------------------------------------------------ per scheme
+
+
+def _file(uri: str, camera_id: str) -> SourceSpec:
+    if uri.lower().startswith("file://"):
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise SourceError(f"source {uri!r}: file URIs need an absolute path "
+                              f"(file:///path/video.mp4), not host {parts.netloc!r}")
+        path_text, query = unquote(parts.path), parts.query
+    elif Path(uri).exists():  # a plain path that itself contains '?'
+        path_text, query = uri, ""
+    else:
+        path_text, _, query = uri.partition("?")
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise SourceError(f"source {uri!r}: video file {str(path)!r} does not exist "
+                          f"(or is not a file); check the path\n{VALID_FORMS}")
+    opts = _Options(uri, query, ("loop", "realtime"))
+    loop, realtime = opts.flag("loop", False), opts.flag("realtime", True)
+    path = path.resolve()
+    pipeline = (f"filesrc location={_quote(str(path))} ! decodebin ! "
+                f"{_tail(sync=realtime, drop=realtime)}")
+    return SourceSpec(camera_id, uri, "file", pipeline, live=False, loop=loop,
+                      realtime=realtime, target=str(path))
+
+
+def _v4l2(uri: str, camera_id: str) -> SourceSpec:
+    parts = urlsplit(uri)
+    dev = parts.netloc + parts.path
+    if dev.isdigit():
+        dev = f"/dev/video{dev}"
+    if not dev.startswith("/dev/"):
+        raise SourceError(f"source {uri!r}: expected a device such as v4l2:///dev/video0 "
+                          f"or v4l2://0\n{VALID_FORMS}")
+    if not Path(dev).exists():
+        raise SourceError(f"source {uri!r}: camera device {dev} does not exist; list "
+                          f"cameras with `v4l2-ctl --list-devices` or `ls /dev/video*`")
+    opts = _Options(uri, parts.query, ("width", "height", "fps", "format"))
+    w, h, fps = opts.integer("width", 0), opts.integer("height", 0), opts.integer("fps", 0, hi=1000)
+    fmt = opts.choice("format", "raw", ("raw", "mjpeg"))
+    if fmt == "mjpeg":  # most USB cameras only reach 720p/1080p at 30 fps as MJPEG
+        head = f"v4l2src device={_quote(dev)} ! {_raw_caps(w, h, fps, 'image/jpeg')} ! jpegdec"
+    else:
+        head = f"v4l2src device={_quote(dev)} ! {_raw_caps(w, h, fps)}"
+    return SourceSpec(camera_id, uri, "v4l2", f"{head} ! {_tail(sync=False)}", live=True,
+                      target=dev, width=w, height=h, fps=fps)
+
+
+def _rtsp(uri: str, camera_id: str) -> SourceSpec:
+    parts = urlsplit(uri)
+    if not parts.hostname:
+        raise SourceError(f"source {uri!r}: no host; expected rtsp://host[:port]/path\n"
+                          f"{VALID_FORMS}")
+    # Our options are taken out; any other query (e.g. ?channel=1&subtype=0 on many IP
+    # cameras) belongs to the camera and stays in the URL.
+    ours = ("transport", "latency")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    opts = _Options(uri, urlencode([(k, v) for k, v in pairs if k in ours]), ours)
+    transport = opts.choice("transport", "tcp", ("tcp", "udp"))
+    latency = opts.integer("latency", 0, lo=0, hi=10_000)
+    url = uri
+    if any(k in ours for k, _ in pairs):
+        rest = urlencode([(k, v) for k, v in pairs if k not in ours])
+        url = urlunsplit(parts._replace(query=rest))
+    pipeline = (f"rtspsrc location={_quote(url)} latency={latency} protocols={transport} "
+                f"! decodebin ! {_tail(sync=False)}")
+    return SourceSpec(camera_id, uri, "rtsp", pipeline, live=True, target=url)
+
+
+def _csi(uri: str, camera_id: str) -> SourceSpec:
+    parts = urlsplit(uri)
+    sensor = (parts.netloc + parts.path).strip("/") or "0"
+    if not sensor.isdigit():
+        raise SourceError(f"source {uri!r}: the CSI sensor id must be a number, e.g. "
+                          f"csi://0\n{VALID_FORMS}")
+    opts = _Options(uri, parts.query, ("width", "height", "fps", "flip"))
+    w, h = opts.integer("width", 1280), opts.integer("height", 720)
+    fps, flip = opts.integer("fps", 30, hi=1000), opts.integer("flip", 0, lo=0, hi=7)
+    caps = f"video/x-raw(memory:NVMM),width={w},height={h},framerate={fps}/1"
+    pipeline = (f"nvarguscamerasrc sensor-id={int(sensor)} ! {caps} ! nvvidconv "
+                f"flip-method={flip} ! video/x-raw,format=BGRx ! {_tail(sync=False)}")
+    return SourceSpec(camera_id, uri, "csi", pipeline, live=True, width=w, height=h, fps=fps)
+
+
+def _test(uri: str, camera_id: str) -> SourceSpec:
+    parts = urlsplit(uri)
+    pattern = (parts.netloc + parts.path).strip("/") or "smpte"
+    if pattern not in TEST_PATTERNS:
+        raise SourceError(f"source {uri!r}: unknown test pattern {pattern!r}; valid: "
+                          f"{', '.join(TEST_PATTERNS)}")
+    opts = _Options(uri, parts.query, ("width", "height", "fps", "frames", "live"))
+    w, h = opts.integer("width", 640), opts.integer("height", 480)
+    fps, frames = opts.integer("fps", 30, hi=1000), opts.integer("frames", -1, lo=-1, hi=1 << 30)
+    live = opts.flag("live", True)
+    pipeline = (f"videotestsrc is-live={str(live).lower()} pattern={pattern} "
+                f"num-buffers={frames} ! {_raw_caps(w, h, fps)} ! {_tail(sync=False)}")
+    return SourceSpec(camera_id, uri, "test", pipeline, live=True, width=w, height=h, fps=fps)
+
+
+def _gst(uri: str, camera_id: str) -> SourceSpec:
+    body = uri.split("://", 1)[1].strip().rstrip("!").strip()
+    if not body:
+        raise SourceError(f"source {uri!r}: empty pipeline; e.g. "
+                          f"gst://videotestsrc pattern=ball ! video/x-raw,width=320,height=240")
+    if re.search(r"\bappsink\b", body):
+        raise SourceError(f"source {uri!r}: leave out the appsink; segstream appends "
+                          f"'! {_tail(sync=False)}'")
+    return SourceSpec(camera_id, uri, "gst", f"{body} ! {_tail(sync=False)}", live=True)
+
+
+_BUILDERS: dict[str, Callable[[str, str], SourceSpec]] = {
+    "file": _file, "v4l2": _v4l2, "rtsp": _rtsp, "rtsps": _rtsp, "csi": _csi,
+    "test": _test, "gst": _gst,
+}
