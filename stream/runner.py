@@ -81,13 +81,13 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
             cap = open_capture(spec, options=opts, on_state=on_state)
             stack.callback(cap.close)
             captures.append(cap)
-        if cfg.metrics_port:
-            from stream.metrics import serve_metrics
-
-            stack.enter_context(serve_metrics(cfg.metrics_port, captures, publisher))
         pipeline = Pipeline(captures, segmenter, publisher, max_frames=cfg.max_frames,
                             duration=cfg.duration, stats_interval=cfg.stats_interval,
                             on_status=lambda line: print(line, file=out, flush=True))
+        if cfg.metrics_port:
+            from stream.metrics import serve_metrics
+
+            stack.enter_context(serve_metrics(cfg.metrics_port, pipeline, captures, publisher))
         print(f"segstream: {model.name} ({segmenter.backend.name}, "
               f"{segmenter.spec.input_size[0]}x{segmenter.spec.input_size[1]}) -> "
               f"{', '.join(cfg.publish.endpoints)} [{cfg.publish.encoding}]", file=out, flush=True)
