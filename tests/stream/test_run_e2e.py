@@ -39,7 +39,8 @@ def _start(cfg: PipelineConfig) -> tuple[threading.Event, threading.Thread, dict
     stop, box = threading.Event(), {}
 
     def target() -> None:
-        box["code"], box["result"] = run_pipeline(cfg, stop=stop, out=open(os.devnull, "w"))
+        with open(os.devnull, "w") as devnull:
+            box["code"], box["result"] = run_pipeline(cfg, stop=stop, out=devnull)
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
@@ -111,7 +112,8 @@ def test_file_read_as_fast_as_possible_publishes_every_frame(tiny_model, tmp_pat
     cfg = PipelineConfig(sources=(SourceConfig(f"{video}?realtime=0", "f"),),
                          model=str(tiny_model), threads=1,
                          publish=PublishConfig((_ipc(),)), stats_interval=0)
-    code, result = run_pipeline(cfg, out=open(os.devnull, "w"))
+    with open(os.devnull, "w") as devnull:
+        code, result = run_pipeline(cfg, out=devnull)
     assert code == 0 and result.published == 25
 
 
