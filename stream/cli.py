@@ -16,6 +16,7 @@ from stream import __version__
 COMMANDS: tuple[str, ...] = (
     "run",
     "launch",
+    "probe",
 )
 
 EPILOG = """examples:
