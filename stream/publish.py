@@ -1,0 +1,349 @@
+"""ZeroMQ XPUB publisher of label maps, class tables and source-state events.
+
+Wire format: ``stream/wire.py`` and ``docs/wire-format.md``.
+
+Back-pressure policy: the publisher never waits for a subscriber. ZeroMQ keeps one
+outgoing queue per subscriber of at most ``sndhwm`` messages (plus what the kernel's
+socket buffer holds); once a slow or dead subscriber's queue is full, new messages for
+*that* subscriber are dropped inside ZeroMQ while the others keep receiving. Those drops
+are invisible here: a subscriber sees them as gaps in ``seq`` (``Subscriber.lost``).
+What the publisher can see is counted in :class:`PublisherStats`.
+
+Late joiners: the socket is an XPUB with ``XPUB_VERBOSE``, so every new subscription
+that covers ``cls/`` reaches us and the current class table is sent at once; it is also
+re-sent every ``class_table_interval`` seconds. A small housekeeping thread does this
+and watches connections; all socket use is serialised by one lock, so the publisher's
+methods are safe to call from several threads (pipeline loop, capture threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from engines.spec import ClassInfo, ModelSpec
+from stream.config import PublishConfig
+from stream.frames import Frame
+from stream.security import CurveConfig, start_server
+from stream.wire import (
+    DEFAULT_MAX_PIXELS,
+    TOPIC_CLASS_TABLE,
+    ClassTable,
+    LabelsHeader,
+    ModelInfo,
+    PayloadEncoder,
+    SourceEvent,
+    check_camera_id,
+    pack_class_table,
+    pack_event,
+    pack_labels,
+)
+
+log = logging.getLogger("segstream.publish")
+
+_MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+class PublishError(RuntimeError):
+    """The publisher could not start (bad endpoint, address in use) or is closed."""
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    """Counters since start (a snapshot).
+
+    Attributes:
+        sent: label maps handed to ZeroMQ.
+        bytes_sent: payload bytes of those maps.
+        dropped: label maps ZeroMQ refused at once (``EAGAIN``); per-subscriber queue
+            drops are not visible here (subscribers see them as ``seq`` gaps).
+        errors: other send failures.
+        class_tables: class-table messages sent (on subscription and periodic).
+        events: source-state events sent.
+        subscriptions: subscription requests received.
+        connections: transport connections open now (accepted minus disconnected).
+        auth_failures: connections refused by the CURVE handshake / authenticator.
+    """
+
+    sent: int = 0
+    bytes_sent: int = 0
+    dropped: int = 0
+    errors: int = 0
+    class_tables: int = 0
+    events: int = 0
+    subscriptions: int = 0
+    connections: int = 0
+    auth_failures: int = 0
+
+
+class Publisher:
+    """Binds an XPUB socket on one or more endpoints and publishes label maps.
+
+    Args:
+        endpoints: ``tcp://*:5555``, ``tcp://127.0.0.1:5555``, ``ipc:///run/seg.sock``...
+            (``tcp://127.0.0.1:*`` picks a free port; see ``bound_endpoints``).
+        class_table: the model's classes (a :class:`ClassTable`, or ClassInfo entries
+            together with ``model_info``).
+        model_info: name, architecture, input size; needed when ``class_table`` is a list.
+        encoding: ``raw`` (zero-copy), ``rle`` or ``zstd`` (level ``zstd_level``).
+        sndhwm: per-subscriber queue length in messages; beyond it that subscriber drops.
+        linger_ms: how long ``close()`` may spend flushing queued messages.
+        curve: enable CURVE encryption + client allow-list (see ``stream/security.py``).
+        class_table_interval: seconds between periodic class-table re-sends (0: never).
+        heartbeat_ms: ZMTP heartbeat interval; a peer silent for 3x this is dropped.
+    """
+
+    def __init__(self, endpoints: str | Sequence[str], *,
+                 class_table: ClassTable | Sequence[ClassInfo],
+                 model_info: ModelInfo | None = None, encoding: str = "zstd",
+                 zstd_level: int = 1, sndhwm: int = 4, linger_ms: int = 200,
+                 curve: CurveConfig | None = None, class_table_interval: float = 2.0,
+                 heartbeat_ms: int = 2000, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 poll_s: float = 0.02) -> None:
+        if isinstance(endpoints, str):
+            endpoints = (endpoints,)
+        if not endpoints:
+            raise PublishError("no endpoint given; e.g. tcp://*:5555 or ipc:///tmp/seg.sock")
+        if not isinstance(class_table, ClassTable):
+            if model_info is None:
+                raise ValueError("model_info is required when class_table is a class list")
+            class_table = ClassTable.build(class_table, model_info)
+        if sndhwm < 1:
+            raise ValueError(f"sndhwm must be >= 1, got {sndhwm}")
+        self.class_table = class_table
+        self.encoding = encoding
+        self.endpoints = tuple(endpoints)
+        self.max_pixels = max_pixels
+        self.publisher_id = secrets.token_hex(4)
+        self._encoder = PayloadEncoder(encoding, zstd_level=zstd_level)
+        self._ct_parts = pack_class_table(class_table)
+        self._ct_topic = (TOPIC_CLASS_TABLE + class_table.id).encode()
+        self._ct_interval = class_table_interval
+        self._next_ct = time.monotonic() + class_table_interval
+        self._poll_s = poll_s
+        self._linger_ms = linger_ms
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._closed = False
+        self._counts = dict.fromkeys(PublisherStats.__dataclass_fields__, 0)
+        self._cameras: set[str] = set()
+
+        self._ctx = zmq.Context()
+        self._auth = None
+        self._sock = self._ctx.socket(zmq.XPUB)
+        try:
+            self._configure(sndhwm, heartbeat_ms, curve)
+            self._monitor = self._sock.get_monitor_socket(_MONITOR_EVENTS)
+            bound = []
+            for ep in self.endpoints:
+                try:
+                    self._sock.bind(ep)
+                except zmq.ZMQError as e:
+                    raise PublishError(f"cannot bind {ep}: {e.strerror}; check the address, "
+                                       "or another process already publishes there") from None
+                bound.append(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
+            self.bound_endpoints = tuple(bound)
+        except BaseException:
+            self._teardown()
+            raise
+        self._thread = threading.Thread(target=self._housekeeping, name="segstream-xpub",
+                                        daemon=True)
+        self._thread.start()
+        log.info("publishing on %s (encoding %s, class table %s)", ", ".join(bound),
+                 encoding, class_table.id)
+
+    @classmethod
+    def for_spec(cls, endpoints: str | Sequence[str], spec: ModelSpec,
+                 **kwargs: object) -> Publisher:
+        """A publisher for a model's sidecar (class table and model info from ``spec``)."""
+        return cls(endpoints, class_table=ClassTable.from_spec(spec), **kwargs)
+
+    @classmethod
+    def from_config(cls, cfg: PublishConfig, spec: ModelSpec) -> Publisher:
+        """A publisher as a launch file's ``publish:`` section describes it."""
+        curve = CurveConfig.from_keys_dir(cfg.curve_keys) if cfg.curve_keys else None
+        return cls.for_spec(cfg.endpoints, spec, encoding=cfg.encoding, sndhwm=cfg.sndhwm,
+                            linger_ms=cfg.linger_ms, curve=curve)
+
+    def _configure(self, sndhwm: int, heartbeat_ms: int, curve: CurveConfig | None) -> None:
+        s = self._sock
+        s.setsockopt(zmq.SNDHWM, sndhwm)
+        s.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription reaches us (late joiners)
+        s.setsockopt(zmq.LINGER, self._linger_ms)
+        s.setsockopt(zmq.SNDTIMEO, 0)
+        if heartbeat_ms > 0:
+            s.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
+        s.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        s.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 10)
+        s.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+        if curve is not None:
+            self._auth = start_server(self._ctx, s, curve)
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish_labels(self, camera: str, seq: int, labels: np.ndarray, *, t_capture_ns: int,
+                       t_capture_mono_ns: int, t_infer_ns: int | None = None,
+                       dropped: int = 0) -> bool:
+        """Encode and queue one label map; never blocks on subscribers.
+
+        Args:
+            camera: camera id (1-64 printable characters, no spaces or '/').
+            seq: the frame's per-camera sequence number.
+            labels: (H, W) uint8 class ids. With ``raw`` encoding the array is sent
+                zero-copy: do not modify it afterwards.
+            t_capture_ns / t_capture_mono_ns: capture time, wall clock / monotonic.
+            t_infer_ns: wall clock when inference finished (default: now).
+            dropped: frames dropped at the source so far.
+
+        Returns:
+            True if ZeroMQ accepted the message, False if it was dropped.
+        """
+        if camera not in self._cameras:
+            check_camera_id(camera)
+            self._cameras.add(camera)
+        if not isinstance(labels, np.ndarray) or labels.dtype != np.uint8 or labels.ndim != 2:
+            raise ValueError(f"labels must be an (H, W) uint8 array, got "
+                             f"{getattr(labels, 'dtype', type(labels))} "
+                             f"{getattr(labels, 'shape', '')}")
+        h, w = labels.shape
+        if h < 1 or w < 1 or h * w > self.max_pixels:
+            raise ValueError(f"label map {h}x{w} must be non-empty and at most "
+                             f"{self.max_pixels} pixels")
+        with self._lock:
+            self._check_open()
+            self._service()  # a new subscriber gets the class table before this map
+            payload = self._encoder.encode(labels)
+            now = time.time_ns()
+            header = LabelsHeader(
+                camera=camera, seq=seq, t_capture_ns=t_capture_ns,
+                t_capture_mono_ns=t_capture_mono_ns,
+                t_infer_ns=now if t_infer_ns is None else t_infer_ns, t_publish_ns=now,
+                shape=(h, w), encoding=self.encoding, class_table=self.class_table.id,
+                dropped=dropped, publisher=self.publisher_id)
+            ok = self._send(pack_labels(header, payload), "label map")
+            if ok:
+                self._counts["sent"] += 1
+                self._counts["bytes_sent"] += memoryview(payload).nbytes
+        return ok
+
+    def send(self, frame: Frame, labels: np.ndarray, t_infer_ns: int, dropped: int) -> None:
+        """``LabelSink`` for :class:`stream.pipeline.Pipeline`."""
+        self.publish_labels(frame.camera_id, frame.seq, labels, t_capture_ns=frame.t_capture_wall,
+                            t_capture_mono_ns=frame.t_capture_mono, t_infer_ns=t_infer_ns,
+                            dropped=dropped)
+
+    def publish_event(self, camera: str, state: str, detail: str = "",
+                      t_ns: int | None = None) -> bool:
+        """Send a source-state event (``running``, ``stalled``, ``reconnecting``, ``eos``...)."""
+        if not state:
+            raise ValueError("state must not be empty")
+        event = SourceEvent(check_camera_id(camera), state, detail,
+                            time.time_ns() if t_ns is None else t_ns)
+        with self._lock:
+            self._check_open()
+            ok = self._send(pack_event(event), "event")
+            self._counts["events"] += ok
+        return ok
+
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            return PublisherStats(**self._counts)
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PublishError("publisher is closed")
+
+    def _send(self, parts: list, what: str) -> bool:
+        try:
+            self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            self._counts["dropped"] += 1
+        except zmq.ZMQError as e:
+            self._counts["errors"] += 1
+            if self._counts["errors"] <= 3 or self._counts["errors"] % 1000 == 0:
+                log.warning("sending %s failed (%d so far): %s", what, self._counts["errors"], e)
+        return False
+
+    def _service(self) -> None:
+        """Handle subscriptions, periodic class tables and monitor events (lock held)."""
+        send_table = False
+        while True:
+            try:
+                msg = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if msg[:1] == b"\x01":
+                self._counts["subscriptions"] += 1
+                if self._ct_topic.startswith(msg[1:]):
+                    send_table = True
+        now = time.monotonic()
+        if self._ct_interval > 0 and now >= self._next_ct:
+            send_table = True
+        if send_table:
+            self._next_ct = now + self._ct_interval
+            self._counts["class_tables"] += self._send(self._ct_parts, "class table")
+        while True:
+            try:
+                ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            kind = ev["event"]
+            if kind == zmq.EVENT_ACCEPTED:
+                self._counts["connections"] += 1
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._counts["connections"] = max(0, self._counts["connections"] - 1)
+            else:
+                self._counts["auth_failures"] += 1
+                log.warning("refused a subscriber: %s", zmq.Event(kind).name)
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            with self._lock:
+                if self._closed:
+                    return
+                try:
+                    self._service()
+                except zmq.ZMQError as e:  # socket torn down under us: stop quietly
+                    log.debug("housekeeping stopped: %s", e)
+                    return
+
+    def _teardown(self) -> None:
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None:
+            self._sock.disable_monitor()
+            monitor.close(linger=0)
+        self._sock.close(linger=self._linger_ms)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
+
+    def close(self) -> None:
+        """Flush for at most ``linger_ms`` and release the sockets. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._teardown()
+        log.info("publisher closed: %s", self.stats())
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,313 @@
+"""Publisher and Subscriber over real ZeroMQ sockets (tcp loopback and ipc)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import zmq
+
+from engines.spec import CAMVID_CLASSES
+from stream.publish import Publisher, PublishError
+from stream.subscribe import LabelMessage, Subscriber, SubscribeTimeoutError
+from stream.wire import (
+    ENCODINGS,
+    ClassTable,
+    LabelsHeader,
+    ModelInfo,
+    PayloadEncoder,
+    SourceEvent,
+    pack_class_table,
+    pack_labels,
+)
+
+TABLE = ClassTable.build(CAMVID_CLASSES, ModelInfo("camvid-test", "fastscnn", (360, 480)))
+
+
+def ipc_endpoint() -> str:
+    return f"ipc:///tmp/segstream-test-{uuid.uuid4().hex[:12]}.sock"
+
+
+def endpoint_for(transport: str) -> str:
+    return "tcp://127.0.0.1:*" if transport == "tcp" else ipc_endpoint()
+
+
+def wait_until(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def wait_subscribed(pub: Publisher, n: int = 3) -> None:
+    """A subscriber sends 3 subscriptions (cls/, seg/, evt/); once seen, it is attached."""
+    wait_until(lambda: pub.stats().subscriptions >= n)
+
+
+def make_labels(seq: int, shape=(45, 60)) -> np.ndarray:
+    rng = np.random.default_rng(seq)
+    labels = np.repeat(rng.integers(0, 11, (shape[0], 1), dtype=np.uint8), shape[1], axis=1)
+    labels[5:20, 10:40] = seq % 11
+    return labels
+
+
+def publish(pub: Publisher, camera: str, seq: int, labels: np.ndarray, dropped: int = 0) -> None:
+    pub.publish_labels(camera, seq, labels, t_capture_ns=time.time_ns(),
+                       t_capture_mono_ns=time.monotonic_ns(), dropped=dropped)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_label_maps_arrive_bit_exact_with_metadata(transport, encoding):
+    with Publisher(endpoint_for(transport), class_table=TABLE, encoding=encoding) as pub, \
+            Subscriber(pub.bound_endpoints[0], timeout=5) as sub:
+        wait_subscribed(pub)
+        sent = {}
+        for seq in range(5):
+            labels = make_labels(seq)
+            mono, wall = time.monotonic_ns(), time.time_ns()
+            pub.publish_labels("front", seq, labels, t_capture_ns=wall, t_capture_mono_ns=mono,
+                               t_infer_ns=wall + 5, dropped=seq // 2)
+            sent[seq] = (labels, mono, wall)
+            time.sleep(0.005)
+        for seq in range(5):
+            msg = sub.receive()
+            assert isinstance(msg, LabelMessage)
+            labels, mono, wall = sent[seq]
+            assert (msg.camera, msg.seq, msg.shape, msg.encoding) == (
+                "front", seq, labels.shape, encoding)
+            np.testing.assert_array_equal(msg.labels, labels)
+            assert msg.labels.dtype == np.uint8
+            assert (msg.t_capture_ns, msg.t_capture_mono_ns, msg.t_infer_ns) == (
+                wall, mono, wall + 5)
+            assert msg.t_publish_ns >= wall and msg.t_receive_ns >= msg.t_publish_ns
+            assert msg.dropped == seq // 2 and msg.lost == 0
+            assert msg.publisher == pub.publisher_id
+            assert msg.class_table == TABLE and msg.class_table_id == TABLE.id
+            assert 0 <= msg.latency_ns(same_host=True) < 5e9
+        assert sub.stats.received == 5 and sub.stats.rejected == 0
+        assert pub.stats().sent == 5
+
+
+def test_events_and_camera_filter_is_exact():
+    with Publisher(ipc_endpoint(), class_table=TABLE, encoding="rle") as pub, \
+            Subscriber(pub.bound_endpoints[0], cameras=["cam1"], timeout=2) as sub:
+        wait_subscribed(pub)
+        for seq in range(3):  # "cam10" shares the "seg/cam1" prefix but must not pass
+            for cam in ("cam1", "cam10", "cam2"):
+                publish(pub, cam, seq, make_labels(seq))
+            time.sleep(0.005)
+        pub.publish_event("cam10", "stalled", "no frames")
+        pub.publish_event("cam1", "reconnecting", "rtsp timeout")
+        got = [sub.receive() for _ in range(4)]
+        assert [m.seq for m in got[:3]] == [0, 1, 2]
+        assert all(m.camera == "cam1" for m in got[:3])
+        assert isinstance(got[3], SourceEvent)
+        assert (got[3].camera, got[3].state, got[3].detail) == (
+            "cam1", "reconnecting", "rtsp timeout")
+        assert sub.receive(0.3) is None
+
+
+def test_late_joiner_gets_the_class_table_on_subscription():
+    # Periodic re-sends are off: the table must come from the subscription itself.
+    with Publisher(ipc_endpoint(), class_table=TABLE, class_table_interval=0) as pub:
+        for seq in range(10):  # publishing before anybody listens
+            publish(pub, "front", seq, make_labels(seq))
+        time.sleep(0.2)
+        with Subscriber(pub.bound_endpoints[0], timeout=5) as late:
+            wait_subscribed(pub)
+            wait_until(lambda: TABLE.id in late.class_tables or late.receive(0.05) is not None)
+            publish(pub, "front", 10, make_labels(10))
+            msg = late.receive()
+            assert msg.seq == 10 and msg.class_table == TABLE
+        assert pub.stats().class_tables >= 1
+
+
+def test_class_table_is_resent_periodically():
+    with Publisher(ipc_endpoint(), class_table=TABLE, class_table_interval=0.1) as pub:
+        time.sleep(0.35)
+        assert pub.stats().class_tables >= 2
+
+
+def test_slow_subscriber_never_stalls_the_publisher():
+    ctx = zmq.Context()
+    with Publisher("tcp://127.0.0.1:*", class_table=TABLE, encoding="raw") as pub:
+        ep = pub.bound_endpoints[0]
+        stuck = ctx.socket(zmq.SUB)  # subscribes, then never reads
+        stuck.setsockopt(zmq.RCVHWM, 1)
+        stuck.setsockopt(zmq.RCVBUF, 4096)
+        stuck.subscribe(b"")
+        stuck.connect(ep)
+        with Subscriber(ep, timeout=10) as fast:
+            wait_subscribed(pub, n=4)
+            seqs: list[int] = []
+            done = threading.Event()
+
+            def reader() -> None:
+                while not done.is_set() or len(seqs) < 1:
+                    msg = fast.receive(0.2)
+                    if msg is not None:
+                        seqs.append(msg.seq)
+                    elif done.is_set():
+                        return
+
+            t = threading.Thread(target=reader)
+            t.start()
+            labels = make_labels(0, (120, 160))  # 19 kB raw
+            t0 = time.monotonic()
+            for seq in range(2000):
+                publish(pub, "front", seq, labels)
+            burst_s = time.monotonic() - t0
+            for seq in range(2000, 2010):  # paced tail: the fast reader must keep up
+                publish(pub, "front", seq, labels)
+                time.sleep(0.02)
+            time.sleep(0.3)
+            done.set()
+            t.join(10)
+        stuck.close(linger=0)
+    ctx.term()
+    # A blocking publisher would hang here for good; 30 s is a liveness bound, not a speed.
+    assert burst_s < 30
+    assert pub.stats().sent == 2010 and pub.stats().errors == 0
+    assert any(s >= 2000 for s in seqs), seqs[-10:]
+    assert seqs == sorted(seqs)
+
+
+def test_latest_only_subscriber_gets_only_recent_maps():
+    with Publisher(ipc_endpoint(), class_table=TABLE, encoding="raw") as pub, \
+            Subscriber(pub.bound_endpoints[0], latest_only=True, timeout=5) as sub:
+        wait_subscribed(pub)
+        current = [0]
+        stop = threading.Event()
+        labels = make_labels(0, (120, 160))
+
+        def produce() -> None:
+            while not stop.is_set():
+                publish(pub, "front", current[0], labels)
+                current[0] += 1
+                time.sleep(0.004)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        try:
+            lags = []
+            for _ in range(20):  # a consumer 10x slower than the producer
+                msg = sub.receive()
+                lags.append(current[0] - msg.seq)
+                time.sleep(0.04)
+        finally:
+            stop.set()
+            t.join()
+    # A plain subscriber would lag by ~10 more maps per read (queues of ~100);
+    # latest-only stays within a few maps of the producer.
+    assert sorted(lags[-10:])[5] <= 15, lags
+    assert sub.stats.skipped > 50
+
+
+class RawPublisher:
+    """A bare XPUB that sends arbitrary frames (to inject malformed messages)."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.SNDHWM, 1000)
+        self.endpoint = ipc_endpoint()
+        self.sock.bind(self.endpoint)
+
+    def wait_subscribed(self) -> None:
+        assert self.sock.poll(5000), "subscriber never subscribed"
+        while self.sock.poll(200):
+            self.sock.recv()
+
+    def send(self, parts) -> None:
+        self.sock.send_multipart([bytes(p) for p in parts])
+        time.sleep(0.002)
+
+    def labels(self, seq: int, *, dropped: int = 0, publisher: str = "p1",
+               camera: str = "front") -> list:
+        labels = make_labels(seq, (8, 10))
+        h = LabelsHeader(camera, seq, 1, 2, 3, 4, labels.shape, "zstd", TABLE.id, dropped,
+                         publisher)
+        return pack_labels(h, PayloadEncoder("zstd").encode(labels))
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def raw_pub():
+    p = RawPublisher()
+    yield p
+    p.close()
+
+
+def test_malformed_messages_are_rejected_and_good_ones_still_arrive(raw_pub, caplog):
+    with Subscriber(raw_pub.endpoint, timeout=5) as sub:
+        raw_pub.wait_subscribed()
+        good = raw_pub.labels(1)
+        header = json.loads(good[1])
+        bad = [
+            good[:2],  # wrong part count
+            [good[0], b"{oops", good[2]],  # bad JSON
+            [good[0], json.dumps({**header, "v": 2}).encode(), good[2]],  # wrong version
+            [good[0], json.dumps({**header, "shape": [9, 10]}).encode(), good[2]],  # size
+            [good[0], json.dumps({**header, "encoding": "rle"}).encode(), good[2]],
+            [b"seg/front", json.dumps({k: v for k, v in header.items() if k != "seq"})
+             .encode(), good[2]],  # missing key
+        ]
+        raw_pub.send(pack_class_table(TABLE))
+        raw_pub.send(raw_pub.labels(0))
+        for parts in bad:
+            raw_pub.send(parts)
+        raw_pub.send(good)
+        raw_pub.send(raw_pub.labels(2))
+        got = [sub.receive() for _ in range(3)]
+        assert [m.seq for m in got] == [0, 1, 2]
+        assert got[2].class_table == TABLE
+        np.testing.assert_array_equal(got[1].labels, make_labels(1, (8, 10)))
+        assert sub.stats.rejected == len(bad)
+        assert "missing key 'seq'" in sub.stats.last_error
+    assert "wire version 2 is not supported" in caplog.text
+
+
+def test_sequence_gaps_count_as_lost_unless_the_source_dropped_them(raw_pub):
+    with Subscriber(raw_pub.endpoint, timeout=5) as sub:
+        raw_pub.wait_subscribed()
+        # seq 2..4 missing: 1 of them dropped at the source (dropped 0 -> 1), 2 lost.
+        for seq, dropped in [(0, 0), (1, 0), (5, 1), (6, 1)]:
+            raw_pub.send(raw_pub.labels(seq, dropped=dropped))
+        lost = [sub.receive().lost for _ in range(4)]
+        assert lost == [0, 0, 2, 0]
+        raw_pub.send(raw_pub.labels(0, publisher="p2"))  # publisher restart: no loss
+        assert sub.receive().lost == 0
+        assert (sub.stats.lost, sub.stats.restarts) == (2, 1)
+        assert sub.stats.lost_by_camera == {"front": 2}
+
+
+def test_subscriber_times_out_cleanly():
+    with Subscriber(ipc_endpoint(), timeout=0.2) as sub:
+        assert sub.receive() is None
+        with pytest.raises(SubscribeTimeoutError, match="no message from ipc://"):
+            next(iter(sub))
+
+
+def test_publisher_rejects_bad_input_and_reports_bind_errors():
+    with Publisher("tcp://127.0.0.1:*", class_table=TABLE) as pub:
+        with pytest.raises(ValueError, match=r"\(H, W\) uint8"):
+            publish(pub, "front", 0, np.zeros((4, 4), np.int64))
+        with pytest.raises(ValueError, match=r"\(H, W\) uint8"):
+            publish(pub, "front", 0, np.zeros((4, 4, 3), np.uint8))
+        with pytest.raises(ValueError, match="camera id"):
+            publish(pub, "front/left", 0, np.zeros((4, 4), np.uint8))
+        with pytest.raises(PublishError, match="cannot bind"):
+            Publisher(pub.bound_endpoints[0], class_table=TABLE)
+    with pytest.raises(PublishError, match="closed"):
+        publish(pub, "front", 0, np.zeros((4, 4), np.uint8))
+    with pytest.raises(PublishError, match="cannot bind"):
+        Publisher("udp://nowhere", class_table=TABLE)
