@@ -110,11 +110,15 @@ def sample_to_bgr(sample: Any) -> np.ndarray:
                          f"(stride {stride}, needs {need})")
     flat = np.frombuffer(data, dtype=np.uint8)
     if stride == w * 3:
-        image = flat[offset:offset + h * stride].reshape(h, w, 3)
+        image = flat[offset:offset + h * stride].reshape(h, w, 3)  # (H, W, 3), no copy
     else:
-        rows = np.lib.stride_tricks.as_strided(flat[offset:], shape=(h, w * 3),
-                                               strides=(stride, 1), writeable=False)
-        image = np.ascontiguousarray(rows).reshape(h, w, 3)  # (H, W, 3)
+        # Rows 0..H-2 as a (H-1, stride) view cut to W*3 bytes; the last row separately,
+        # since a buffer need not carry the padding after it.
+        image = np.empty((h, w * 3), np.uint8)
+        last = offset + (h - 1) * stride
+        image[:-1] = flat[offset:last].reshape(h - 1, stride)[:, :w * 3]
+        image[-1] = flat[last:last + w * 3]
+        image = image.reshape(h, w, 3)  # (H, W, 3)
     image.flags.writeable = False
     return image
 

@@ -87,6 +87,37 @@ def test_mailbox_newest_wins_and_counts_drops():
 # -------------------------------------------------------------- GStreamer sources
 
 
+def make_sample(data: bytes, caps: str):
+    """A real Gst.Sample wrapping ``data`` with ``caps``."""
+    from stream.gst import load_gst
+
+    Gst = load_gst().Gst
+    return Gst.Sample.new(Gst.Buffer.new_wrapped(data), Gst.Caps.from_string(caps), None, None)
+
+
+@pytest.mark.parametrize(("width", "short_last_row"), [(322, False), (322, True), (320, False)])
+def test_sample_to_bgr_cuts_row_padding(width: int, short_last_row: bool):
+    require_gst()
+    from stream.gst import sample_to_bgr
+
+    h, stride = 7, (width * 3 + 3) // 4 * 4  # GStreamer rounds BGR rows up to 4 bytes
+    rng = np.random.default_rng(width)
+    raw = rng.integers(0, 256, h * stride, np.uint8)
+    if short_last_row:  # a buffer may end right after the last row's pixels
+        raw = raw[: (h - 1) * stride + width * 3]
+    image = sample_to_bgr(make_sample(raw.tobytes(),
+                                      f"video/x-raw,format=BGR,width={width},height={h}"))
+    expected = np.stack([raw[r * stride: r * stride + width * 3] for r in range(h)])
+    assert image.shape == (h, width, 3) and image.flags.c_contiguous
+    assert np.array_equal(image.reshape(h, width * 3), expected)
+    with pytest.raises(ValueError, match="too small"):
+        sample_to_bgr(make_sample(raw[: (h - 1) * stride + width * 3 - 1].tobytes(),
+                                  f"video/x-raw,format=BGR,width={width},height={h}"))
+    with pytest.raises(ValueError, match="format=BGR"):
+        sample_to_bgr(make_sample(raw.tobytes(),
+                                  f"video/x-raw,format=RGB,width={width},height={h}"))
+
+
 def test_test_source_delivers_sized_frames_with_increasing_seq():
     require_elements("videotestsrc")
     log = StateLog()
