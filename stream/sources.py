@@ -294,8 +294,10 @@ def _rtsp(uri: str, camera_id: str) -> SourceSpec:
     if any(k in ours for k, _ in pairs):
         rest = urlencode([(k, v) for k, v in pairs if k not in ours])
         url = urlunsplit(parts._replace(query=rest))
+    # The caps filter picks the video stream: cameras often send audio too, and rtspsrc's
+    # first pad (maybe the audio) would otherwise take the only decodebin.
     pipeline = (f"rtspsrc location={_quote(url)} latency={latency} protocols={transport} "
-                f"! decodebin ! {_tail(sync=False)}")
+                f"! application/x-rtp,media=video ! decodebin ! {_tail(sync=False)}")
     return SourceSpec(camera_id, uri, "rtsp", pipeline, live=True, target=url)
 
 

@@ -51,13 +51,21 @@ def run_to_eos(description: str, timeout: float = 20.0) -> None:
 
 
 def encode_video(path: Path, frames: int, width: int = 160, height: int = 120,
-                 fps: int = 30, container: str = "avi") -> Path:
-    """Encode ``frames`` frames of a moving test pattern to ``path`` (MPEG-4 part 2)."""
+                 fps: int = 30, container: str = "avi", audio: bool = False) -> Path:
+    """Encode ``frames`` frames of a moving test pattern to ``path`` (MPEG-4 part 2), with
+    a raw PCM audio track muxed in first when ``audio`` (mkv only)."""
     encoder, muxer = CONTAINERS[container]
     require_elements("videotestsrc", encoder, muxer)
-    run_to_eos(f"videotestsrc num-buffers={frames} pattern=ball ! "
-               f"video/x-raw,width={width},height={height},framerate={fps}/1 ! videoconvert ! "
-               f"{encoder} ! {muxer} ! filesink location=\"{path}\"")
+    video = (f"videotestsrc num-buffers={frames} pattern=ball ! "
+             f"video/x-raw,width={width},height={height},framerate={fps}/1 ! videoconvert ! "
+             f"{encoder} ! queue ! mux.")
+    sound = ""
+    if audio:
+        assert container == "mkv", "raw audio is muxed into Matroska only"
+        rate = 16000
+        sound = (f"audiotestsrc num-buffers={frames} samplesperbuffer={rate // fps} ! "
+                 f"audio/x-raw,rate={rate},channels=1,format=S16LE ! queue ! mux. ")
+    run_to_eos(f"{muxer} name=mux ! filesink location=\"{path}\" {sound}{video}")
     return path
 
 
@@ -84,7 +92,7 @@ class RtspTestServer:
     """
 
     def __init__(self, port: int = 0, width: int = 160, height: int = 120,
-                 fps: int = 15) -> None:
+                 fps: int = 15, audio: bool = False) -> None:
         require_gst()
         import gi
 
@@ -93,14 +101,17 @@ class RtspTestServer:
 
         self._rtsp = GstRtspServer
         Gst = load_gst().Gst
+        pay = "pay1" if audio else "pay0"  # with audio, the video is the second stream
         if Gst.ElementFactory.find("openh264enc") is not None:
-            enc = "openh264enc ! rtph264pay name=pay0 pt=96 config-interval=1"
+            enc = f"openh264enc ! rtph264pay name={pay} pt=96 config-interval=1"
         elif Gst.ElementFactory.find("jpegenc") is not None:
-            enc = "jpegenc ! rtpjpegpay name=pay0 pt=26"
+            enc = f"jpegenc ! rtpjpegpay name={pay} pt=26"
         else:
             pytest.skip("no H.264 or JPEG encoder for the RTSP test server")
-        self.launch = (f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={width},"
-                       f"height={height},framerate={fps}/1,format=I420 ! {enc} )")
+        sound = ("audiotestsrc is-live=true ! audioconvert ! audio/x-raw,rate=8000,channels=1 "
+                 "! rtpL16pay name=pay0 pt=97 ") if audio else ""
+        self.launch = (f"( {sound}videotestsrc is-live=true pattern=ball ! video/x-raw,"
+                       f"width={width},height={height},framerate={fps}/1,format=I420 ! {enc} )")
         self.port = port
         self._thread: threading.Thread | None = None
 

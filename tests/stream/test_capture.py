@@ -172,6 +172,14 @@ def test_file_realtime0_delivers_every_frame(tmp_path: Path, container: str):
         assert frames[0].shape == (120, 160)
 
 
+def test_file_with_audio_track_delivers_the_video(tmp_path: Path):
+    require_elements("audiotestsrc")
+    path = encode_video(tmp_path / "av.mkv", frames=20, container="mkv", audio=True)
+    with open_capture(parse_source(f"{path}?realtime=0"), options=FAST) as cap:
+        frames = take_all(cap)
+        assert cap.state == "eos" and len(frames) == 20 and cap.errors == 0
+
+
 def test_file_realtime_plays_at_file_rate(tmp_path: Path):
     path = encode_video(tmp_path / "clip.avi", frames=12, fps=30)
     t0 = time.monotonic()

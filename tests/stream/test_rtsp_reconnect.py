@@ -69,3 +69,15 @@ def test_rtsp_capture_reconnects_after_server_restart(transport: str):
     assert states.seen[:2] == ["starting", "running"]
     assert "reconnecting" in states.seen
     assert states.seen[-2:] == ["running", "stopped"]
+
+
+def test_rtsp_camera_with_audio_delivers_video():
+    """rtspsrc's first pad is the audio stream here; the video must still be decoded."""
+    require_elements("rtspsrc", "decodebin", "videotestsrc", "audiotestsrc", "rtpL16pay")
+    with RtspTestServer(width=96, height=64, audio=True) as server:
+        spec = parse_source_args([server.url])[0]
+        with open_capture(spec, backend="gstreamer",
+                          options=CaptureOptions(stall_timeout=3.0, max_retries=0)) as cap:
+            frame = next_frame(cap, -1, 10)
+            assert frame is not None, cap.stats()
+            assert frame.shape == (64, 96) and cap.errors == 0

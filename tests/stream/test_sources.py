@@ -93,7 +93,7 @@ def test_rtsp_keeps_camera_query_and_takes_ours():
                         "&latency=50&subtype=0")
     assert spec.kind == "rtsp" and spec.live
     assert 'location="rtsp://admin:secret@10.1.2.3:554/cam?channel=1&subtype=0"' in spec.pipeline
-    assert "latency=50 protocols=udp" in spec.pipeline
+    assert "latency=50 protocols=udp ! application/x-rtp,media=video ! decodebin" in spec.pipeline
     assert "secret" not in spec.display and "admin:***@10.1.2.3" in spec.display
     plain = parse_source("rtsp://10.1.2.3/stream1")
     assert "latency=0 protocols=tcp" in plain.pipeline and plain.target == "rtsp://10.1.2.3/stream1"
