@@ -1,0 +1,108 @@
+"""Training augmentation for (image, label) pairs, deterministic given a NumPy Generator.
+
+Order: random scale -> pad (image with the mean colour, label with IGNORE) -> random crop
+-> horizontal flip -> colour jitter (on the crop only, which is cheaper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engines.data.readers import IGNORE
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation parameters.
+
+    Attributes:
+        crop: output (H, W).
+        scale: range of the random resize factor, applied to both sides.
+        hflip: probability of a horizontal flip.
+        brightness, contrast, saturation: jitter strengths; each factor is drawn from
+            ``[1 - s, 1 + s]`` (0 disables).
+        pad_rgb: fill colour for padding (RGB uint8), the dataset mean by default so that
+            padding becomes ~0 after normalisation.
+    """
+
+    crop: tuple[int, int] = (360, 480)
+    scale: tuple[float, float] = (0.5, 2.0)
+    hflip: float = 0.5
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.25
+    pad_rgb: tuple[int, int, int] = (124, 116, 104)
+
+    def __post_init__(self) -> None:
+        if len(self.crop) != 2 or min(self.crop) <= 0:
+            raise ValueError(f"crop must be (H, W) > 0, got {self.crop}")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale range must be 0 < lo <= hi, got {self.scale}")
+
+
+def random_scale(img: np.ndarray, lbl: np.ndarray, factor: float) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """Resize image bilinearly and label with nearest neighbour by ``factor``."""
+    if factor == 1.0:
+        return img, lbl
+    h, w = lbl.shape
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))  # cv2 takes (W, H)
+    return (cv2.resize(img, size, interpolation=cv2.INTER_LINEAR),
+            cv2.resize(lbl, size, interpolation=cv2.INTER_NEAREST))
+
+
+def pad_to(img: np.ndarray, lbl: np.ndarray, crop: tuple[int, int],
+           pad_rgb: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pad bottom/right so both sides are at least ``crop``; label padding is IGNORE."""
+    h, w = lbl.shape
+    ph, pw = max(0, crop[0] - h), max(0, crop[1] - w)
+    if ph == 0 and pw == 0:
+        return img, lbl
+    img = cv2.copyMakeBorder(img, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=pad_rgb)
+    lbl = cv2.copyMakeBorder(lbl, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=IGNORE)
+    return img, lbl
+
+
+def color_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Brightness, contrast and saturation jitter in random order; uint8 RGB in and out."""
+    out = img.astype(np.float32)
+    ops = rng.permutation(3)
+    for op in ops:
+        if op == 0 and cfg.brightness > 0:
+            out *= rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
+        elif op == 1 and cfg.contrast > 0:
+            f = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
+            mean = out.mean()
+            out = (out - mean) * f + mean
+        elif op == 2 and cfg.saturation > 0:
+            f = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
+            gray = out @ np.array([0.299, 0.587, 0.114], np.float32)  # (H, W)
+            out = (out - gray[..., None]) * f + gray[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def augment(img: np.ndarray, lbl: np.ndarray, rng: np.random.Generator,
+            cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One random training view.
+
+    Args:
+        img: (H, W, 3) uint8 RGB.
+        lbl: (H, W) uint8 class ids / IGNORE.
+        rng: the only source of randomness (same generator state -> same output).
+    Returns:
+        (crop_h, crop_w, 3) uint8 RGB and (crop_h, crop_w) uint8 labels.
+    """
+    img, lbl = random_scale(img, lbl, float(rng.uniform(*cfg.scale)))
+    img, lbl = pad_to(img, lbl, cfg.crop, cfg.pad_rgb)
+    h, w = lbl.shape
+    ch, cw = cfg.crop
+    y = int(rng.integers(0, h - ch + 1))
+    x = int(rng.integers(0, w - cw + 1))
+    img, lbl = img[y:y + ch, x:x + cw], lbl[y:y + ch, x:x + cw]
+    if rng.random() < cfg.hflip:
+        img, lbl = img[:, ::-1], lbl[:, ::-1]
+    img = color_jitter(img, rng, cfg)
+    return np.ascontiguousarray(img), np.ascontiguousarray(lbl)
