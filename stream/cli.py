@@ -16,7 +16,15 @@ from stream import __version__
 COMMANDS: tuple[str, ...] = (
     "run",
     "launch",
+    "subscribe",
+    "view",
+    "keygen",
+    "bench",
     "probe",
+    "calibrate",
+    "train",
+    "eval",
+    "predict",
 )
 
 EPILOG = """examples:
