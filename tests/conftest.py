@@ -12,9 +12,9 @@ import pytest
 # order aborts the process in some environments (two copies of the same C libraries).
 # The suite runs both in one process, so load them first, headless.
 matplotlib.use("Agg")
-import matplotlib.pyplot  # noqa: E402, F401
+import matplotlib.pyplot
 
-from tests.tinymodel import make_tiny_model  # noqa: E402
+from tests.tinymodel import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
