@@ -319,7 +319,7 @@ class BaseCapture(ABC):
             self._pull_times.append(t_mono)
             self._frame_size = (image.shape[0], image.shape[1])
         self._session_frames += 1
-        if self._session_frames == 1:
+        if self._session_frames == 1 and self._state != "running":
             self._set_state("running", f"{image.shape[1]}x{image.shape[0]}")
         if not self._mailbox.put(frame, block=self.spec.lossless):
             return False

@@ -190,12 +190,19 @@ def test_file_realtime_plays_at_file_rate(tmp_path: Path):
     assert cap.captured == 12
 
 
-def test_file_loop_replays(tmp_path: Path):
-    path = encode_video(tmp_path / "clip.mkv", frames=10, container="mkv")
-    with open_capture(parse_source(f"{path.as_uri()}?loop=1&realtime=0"), options=FAST) as cap:
+@pytest.mark.parametrize("backend", ["gstreamer", "opencv"])
+def test_file_loop_replays(tmp_path: Path, backend: str):
+    if backend == "gstreamer":
+        path = encode_video(tmp_path / "clip.mkv", frames=10, container="mkv")
+    else:
+        path = write_mjpg_avi(tmp_path / "clip.avi", frames=10)
+    log = StateLog()
+    spec = parse_source(f"{path.as_uri()}?loop=1&realtime=0")
+    with open_capture(spec, backend=backend, options=FAST, on_state=log) as cap:
         frames = take_all(cap, limit=25)
         assert len(frames) == 25 and cap.state == "running"
         assert [f.seq for f in frames] == list(range(25)) and cap.reconnects == 0
+    assert log.states() == ["starting", "running", "stopped"]  # a replay is no new event
 
 
 def test_slow_consumer_gets_newest_frames_and_drops_are_counted():

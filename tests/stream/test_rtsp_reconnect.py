@@ -4,6 +4,7 @@ port, and frames resume with the sequence counting on."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -81,3 +82,29 @@ def test_rtsp_camera_with_audio_delivers_video():
             frame = next_frame(cap, -1, 10)
             assert frame is not None, cap.stats()
             assert frame.shape == (64, 96) and cap.errors == 0
+
+
+def test_hung_camera_is_detected_as_stalled_and_closes_promptly():
+    """A camera that accepts the TCP connection but never answers RTSP: no error ever
+    comes, only the stall timeout notices, and close() must not hang in the handshake."""
+    require_elements("rtspsrc", "decodebin")
+    states = States()
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        url = f"rtsp://127.0.0.1:{hung.getsockname()[1]}/stream1"
+        opts = CaptureOptions(stall_timeout=0.5, poll_interval=0.05,
+                              backoff=Backoff(initial=0.1, factor=2, maximum=0.2))
+        cap = open_capture(parse_source_args([url])[0], backend="gstreamer", options=opts,
+                           on_state=states)
+        try:
+            deadline = time.monotonic() + 10
+            while cap.reconnects < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert cap.reconnects >= 2 and cap.captured == 0 and cap.errors == 0
+        finally:
+            t0 = time.monotonic()
+            cap.close()
+            assert time.monotonic() - t0 < 5
+    assert states.seen[:3] == ["starting", "stalled", "reconnecting"]
+    assert states.seen[-1] == "stopped"
