@@ -1,0 +1,62 @@
+"""--metrics-port: a real Prometheus scrape of a running pipeline."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from stream.config import PipelineConfig, PublishConfig, SourceConfig
+from stream.runner import run_pipeline
+from tests.stream._media import require_gst
+
+pytest.importorskip("prometheus_client")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_endpoint_reports_per_camera_figures(tiny_model):
+    require_gst()
+    port = _free_port()
+    cfg = PipelineConfig(sources=(SourceConfig("test://colors?width=160&height=120&fps=30",
+                                               "front"),),
+                         model=str(tiny_model), threads=1, stats_interval=0, metrics_port=port,
+                         publish=PublishConfig((f"ipc:///tmp/segstream-m-{uuid.uuid4().hex[:8]}",)))
+    stop = threading.Event()
+
+    def target() -> None:
+        with open(os.devnull, "w") as devnull:
+            run_pipeline(cfg, stop=stop, out=devnull)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    try:
+        body, deadline = "", time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) \
+                    .read().decode()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            if 'segstream_frames_published_total{camera="front"} 0.0' not in body \
+                    and "segstream_latency_seconds" in body:
+                break
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        t.join(15)
+    assert 'segstream_source_up{camera="front"} 1.0' in body
+    published = [ln for ln in body.splitlines()
+                 if ln.startswith('segstream_frames_published_total{camera="front"}')]
+    assert published and float(published[0].split()[-1]) > 0
+    assert 'stage="infer"' in body and "segstream_source_reconnects_total" in body
