@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 KINDS = ("file", "v4l2", "rtsp", "csi", "test", "gst")
 
@@ -208,6 +208,13 @@ class _Options:
         return str(self._get(key, default, conv, f"one of {', '.join(choices)}"))
 
 
+def _split(uri: str) -> SplitResult:
+    try:
+        return urlsplit(uri)
+    except ValueError as e:  # e.g. "Invalid IPv6 URL" for an unclosed '['
+        raise SourceError(f"source {uri!r}: not a valid URI ({e})\n{VALID_FORMS}") from None
+
+
 def _quote(value: str) -> str:
     """A property value for ``gst_parse_launch``: double-quoted, ``\\`` and ``"`` escaped."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -234,7 +241,7 @@ def _raw_caps(width: int, height: int, fps: int, media: str = "video/x-raw") -> 
 
 def _file(uri: str, camera_id: str) -> SourceSpec:
     if uri.lower().startswith("file://"):
-        parts = urlsplit(uri)
+        parts = _split(uri)
         if parts.netloc not in ("", "localhost"):
             raise SourceError(f"source {uri!r}: file URIs need an absolute path "
                               f"(file:///path/video.mp4), not host {parts.netloc!r}")
@@ -257,7 +264,7 @@ def _file(uri: str, camera_id: str) -> SourceSpec:
 
 
 def _v4l2(uri: str, camera_id: str) -> SourceSpec:
-    parts = urlsplit(uri)
+    parts = _split(uri)
     dev = parts.netloc + parts.path
     if dev.isdigit():
         dev = f"/dev/video{dev}"
@@ -279,7 +286,7 @@ def _v4l2(uri: str, camera_id: str) -> SourceSpec:
 
 
 def _rtsp(uri: str, camera_id: str) -> SourceSpec:
-    parts = urlsplit(uri)
+    parts = _split(uri)
     if not parts.hostname:
         raise SourceError(f"source {uri!r}: no host; expected rtsp://host[:port]/path\n"
                           f"{VALID_FORMS}")
@@ -302,7 +309,7 @@ def _rtsp(uri: str, camera_id: str) -> SourceSpec:
 
 
 def _csi(uri: str, camera_id: str) -> SourceSpec:
-    parts = urlsplit(uri)
+    parts = _split(uri)
     sensor = (parts.netloc + parts.path).strip("/") or "0"
     if not sensor.isdigit():
         raise SourceError(f"source {uri!r}: the CSI sensor id must be a number, e.g. "
@@ -317,7 +324,7 @@ def _csi(uri: str, camera_id: str) -> SourceSpec:
 
 
 def _test(uri: str, camera_id: str) -> SourceSpec:
-    parts = urlsplit(uri)
+    parts = _split(uri)
     pattern = (parts.netloc + parts.path).strip("/") or "smpte"
     if pattern not in TEST_PATTERNS:
         raise SourceError(f"source {uri!r}: unknown test pattern {pattern!r}; valid: "

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.sources import (
     KINDS,
@@ -167,3 +169,17 @@ def test_bad_file_option(video: Path):
 def test_redact():
     assert redact("rtsp://u:p4ss@h/x and rtsp://h2/y") == "rtsp://u:***@h/x and rtsp://h2/y"
     assert redact("rtsp://user@h/x") == "rtsp://user@h/x"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["", "file://", "v4l2://", "rtsp://", "csi://", "test://", "gst://",
+                        "http://", "/tmp/", "x="]),
+       st.text(alphabet="abc019/:?&=%#@. -_!\"\\[]", max_size=30))
+def test_any_source_string_parses_or_raises_source_error(prefix: str, rest: str):
+    """No input crashes the parser with anything but a SourceError that names it."""
+    try:
+        spec = parse_source(prefix + rest)
+    except SourceError as e:
+        assert str(e)
+    else:
+        assert spec.kind in KINDS and "appsink name=sink" in spec.pipeline
