@@ -1,0 +1,273 @@
+"""One calibration run: check inputs, calibrate, quantize, evaluate, fall back, write.
+
+Outputs (written only once everything succeeded; nothing partial is left on failure):
+    ``out``            the Q/DQ INT8 ONNX model
+    ``out`` .json      its sidecar (the FP32 spec, metrics replaced by the INT8 figures)
+    ``report`` .json   the :class:`~calibrate.report.CalibrationReport`
+    ``report`` .md     the same as a readable table
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+from tqdm import tqdm
+
+from calibrate.data import (
+    CalibrationDataError,
+    FrameReader,
+    LabelledFrame,
+    NamedFrame,
+    camvid_split,
+    evenly_spaced,
+    read_frames,
+    read_labelled,
+)
+from calibrate.evaluate import SegScores, agreement, compare_speed, predict, score
+from calibrate.quantize import (
+    FloatModel,
+    QuantConfig,
+    load_float_model,
+    preprocess_graph,
+    quantizable_nodes,
+    quantize_to,
+    summarize_qdq,
+)
+from calibrate.report import CalibrationReport
+from calibrate.sensitivity import (
+    FallbackResult,
+    Objective,
+    greedy_fallback,
+    measure_candidates,
+    rank_by_sqnr,
+)
+from engines.spec import sidecar_path
+
+
+@dataclass(frozen=True)
+class CalibrateJob:
+    """All inputs of ``segstream calibrate`` (see ``stream/commands/calibrate.py``).
+
+    Attributes:
+        model: FP32 ONNX model with its sidecar.
+        data: calibration frames: image folder or video file.
+        samples: calibration frames used (evenly spaced over ``data``).
+        quant: method, weight granularity, layout.
+        eval_images, eval_labels: a labelled split (CamVid ``val`` + ``valannot``), or the
+            ``data`` folder and its label maps (see :func:`resolve_eval`).
+        eval_samples: labelled frames used (None: all).
+        max_drop: allowed mIoU drop in points; larger drops trigger the float fallback.
+        min_agreement: without labels, the fallback keeps INT8/FP32 agreement above this %.
+        sensitivity_budget: candidates measured exactly in the sensitivity search.
+        sensitivity_samples: frames each candidate is scored on.
+        out: INT8 model path; report: report path stem (``.json`` and ``.md`` are added).
+        threads: ONNX Runtime threads for evaluation and timing.
+        speed_runs: timed runs per model.
+    """
+
+    model: Path
+    data: Path
+    samples: int = 100
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    eval_images: Path | None = None
+    eval_labels: Path | None = None
+    eval_samples: int | None = None
+    max_drop: float | None = 0.5
+    min_agreement: float | None = None
+    sensitivity_budget: int = 12
+    sensitivity_samples: int = 24
+    out: Path | None = None
+    report: Path | None = None
+    threads: int | None = None
+    speed_runs: int = 30
+    progress: bool = True
+
+    @property
+    def out_path(self) -> Path:
+        return self.out or self.model.with_name(f"{self.model.stem}.int8.onnx")
+
+    @property
+    def report_stem(self) -> Path:
+        return self.report or self.out_path.with_name(f"{self.out_path.stem}.report")
+
+
+def resolve_eval(labels: Path | None, eval_data: Path | None, split: str,
+                 data: Path) -> tuple[Path | None, Path | None]:
+    """(frames folder, labels folder) from ``--labels`` or ``--eval-data``/``--split``."""
+    if labels is not None and eval_data is not None:
+        raise CalibrationDataError("give either --labels (for the --data frames) or "
+                                   "--eval-data CAMVID_DIR, not both")
+    if labels is not None:
+        if not data.is_dir():
+            raise CalibrationDataError(f"--labels needs --data to be a folder of frames, "
+                                       f"got {data}; use --eval-data for a separate split")
+        return data, labels
+    if eval_data is not None:
+        return camvid_split(eval_data, split)
+    return None, None
+
+
+def run_calibration(job: CalibrateJob) -> CalibrationReport:
+    """Do the whole run; see the module docstring for what is written."""
+    fm = load_float_model(job.model)
+    out = job.out_path
+    if out.resolve() == fm.path.resolve():
+        raise CalibrationDataError(f"--out {out} would overwrite the FP32 model")
+    # Read every input before the slow work so that bad data fails in seconds.
+    calib = read_frames(job.data, job.samples)
+    labelled: list[LabelledFrame] = []
+    if job.eval_images is not None and job.eval_labels is not None:
+        labelled = read_labelled(job.eval_images, job.eval_labels, job.eval_samples)
+    with tempfile.TemporaryDirectory(prefix="segstream-calib-") as tmp_name:
+        tmp = Path(tmp_name)
+        prepped = preprocess_graph(fm.path, tmp / "prepped.onnx")
+        cache = tmp / "ranges.json"
+        bar = tqdm(total=len(calib), desc=f"calibrate ({job.quant.method})", unit="frame",
+                   disable=not job.progress)
+        first = quantize_to(prepped, tmp / "int8_full.onnx", job.quant,
+                            reader=FrameReader(calib, fm.spec, fm.input_name, bar), cache=cache)
+        bar.close()
+        ev = _Evaluator(fm, labelled, calib, job)
+        int8_first = ev.scores(first)
+        fallback, final = None, first
+        objective = ev.objective(job)
+        if objective is not None and not objective.met(ev.objective_score(first)):
+            fallback = _fallback(fm, prepped, first, cache, tmp, ev, objective, job)
+            if fallback.kept_float:
+                final = quantize_to(prepped, tmp / "int8_final.onnx",
+                                    job.quant.with_excluded(fallback.kept_float),
+                                    reader=None, cache=cache)
+        elif objective is not None:
+            fallback = FallbackResult((), (), round(ev.objective_score(first), 3), True, ())
+        int8_final = int8_first if final is first else ev.scores(final)
+        speed_fp32, speed_int8 = compare_speed([fm.path, final], fm.spec, calib[0].image,
+                                               threads=job.threads, runs=job.speed_runs,
+                                               progress=job.progress)
+        report = CalibrationReport(
+            model=str(fm.path), int8_model=str(out), method=job.quant.method,
+            per_channel=job.quant.per_channel, calibration_source=str(job.data),
+            calibration_frames=len(calib),
+            eval_source=str(job.eval_images) if labelled else None, eval_frames=len(labelled),
+            fp32=ev.fp32_scores, int8_first=int8_first[0], int8=int8_final[0],
+            agreement_eval=int8_final[1], agreement_data=int8_final[2],
+            agreement_frames=len(ev.agree_frames),
+            speed_fp32=speed_fp32, speed_int8=speed_int8, fallback=fallback,
+            max_drop=objective.max_drop if objective else None, qdq=summarize_qdq(final),
+            versions={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
+        )
+        _write_outputs(fm, final, out, report, job.report_stem)
+    return report
+
+
+class _Evaluator:
+    """Caches FP32 predictions and scores INT8 candidates against them."""
+
+    def __init__(self, fm: FloatModel, labelled: list[LabelledFrame],
+                 calib: list[NamedFrame], job: CalibrateJob) -> None:
+        self.fm, self.labelled, self.job = fm, labelled, job
+        # Agreement on unlabelled frames: the calibration frames (at most 50).
+        self.agree_frames = [calib[i] for i in evenly_spaced(len(calib), 50)]
+        sub = evenly_spaced(len(labelled) or len(self.agree_frames), job.sensitivity_samples)
+        self.subset = sub
+        self.fp32_eval = self._predict(fm.path, labelled, "FP32 eval")
+        self.fp32_agree = self._predict(fm.path, self.agree_frames, "FP32 frames")
+        self.fp32_scores: SegScores | None = (
+            score(self.fp32_eval, labelled, fm.spec) if labelled else None)
+
+    def _predict(self, model: Path, frames: list, desc: str) -> list:
+        return predict(model, self.fm.spec, frames, threads=self.job.threads, desc=desc,
+                       progress=self.job.progress) if frames else []
+
+    def scores(self, int8: Path) -> tuple[SegScores | None, float | None, float | None]:
+        """(mIoU scores on the labelled split, agreement there %, agreement on frames %)."""
+        preds = self._predict(int8, self.labelled, "INT8 eval")
+        agree = self._predict(int8, self.agree_frames, "INT8 frames")
+        return (score(preds, self.labelled, self.fm.spec) if self.labelled else None,
+                round(agreement(preds, self.fp32_eval), 3) if preds else None,
+                round(agreement(agree, self.fp32_agree), 3))
+
+    def objective(self, job: CalibrateJob) -> Objective | None:
+        if self.labelled and job.max_drop is not None:
+            return Objective("miou", self.fp32_scores.miou, job.max_drop)
+        if job.min_agreement is not None:
+            return Objective("agreement", 100.0, 100.0 - job.min_agreement)
+        return None
+
+    def objective_score(self, int8: Path, subset: bool = False) -> float:
+        """mIoU % (labelled) or agreement % of ``int8``, on the subset or all frames."""
+        if self.labelled:
+            idx = self.subset if subset else range(len(self.labelled))
+            frames = [self.labelled[i] for i in idx]
+            preds = self._predict(int8, frames, "score")
+            return score(preds, frames, self.fm.spec).miou
+        idx = self.subset if subset else range(len(self.agree_frames))
+        preds = self._predict(int8, [self.agree_frames[i] for i in idx], "score")
+        return agreement(preds, [self.fp32_agree[i] for i in idx])
+
+
+def _fallback(fm: FloatModel, prepped: Path, first: Path, cache: Path, tmp: Path,
+              ev: _Evaluator, objective: Objective, job: CalibrateJob) -> FallbackResult:
+    counter = iter(range(1_000_000))
+
+    def quantize(nodes: list[str] | tuple[str, ...]) -> Path:
+        path = tmp / f"trial_{next(counter)}.onnx"
+        quantize_to(prepped, path, job.quant.with_excluded(nodes), reader=None, cache=cache)
+        return path
+
+    def score_fn(model: Path, subset: bool) -> float:
+        try:
+            return ev.objective_score(model, subset)
+        finally:
+            model.unlink(missing_ok=True)
+
+    rank_frames = [ev.labelled[i] for i in ev.subset[:4]] if ev.labelled else \
+        ev.agree_frames[:4]
+    ranked = rank_by_sqnr(prepped, first, quantizable_nodes(prepped), rank_frames, fm.spec,
+                          fm.input_name, progress=job.progress)
+    base_subset = ev.objective_score(first, subset=True)
+    measured = measure_candidates(ranked[:job.sensitivity_budget], base_subset, quantize,
+                                  score_fn, progress=job.progress)
+    result = greedy_fallback(measured, objective, ev.objective_score(first), quantize,
+                             score_fn, progress=job.progress)
+    unmeasured = tuple(ranked[job.sensitivity_budget:])
+    return replace(result, candidates=result.candidates + unmeasured)
+
+
+def _write_outputs(fm: FloatModel, int8: Path, out: Path, report: CalibrationReport,
+                   report_stem: Path) -> None:
+    """Stage model, sidecar and report next to their targets, then rename them into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report_stem.parent.mkdir(parents=True, exist_ok=True)
+    spec = replace(fm.spec, name=f"{fm.spec.name}-int8",
+                   metrics=report.sidecar_metrics(dict(fm.spec.metrics)))
+    targets = {
+        out: lambda p: shutil.copyfile(int8, p),
+        sidecar_path(out): spec.save,
+        report_json_path(report_stem): lambda p: p.write_text(
+            json.dumps(report.to_json(), indent=2) + "\n"),
+        report_md_path(report_stem): lambda p: p.write_text(report.to_markdown()),
+    }
+    staged = {final: final.with_name(f".{final.name}.tmp") for final in targets}
+    try:
+        for final, write in targets.items():
+            write(staged[final])
+        for final, tmp in staged.items():
+            os.replace(tmp, final)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+
+
+def report_json_path(stem: Path) -> Path:
+    return stem.with_name(stem.name + ".json")
+
+
+def report_md_path(stem: Path) -> Path:
+    return stem.with_name(stem.name + ".md")

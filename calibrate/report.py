@@ -1,0 +1,169 @@
+"""The calibration report: FP32 vs INT8 accuracy, agreement, speed, layers kept in float.
+
+Written as JSON (for tools and the INT8 sidecar) and as a Markdown table (for people; the
+same text is printed to stdout).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calibrate.evaluate import SegScores, Speed
+from calibrate.quantize import QdqSummary
+from calibrate.sensitivity import FallbackResult
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """Everything measured for one calibration run.
+
+    Scores are percentages; drops are in points (FP32 - INT8).
+    """
+
+    model: str
+    int8_model: str
+    method: str
+    per_channel: bool
+    calibration_source: str
+    calibration_frames: int
+    eval_source: str | None = None
+    eval_frames: int = 0
+    fp32: SegScores | None = None
+    int8_first: SegScores | None = None  # before any fallback
+    int8: SegScores | None = None  # the written model
+    agreement_eval: float | None = None  # % pixels, on the labelled frames
+    agreement_data: float | None = None  # % pixels, on the calibration frames
+    agreement_frames: int = 0
+    speed_fp32: Speed | None = None
+    speed_int8: Speed | None = None
+    fallback: FallbackResult | None = None
+    max_drop: float | None = None
+    qdq: QdqSummary | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def miou_drop(self) -> float | None:
+        if self.fp32 is None or self.int8 is None:
+            return None
+        return round(self.fp32.miou - self.int8.miou, 3)
+
+    @property
+    def speedup(self) -> float | None:
+        if self.speed_fp32 is None or self.speed_int8 is None:
+            return None
+        return round(self.speed_fp32.median_ms / max(self.speed_int8.median_ms, 1e-9), 3)
+
+    @property
+    def kept_float(self) -> tuple[str, ...]:
+        return self.fallback.kept_float if self.fallback else ()
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["qdq"] = self.qdq.to_json() if self.qdq else None
+        d["miou_drop"] = self.miou_drop
+        d["speedup"] = self.speedup
+        d["kept_float"] = list(self.kept_float)
+        return d
+
+    def sidecar_metrics(self, previous: dict[str, Any]) -> dict[str, Any]:
+        """Metrics for the INT8 sidecar: the FP32 model's, with the INT8 figures on top."""
+        m = dict(previous)
+        if self.int8 is not None:
+            m["val_miou"] = round(self.int8.miou / 100.0, 5)
+            m["per_class_iou"] = {k: (None if v is None else round(v / 100.0, 5))
+                                  for k, v in self.int8.per_class.items()}
+        m["quantization"] = {
+            "precision": "int8",
+            "format": "onnx-qdq symmetric int8, per-channel weights" if self.per_channel
+            else "onnx-qdq symmetric int8, per-tensor weights",
+            "method": self.method,
+            "calibration_frames": self.calibration_frames,
+            "calibration_source": self.calibration_source,
+            "eval_source": self.eval_source,
+            "fp32_val_miou": None if self.fp32 is None else round(self.fp32.miou / 100.0, 5),
+            "miou_drop_points": self.miou_drop,
+            "agreement_pct": self.agreement_eval if self.agreement_eval is not None
+            else self.agreement_data,
+            "cpu_ms_fp32": self.speed_fp32.median_ms if self.speed_fp32 else None,
+            "cpu_ms_int8": self.speed_int8.median_ms if self.speed_int8 else None,
+            "cpu_threads": self.speed_int8.threads if self.speed_int8 else None,
+            "nodes_kept_float": list(self.kept_float),
+        }
+        return m
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# INT8 calibration report: {Path(self.model).name}",
+            "",
+            f"- INT8 model: `{self.int8_model}`",
+            f"- method: {self.method}, symmetric int8 activations and weights, "
+            f"{'per-channel' if self.per_channel else 'per-tensor'} weight scales",
+            f"- calibration: {self.calibration_frames} frames from `{self.calibration_source}`",
+        ]
+        if self.eval_source:
+            lines.append(f"- evaluation: {self.eval_frames} labelled frames from "
+                         f"`{self.eval_source}` (void ignored)")
+        lines += ["", "| figure | FP32 | INT8 | change |", "|---|---:|---:|---:|"]
+        if self.fp32 and self.int8:
+            lines.append(f"| mIoU % | {self.fp32.miou:.2f} | {self.int8.miou:.2f} | "
+                         f"{self.int8.miou - self.fp32.miou:+.2f} |")
+            lines.append(f"| pixel accuracy % | {self.fp32.pixel_accuracy:.2f} | "
+                         f"{self.int8.pixel_accuracy:.2f} | "
+                         f"{self.int8.pixel_accuracy - self.fp32.pixel_accuracy:+.2f} |")
+        if self.int8_first and self.int8 and self.kept_float:
+            lines.append(f"| mIoU % before fallback | | {self.int8_first.miou:.2f} | |")
+        if self.agreement_eval is not None:
+            lines.append(f"| label agreement % (labelled frames) | 100 | "
+                         f"{self.agreement_eval:.2f} | |")
+        if self.agreement_data is not None:
+            lines.append(f"| label agreement % ({self.agreement_frames} calibration frames) "
+                         f"| 100 | {self.agreement_data:.2f} | |")
+        if self.speed_fp32 and self.speed_int8:
+            lines.append(f"| CPU ms/frame, median ({self.speed_int8.threads} threads, "
+                         f"{self.speed_int8.runs} runs) | {self.speed_fp32.median_ms:.2f} | "
+                         f"{self.speed_int8.median_ms:.2f} | x{self.speedup:.2f} |")
+        if self.fp32 and self.int8:
+            lines += ["", "| class | FP32 IoU % | INT8 IoU % | change |", "|---|---:|---:|---:|"]
+            for name, a in self.fp32.per_class.items():
+                b = self.int8.per_class.get(name)
+                if a is None or b is None:
+                    lines.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | |")
+                else:
+                    lines.append(f"| {name} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+        lines += self._fallback_lines()
+        if self.qdq:
+            q = self.qdq
+            lines += ["", f"Q/DQ graph: {q.quantize_nodes} QuantizeLinear, "
+                      f"{q.dequantize_nodes} DequantizeLinear, {q.per_channel_weights} "
+                      f"per-channel / {q.per_tensor_weights} per-tensor weights, "
+                      f"non-zero zero points: {q.nonzero_zero_points}."]
+        return "\n".join(lines) + "\n"
+
+    def _fallback_lines(self) -> list[str]:
+        fb = self.fallback
+        if fb is None:
+            return []
+        lines = ["", f"## Sensitivity (max drop {self.max_drop} points)", ""]
+        if not fb.kept_float and fb.met and not fb.candidates:
+            return [*lines, "Drop within the maximum: no layer needed to stay in float."]
+        lines.append("Layers kept in float: " + (", ".join(f"`{n}`" for n in fb.kept_float)
+                                                 or "none") + ("" if fb.met else
+                                                               " (target NOT met)"))
+        measured = [c for c in fb.candidates if c.recovered is not None]
+        if measured:
+            lines += ["", "| layer | op | noise added dB | score with layer in float | "
+                      "recovered points |", "|---|---|---:|---:|---:|"]
+            lines += [f"| `{c.name}` | {c.op_type} | {c.noise_db:.1f} | {c.score_in_float:.2f} "
+                      f"| {c.recovered:+.2f} |" for c in measured]
+        return lines
+
+    def save(self, json_path: Path, md_path: Path) -> None:
+        json_path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        md_path.write_text(self.to_markdown())
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"

@@ -1,0 +1,110 @@
+"""``segstream calibrate``: FP32 ONNX -> Q/DQ INT8 ONNX with a measured accuracy report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  # CamVid model: calibrate on train frames, report FP32 vs INT8 on val, keep mIoU drop <= 0.5
+  segstream calibrate engines/models/camvid_default.onnx --data ../shared/camvid/train \\
+      --samples 100 --method percentile --eval-data ../shared/camvid --split val
+
+  # calibrate on a drive video; no labels: report FP32/INT8 label agreement only
+  segstream calibrate model.onnx --data drive.mp4 --samples 200 --method entropy
+
+  # frames with their own label maps, per-tensor weights, custom output
+  segstream calibrate model.onnx --data frames/ --labels frames_annot/ --no-per-channel \\
+      --out build/model.int8.onnx
+
+outputs: OUT (default MODEL.int8.onnx), its sidecar OUT.json (metrics = INT8 figures),
+and the report OUT.report.json / OUT.report.md (also printed). Calibration frames go
+through the stream's own pre-processing with the model's sidecar.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="quantize a model to INT8 (Q/DQ ONNX) and report the accuracy it keeps",
+        description=(
+            "Post-training INT8 quantization with ONNX Runtime: symmetric int8 activations "
+            "and weights (zero point 0), per-channel weight scales, explicit Q/DQ nodes that "
+            "ONNX Runtime (CPU) and TensorRT (explicit quantization) both run. Reports FP32 vs "
+            "INT8 mIoU and per-class IoU, label agreement and CPU speed; when the mIoU drop "
+            "exceeds --max-drop, the layers that cost most are found and kept in float."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", type=Path, help="FP32 ONNX model with its JSON sidecar")
+    p.add_argument("--data", type=Path, required=True,
+                   help="calibration frames: folder of png/jpg, or a video file")
+    p.add_argument("--samples", type=int, default=100,
+                   help="calibration frames, evenly spaced over --data (default 100)")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="activation range calibration (default minmax)")
+    p.add_argument("--percentile", type=float, default=99.999,
+                   help="for --method percentile: %% of |activation| values kept (99.999)")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="one weight scale per output channel (default on)")
+    p.add_argument("--weight-qdq-pair", action="store_true",
+                   help="store weights as float with a Q/DQ pair (TensorRT 8.x; larger file)")
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--labels", type=Path, help="label maps for the --data frames (same names)")
+    ev.add_argument("--eval-data", type=Path,
+                    help="labelled dataset in CamVid layout (SPLIT/ and SPLITannot/)")
+    ev.add_argument("--split", default="val", help="split of --eval-data (default val)")
+    ev.add_argument("--eval-samples", type=int, help="labelled frames used (default all)")
+    ev.add_argument("--threads", type=int, help="ONNX Runtime threads (default: cores, max 4)")
+    ev.add_argument("--speed-runs", type=int, default=30, help="timed runs per model (30)")
+    fb = p.add_argument_group("sensitivity fallback")
+    fb.add_argument("--max-drop", type=float, default=0.5,
+                    help="allowed mIoU drop in points before layers go back to float (0.5)")
+    fb.add_argument("--min-agreement", type=float,
+                    help="without labels: keep FP32/INT8 label agreement above this %%")
+    fb.add_argument("--no-fallback", action="store_true", help="never keep layers in float")
+    fb.add_argument("--sensitivity-budget", type=int, default=12,
+                    help="layers measured one by one, worst SQNR first (12)")
+    fb.add_argument("--sensitivity-samples", type=int, default=24,
+                    help="frames each layer is scored on (24)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="INT8 model path (default MODEL.int8.onnx)")
+    out.add_argument("--report", type=Path,
+                     help="report path stem; .json and .md are added (default OUT.report)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from calibrate.data import CalibrationDataError
+    from calibrate.pipeline import CalibrateJob, report_md_path, resolve_eval, run_calibration
+    from calibrate.quantize import QuantConfig, QuantizeError
+
+    for name in ("samples", "sensitivity_budget", "sensitivity_samples", "speed_runs"):
+        if getattr(args, name) <= 0:
+            print(f"error: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
+            return 2
+    try:
+        eval_images, eval_labels = resolve_eval(args.labels, args.eval_data, args.split,
+                                                args.data)
+        job = CalibrateJob(
+            model=args.model, data=args.data, samples=args.samples,
+            quant=QuantConfig(method=args.method, per_channel=args.per_channel,
+                              percentile=args.percentile, weight_qdq_pair=args.weight_qdq_pair),
+            eval_images=eval_images, eval_labels=eval_labels, eval_samples=args.eval_samples,
+            max_drop=None if args.no_fallback else args.max_drop,
+            min_agreement=None if args.no_fallback else args.min_agreement,
+            sensitivity_budget=args.sensitivity_budget,
+            sensitivity_samples=args.sensitivity_samples,
+            out=args.out, report=args.report, threads=args.threads,
+            speed_runs=args.speed_runs, progress=not args.no_progress,
+        )
+        report = run_calibration(job)
+    except (CalibrationDataError, QuantizeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.to_markdown())
+    print(f"wrote {job.out_path}, its sidecar, and {report_md_path(job.report_stem)} (+ .json)")
+    return 0

@@ -1,0 +1,161 @@
+"""Real calibration runs on tiny models: Q/DQ structure, ORT execution, report, fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from calibrate.data import FrameReader, read_frames
+from calibrate.evaluate import agreement, predict
+from calibrate.pipeline import CalibrateJob, run_calibration
+from calibrate.quantize import (
+    QuantConfig,
+    load_float_model,
+    preprocess_graph,
+    quantize_to,
+    summarize_qdq,
+)
+from engines.spec import ModelSpec
+from stream.cli import main
+from tests.calibrate.conftest import synthetic_frame, write_fp32_labels
+from tests.calibrate.models import make_offset_model
+
+
+def _quantize(model: Path, frames_dir: Path, tmp_path: Path, config: QuantConfig) -> Path:
+    fm = load_float_model(model)
+    prepped = preprocess_graph(fm.path, tmp_path / "prepped.onnx")
+    reader = FrameReader(read_frames(frames_dir, 8), fm.spec, fm.input_name)
+    return quantize_to(prepped, tmp_path / "out" / "q.onnx", config, reader=reader,
+                       cache=tmp_path / f"ranges_{config.method}.json")
+
+
+def _fresh_frames(n: int = 6) -> list:
+    from calibrate.data import NamedFrame
+
+    rng = np.random.default_rng(123)  # frames the calibration never saw
+    return [NamedFrame(f"x{i}", synthetic_frame(rng)) for i in range(n)]
+
+
+def test_qdq_structure_symmetric_int8_per_channel(seg_model: Path, frames_dir: Path,
+                                                  tmp_path: Path) -> None:
+    q = _quantize(seg_model, frames_dir, tmp_path, QuantConfig())
+    model = onnx.load(str(q))
+    inits = {i.name: i for i in model.graph.initializer}
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 6
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = numpy_helper.to_array(inits[n.input[2]])
+            assert zp.dtype == np.int8, n.name
+            assert not np.any(zp), f"{n.name}: zero point {zp} is not 0 (symmetric)"
+    weights_seen = 0
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            w = inits[n.input[0]]
+            assert w.data_type == TensorProto.INT8, f"{n.input[0]} stored as {w.data_type}"
+            scale = numpy_helper.to_array(inits[n.input[1]])
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            assert scale.shape == (w.dims[0],) and axis == 0, n.name  # one scale per out-ch
+            weights_seen += 1
+    assert weights_seen == 3  # the three conv weights; biases stay float
+    summary = summarize_qdq(q)
+    assert summary.per_channel_weights == 3 and summary.per_tensor_weights == 0
+    assert summary.nonzero_zero_points == 0 and summary.float_compute_nodes == ()
+    # Every conv reads a dequantized input: nothing left in float.
+    dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert all(n.input[0] in dq_out for n in model.graph.node if n.op_type == "Conv")
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_int8_runs_in_ort_and_agrees_with_fp32(method: str, seg_model: Path,
+                                               frames_dir: Path, tmp_path: Path) -> None:
+    q = _quantize(seg_model, frames_dir, tmp_path, QuantConfig(method=method))
+    spec = ModelSpec.load(seg_model.with_suffix(".json"))
+    frames = _fresh_frames()
+    fp32 = predict(seg_model, spec, frames, progress=False)
+    int8 = predict(q, spec, frames, progress=False)
+    assert int8[0].shape == (96, 128) and int8[0].dtype == np.uint8
+    assert agreement(fp32, int8) > 95.0
+    assert len({int(v) for x in int8 for v in np.unique(x)}) >= 2  # not a constant map
+
+
+def test_per_tensor_and_weight_qdq_pair_layouts(seg_model: Path, frames_dir: Path,
+                                                tmp_path: Path) -> None:
+    q = _quantize(seg_model, frames_dir, tmp_path / "a", QuantConfig(per_channel=False))
+    s = summarize_qdq(q)
+    assert s.per_tensor_weights == 3 and s.per_channel_weights == 0
+    q2 = _quantize(seg_model, frames_dir, tmp_path / "b", QuantConfig(weight_qdq_pair=True))
+    s2 = summarize_qdq(q2)
+    assert s2.per_channel_weights == 3 and s2.nonzero_zero_points == 0
+    model = onnx.load(str(q2))
+    inits = {i.name for i in model.graph.initializer}
+    # TensorRT 8.x layout: float weight -> QuantizeLinear -> DequantizeLinear.
+    assert sum(n.op_type == "QuantizeLinear" and n.input[0] in inits
+               for n in model.graph.node) == 3
+    spec = ModelSpec.load(seg_model.with_suffix(".json"))
+    frames = _fresh_frames(3)
+    assert agreement(predict(seg_model, spec, frames, progress=False),
+                     predict(q2, spec, frames, progress=False)) > 95.0
+
+
+def test_cli_writes_model_sidecar_and_report(seg_model: Path, frames_dir: Path,
+                                             tmp_path: Path, capsys) -> None:
+    labels = write_fp32_labels(seg_model, frames_dir, tmp_path / "labels")
+    out = tmp_path / "built" / "seg.int8.onnx"
+    rc = main(["calibrate", str(seg_model), "--data", str(frames_dir), "--labels", str(labels),
+               "--samples", "8", "--method", "entropy", "--out", str(out), "--max-drop", "50",
+               "--speed-runs", "3", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| mIoU % | 100.00 |" in printed and "CPU ms/frame" in printed
+    report = json.loads((tmp_path / "built" / "seg.int8.report.json").read_text())
+    assert report["fp32"]["miou"] == 100.0  # labels are the FP32 predictions
+    assert 0.0 <= report["miou_drop"] <= 50.0
+    assert set(report["int8"]["per_class"]) == {f"class{i}" for i in range(4)}
+    assert report["calibration_frames"] == 8 and report["eval_frames"] == 16
+    assert report["agreement_eval"] > 90.0 and report["speed_int8"]["median_ms"] > 0
+    md = (tmp_path / "built" / "seg.int8.report.md").read_text()
+    assert "| class | FP32 IoU % | INT8 IoU % | change |" in md
+    spec = ModelSpec.load(out.with_suffix(".json"))
+    assert spec.name == "seg-int8" and spec.input_size == (48, 64)
+    q = spec.metrics["quantization"]
+    assert q["method"] == "entropy" and q["precision"] == "int8"
+    assert spec.metrics["val_miou"] == pytest.approx(report["int8"]["miou"] / 100, abs=1e-4)
+    assert summarize_qdq(out).quantize_nodes > 0
+    assert not list((tmp_path / "built").glob(".*tmp"))  # no staging files left
+
+
+def test_fallback_keeps_the_culprit_layer_in_float(frames_dir: Path, tmp_path: Path) -> None:
+    # A large common offset on the logits: int8 rounding of the logits tensor flattens the
+    # class differences, so the classifier is the layer INT8 breaks.
+    model = make_offset_model(tmp_path / "m", offset=1000.0, name="offset")
+    labels = write_fp32_labels(model, frames_dir, tmp_path / "labels")
+    job = CalibrateJob(model=model, data=frames_dir, samples=8, eval_images=frames_dir,
+                       eval_labels=labels, max_drop=10.0, sensitivity_samples=8,
+                       speed_runs=2, progress=False)
+    report = run_calibration(job)
+    assert 100.0 - report.int8_first.miou > 10.0  # plain INT8 is broken
+    assert report.kept_float[0] == "classifier"
+    assert report.fallback.met and report.miou_drop <= 10.0
+    assert report.fallback.candidates[0].name == "classifier"  # measured best recovery
+    final = summarize_qdq(job.out_path)
+    assert "classifier" in final.float_compute_nodes and "conv1" not in final.float_compute_nodes
+    meta = ModelSpec.load(job.out_path.with_suffix(".json")).metrics["quantization"]
+    assert meta["nodes_kept_float"] == list(report.kept_float)
+    assert "Layers kept in float: `classifier`" in report.to_markdown()
+
+
+def test_no_labels_reports_agreement_and_min_agreement_fallback(frames_dir: Path,
+                                                                tmp_path: Path) -> None:
+    model = make_offset_model(tmp_path / "m", offset=1000.0, name="offset")
+    job = CalibrateJob(model=model, data=frames_dir, samples=8, min_agreement=97.0,
+                       sensitivity_samples=8, speed_runs=2, progress=False)
+    report = run_calibration(job)
+    assert report.fp32 is None and report.eval_frames == 0
+    assert report.fallback is not None and report.fallback.met
+    assert report.agreement_data >= 97.0 and "classifier" in report.kept_float
