@@ -5,14 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Load matplotlib (Agg) before GStreamer loads its plugins: the other order aborts in
-# some environments (two copies of image/font libraries in one process).
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-
 
 def _ms(stage: dict[str, Any] | None) -> str:
     if not stage or not stage.get("count"):
@@ -67,6 +59,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> Path:
     """FPS (engine vs pipeline vs hand loop) and end-to-end latency per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     res = report["results"]
     labels = [r["label"] for r in res]
     x = np.arange(len(res))

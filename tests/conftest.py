@@ -5,14 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
 import pytest
-
-# matplotlib's font/image libraries must load before GStreamer's plugins do: the other
-# order aborts the process in some environments (two copies of the same C libraries).
-# The suite runs both in one process, so load them first, headless.
-matplotlib.use("Agg")
-import matplotlib.pyplot
 
 from tests.tinymodel import make_tiny_model
 

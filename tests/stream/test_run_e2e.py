@@ -158,3 +158,27 @@ def test_sigterm_stops_cleanly_with_exit_0(tiny_model):
         proc.kill()
     assert proc.returncode == 0, "".join(lines) + out
     assert "published" in out
+
+
+def test_bad_model_swapped_in_exits_1_and_publishes_nothing(tiny_model):
+    # A sidecar that disagrees with the graph (input 32x32 vs the ONNX's 64x96): ONNX
+    # Runtime refuses the first frame; the pipeline must stop with exit 1, not publish.
+    import dataclasses
+
+    from engines.spec import ModelSpec, sidecar_path
+
+    spec = ModelSpec.load(sidecar_path(tiny_model))
+    dataclasses.replace(spec, input_size=(32, 32)).save(sidecar_path(tiny_model))
+    endpoint = _ipc()
+    received = []
+    with Subscriber(endpoint, timeout=0.2) as sub:
+        cfg = PipelineConfig(sources=(SourceConfig(TEST_SRC, "cam"),), model=str(tiny_model),
+                             threads=1, publish=PublishConfig((endpoint,)), stats_interval=0,
+                             duration=20)
+        with open(os.devnull, "w") as devnull:
+            code, result = run_pipeline(cfg, out=devnull)
+        while (msg := sub.receive(0.3)) is not None:
+            received.append(msg)
+    assert code == 1 and result.published == 0
+    assert "engine failed on cam seq" in result.error
+    assert not [m for m in received if isinstance(m, LabelMessage)]
