@@ -340,6 +340,15 @@ def test_opencv_fallback_reads_a_file_in_order(tmp_path: Path):
     assert frames[0].shape == (64, 96) and not frames[0].image.flags.writeable
 
 
+def test_auto_backend_falls_back_to_opencv_without_gstreamer(tmp_path: Path, monkeypatch):
+    import stream.capture
+
+    path = write_mjpg_avi(tmp_path / "gray.avi", frames=3)
+    monkeypatch.setattr(stream.capture, "gst_available", lambda: False)
+    with open_capture(parse_source(f"{path}?realtime=0"), options=FAST) as cap:
+        assert cap.backend == "opencv" and len(take_all(cap)) == 3
+
+
 def test_opencv_fallback_rejects_gstreamer_only_sources():
     with pytest.raises(SourceError, match="need GStreamer"):
         open_capture(parse_source("test://ball"), backend="opencv")
