@@ -27,12 +27,13 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, u
 KINDS = ("file", "v4l2", "rtsp", "csi", "test", "gst")
 
 VALID_FORMS = """valid sources ([ID=]URI, id defaults to cam0, cam1, ... by position):
-  /path/video.mp4 or file:///path/video.mp4   [?loop=1&realtime=0]
+  /path/video.mp4 or file:///path/video.mp4   [?loop=1&realtime=0&nvmm=0|1]
   v4l2:///dev/video0 or v4l2://0               [?width=1280&height=720&fps=30&format=raw|mjpeg]
-  rtsp://[user:pass@]host[:port]/path          [?transport=tcp|udp&latency=MS]
+  rtsp://[user:pass@]host[:port]/path          [?transport=tcp|udp&latency=MS&nvmm=0|1]
   csi://0 (Jetson nvarguscamerasrc sensor id)  [?width=1280&height=720&fps=30&flip=0..7]
   test://[pattern]                             [?width=640&height=480&fps=30&frames=N&live=1]
-  gst://<pipeline description that stops before the appsink>"""
+  gst://<pipeline description that stops before the appsink>
+(nvmm=1, the default on Jetson, adds nvvidconv after decodebin for hardware decoders)"""
 
 # videotestsrc "pattern" nicks (GStreamer 1.22).
 TEST_PATTERNS = (
@@ -225,6 +226,17 @@ def _tail(sync: bool, drop: bool = True) -> str:
             f"max-buffers=1 drop={str(drop).lower()} sync={str(sync).lower()}")
 
 
+def _is_jetson() -> bool:
+    """An NVIDIA Jetson (L4T), where decodebin picks hardware decoders with NVMM output."""
+    return Path("/etc/nv_tegra_release").exists()
+
+
+def _decoded(nvmm: bool) -> str:
+    """decodebin, plus on Jetson nvvidconv to bring NVMM (device) frames to system memory:
+    videoconvert cannot read ``video/x-raw(memory:NVMM)``."""
+    return "decodebin ! nvvidconv ! video/x-raw,format=BGRx" if nvmm else "decodebin"
+
+
 def _raw_caps(width: int, height: int, fps: int, media: str = "video/x-raw") -> str:
     caps = [media]
     if width:
@@ -254,10 +266,11 @@ def _file(uri: str, camera_id: str) -> SourceSpec:
     if not path.is_file():
         raise SourceError(f"source {uri!r}: video file {str(path)!r} does not exist "
                           f"(or is not a file); check the path\n{VALID_FORMS}")
-    opts = _Options(uri, query, ("loop", "realtime"))
+    opts = _Options(uri, query, ("loop", "realtime", "nvmm"))
     loop, realtime = opts.flag("loop", False), opts.flag("realtime", True)
+    nvmm = opts.flag("nvmm", _is_jetson())
     path = path.resolve()
-    pipeline = (f"filesrc location={_quote(str(path))} ! decodebin ! "
+    pipeline = (f"filesrc location={_quote(str(path))} ! {_decoded(nvmm)} ! "
                 f"{_tail(sync=realtime, drop=realtime)}")
     return SourceSpec(camera_id, uri, "file", pipeline, live=False, loop=loop,
                       realtime=realtime, target=str(path))
@@ -292,11 +305,12 @@ def _rtsp(uri: str, camera_id: str) -> SourceSpec:
                           f"{VALID_FORMS}")
     # Our options are taken out; any other query (e.g. ?channel=1&subtype=0 on many IP
     # cameras) belongs to the camera and stays in the URL.
-    ours = ("transport", "latency")
+    ours = ("transport", "latency", "nvmm")
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     opts = _Options(uri, urlencode([(k, v) for k, v in pairs if k in ours]), ours)
     transport = opts.choice("transport", "tcp", ("tcp", "udp"))
     latency = opts.integer("latency", 0, lo=0, hi=10_000)
+    nvmm = opts.flag("nvmm", _is_jetson())
     url = uri
     if any(k in ours for k, _ in pairs):
         rest = urlencode([(k, v) for k, v in pairs if k not in ours])
@@ -304,7 +318,7 @@ def _rtsp(uri: str, camera_id: str) -> SourceSpec:
     # The caps filter picks the video stream: cameras often send audio too, and rtspsrc's
     # first pad (maybe the audio) would otherwise take the only decodebin.
     pipeline = (f"rtspsrc location={_quote(url)} latency={latency} protocols={transport} "
-                f"! application/x-rtp,media=video ! decodebin ! {_tail(sync=False)}")
+                f"! application/x-rtp,media=video ! {_decoded(nvmm)} ! {_tail(sync=False)}")
     return SourceSpec(camera_id, uri, "rtsp", pipeline, live=True, target=url)
 
 

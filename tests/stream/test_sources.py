@@ -70,6 +70,15 @@ def test_file_plain_path_and_file_uri(video: Path):
     assert_parses(plain.pipeline)
 
 
+def test_nvmm_adds_nvvidconv_after_decodebin(video: Path):
+    """Jetson hardware decoders output NVMM memory, which videoconvert cannot read."""
+    conv = "decodebin ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert"
+    assert conv in parse_source(f"{video}?nvmm=1").pipeline
+    assert conv in parse_source("rtsp://h/s?nvmm=1").pipeline
+    assert "! nvvidconv" not in parse_source(f"{video}?nvmm=0").pipeline
+    assert "nvmm" not in parse_source("rtsp://h/s?nvmm=0").target
+
+
 def test_missing_file_names_it(tmp_path: Path):
     missing = tmp_path / "nope.mp4"
     with pytest.raises(SourceError, match=r"nope\.mp4.*does not exist") as e:
@@ -143,6 +152,7 @@ def test_gst_raw_pipeline():
     ("http://example.com/x.mp4", "unknown scheme 'http://'"),
     ("test://ball?widht=64", "unknown option 'widht'; valid options for this kind: width, "
                              "height, fps, frames, live"),
+    ("rtsp://h/s?nvmm=2", "nvmm='2' is not valid; expected 1 or 0"),
     ("test://ball?width=-3", r"width='-3' is not valid; expected an integer in 1\.\.65536"),
     ("test://ball?fps=abc", "fps='abc' is not valid"),
     ("test://ball?width=64&width=32", "'width' given twice"),
