@@ -7,14 +7,9 @@ import argparse
 from stream.commands._common import report_errors, setup_logging
 from stream.config import ENCODINGS, PipelineConfig, PublishConfig, parse_source_arg
 from stream.config import with_default_ids as _ids
+from stream.sources import VALID_FORMS
 
-EPILOG = """sources ([ID=]URI, repeat --source for several cameras):
-  /path/video.mp4 | file:///path/video.mp4   [?loop=1&realtime=0]
-  v4l2:///dev/video0                         [?width=1280&height=720&fps=30]
-  rtsp://host/path                           [?transport=tcp|udp&latency=MS]
-  csi://0                                    Jetson nvarguscamerasrc [?width=&height=&fps=]
-  test://smpte                               videotestsrc [?width=&height=&fps=]
-  gst://<pipeline up to, not including, the appsink>
+EPILOG = VALID_FORMS + """
 
 examples:
   segstream run --source test://smpte?width=480&height=360&fps=30
