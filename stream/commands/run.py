@@ -12,10 +12,10 @@ from stream.sources import VALID_FORMS
 EPILOG = VALID_FORMS + """
 
 examples:
-  segstream run --source test://smpte?width=480&height=360&fps=30
+  segstream run --source 'test://smpte?width=480&height=360&fps=30'
   segstream run --source front=rtsp://10.0.0.5/live --source rear=v4l2:///dev/video1 \\
                 --publish tcp://*:5555 --encoding zstd
-  segstream run --source drive.mp4?loop=1 --model my.onnx --threads 2 --publish ipc:///tmp/seg
+  segstream run --source 'drive.mp4?loop=1' --model my.onnx --threads 2 --publish ipc:///tmp/seg
   segstream run --source csi://0 --model camvid.engine          # TensorRT on a Jetson
 
 Ctrl-C or SIGTERM stops cleanly (exit 0). Exit 1: the engine failed (nothing invalid was
