@@ -138,3 +138,14 @@ def test_in_graph_argmax_model_matches_logits_model(tiny_model, tiny_argmax_mode
     a = Segmenter.from_path(tiny_model, threads=1)(frame)
     b = Segmenter.from_path(tiny_argmax_model, threads=1)(frame)
     assert (a == b).mean() > 0.99
+
+
+def test_opencv_blob_path_matches_numpy_path():
+    spec = ModelSpec("t", "tiny", CAMVID_CLASSES, (29, 41))
+    frame = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    fused = Preprocessor(spec)
+    plain = Preprocessor(spec)
+    plain._blob = None  # force the NumPy steps (the path for OpenCV < 4.8)
+    if fused._blob is None:
+        pytest.skip("this OpenCV has no blobFromImageWithParams")
+    assert np.abs(fused(frame) - plain(frame)).max() < 1e-5
