@@ -152,7 +152,8 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
                                                progress=job.progress)
         report = CalibrationReport(
             model=str(fm.path), int8_model=str(out), method=job.quant.method,
-            per_channel=job.quant.per_channel, calibration_source=str(job.data),
+            per_channel=job.quant.per_channel, profile=job.quant.profile,
+            calibration_source=str(job.data),
             calibration_frames=len(calib),
             eval_source=str(job.eval_images) if labelled else None, eval_frames=len(labelled),
             fp32=ev.fp32_scores, int8_first=int8_first[0], int8=int8_final[0],

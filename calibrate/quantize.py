@@ -5,7 +5,7 @@ every quantized op, symmetric int8 activations and weights (zero point 0), per-o
 weight scales. ONNX Runtime runs it on the CPU with int8 kernels; TensorRT builds it as an
 explicitly quantized network (the Q/DQ scales are used as given, no TensorRT calibrator).
 
-One layout serves both runtimes:
+The default profile, ``"tensorrt"``, is one layout for both runtimes:
     * biases stay float (no int32 ``DequantizeLinear``: TensorRT's ONNX parser accepts only
       8-bit/fp8/int4 inputs to ``DequantizeLinear``); ONNX Runtime quantizes them itself when
       it fuses DQ -> Conv -> Q into ``QLinearConv``;
@@ -13,6 +13,12 @@ One layout serves both runtimes:
     * weights stored as int8 initializers feeding ``DequantizeLinear`` (TensorRT 10+), or, with
       ``weight_qdq_pair=True``, as float with a Q/DQ pair (what TensorRT 8.x requires; the
       file is then as large as the FP32 one).
+
+A second profile, ``"ort-cpu"``, is for ONNX Runtime on x86/ARM CPUs only: asymmetric uint8
+activations (ReLU folded into the range, int32 biases) with symmetric int8 per-channel
+weights, the layout ORT's CPU kernels are fastest with. Symmetric int8 activations leave every
+ReLU as a float op between a DequantizeLinear and a QuantizeLinear, which on ORT's CPU
+provider can make the ``"tensorrt"`` profile slower than FP32; TensorRT fuses them instead.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +51,7 @@ METHODS = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
+PROFILES = ("tensorrt", "ort-cpu")
 # Ops whose quantization is worth a sensitivity measurement: they carry weights or change
 # values. Data-movement ops (Reshape, Transpose, ...) inherit their input's scale.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "Resize",
@@ -64,6 +71,9 @@ class QuantConfig:
         method: activation range calibration, one of :data:`METHODS`.
         per_channel: one weight scale per output channel (axis 0 of Conv weights).
         percentile: kept fraction of |activation| mass for ``method="percentile"``, in %.
+        profile: ``"tensorrt"`` (symmetric int8 everywhere, zero point 0: explicit
+            quantization for TensorRT, also runs in ONNX Runtime) or ``"ort-cpu"`` (uint8
+            asymmetric activations for ONNX Runtime's CPU kernels; not for TensorRT).
         weight_qdq_pair: store float weights with a Q/DQ pair instead of int8 weights.
         nodes_to_exclude: node names kept in float (the sensitivity fallback).
     """
@@ -71,31 +81,42 @@ class QuantConfig:
     method: str = "minmax"
     per_channel: bool = True
     percentile: float = 99.999
+    profile: str = "tensorrt"
     weight_qdq_pair: bool = False
     nodes_to_exclude: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise QuantizeError(f"--method {self.method!r} unknown; use one of {list(METHODS)}")
+        if self.profile not in PROFILES:
+            raise QuantizeError(f"--profile {self.profile!r} unknown; use one of {PROFILES}")
         if not 50.0 < self.percentile <= 100.0:
             raise QuantizeError(f"--percentile must be in (50, 100], got {self.percentile}")
 
     def with_excluded(self, nodes: Sequence[str]) -> QuantConfig:
-        return QuantConfig(self.method, self.per_channel, self.percentile, self.weight_qdq_pair,
-                           tuple(nodes))
+        return replace(self, nodes_to_exclude=tuple(nodes))
+
+    @property
+    def symmetric(self) -> bool:
+        return self.profile == "tensorrt"
+
+    @property
+    def activation_type(self) -> QuantType:
+        return QuantType.QInt8 if self.symmetric else QuantType.QUInt8
 
     def extra_options(self) -> dict[str, object]:
         """ONNX Runtime ``quantize_static`` ``extra_options`` for this config."""
         opts: dict[str, object] = {
-            "ActivationSymmetric": True,  # int8 activations, zero point 0
+            "ActivationSymmetric": self.symmetric,  # int8 activations, zero point 0
             "WeightSymmetric": True,
-            "QuantizeBias": False,  # float bias: TensorRT rejects int32 DequantizeLinear
-            "DedicatedQDQPair": True,
+            # Float bias: TensorRT rejects int32 DequantizeLinear; ORT quantizes it itself.
+            "QuantizeBias": not self.symmetric,
+            "DedicatedQDQPair": self.symmetric,
             "AddQDQPairToWeight": self.weight_qdq_pair,
         }
         if self.method == "percentile":
             opts["CalibPercentile"] = self.percentile
-        if self.method in ("percentile", "entropy"):
+        if self.symmetric and self.method in ("percentile", "entropy"):
             # Histograms of |x| so the chosen range is symmetric, matching ActivationSymmetric.
             opts["CalibTensorRangeSymmetric"] = True
         return opts
@@ -181,7 +202,7 @@ def quantize_to(prepped: Path, out: Path, config: QuantConfig, *,
             quantize_static(
                 str(prepped), str(tmp), calibration_data_reader=reader,
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                activation_type=config.activation_type, weight_type=QuantType.QInt8,
                 per_channel=config.per_channel, reduce_range=False,
                 calibrate_method=METHODS[config.method],
                 nodes_to_exclude=list(config.nodes_to_exclude) or None,

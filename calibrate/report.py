@@ -27,6 +27,7 @@ class CalibrationReport:
     int8_model: str
     method: str
     per_channel: bool
+    profile: str
     calibration_source: str
     calibration_frames: int
     eval_source: str | None = None
@@ -57,6 +58,13 @@ class CalibrationReport:
         return round(self.speed_fp32.median_ms / max(self.speed_int8.median_ms, 1e-9), 3)
 
     @property
+    def layout(self) -> str:
+        acts = ("symmetric int8 activations (zero point 0)" if self.profile == "tensorrt"
+                else "asymmetric uint8 activations")
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        return f"{acts}, symmetric int8 {weights} weights"
+
+    @property
     def kept_float(self) -> tuple[str, ...]:
         return self.fallback.kept_float if self.fallback else ()
 
@@ -77,8 +85,8 @@ class CalibrationReport:
                                   for k, v in self.int8.per_class.items()}
         m["quantization"] = {
             "precision": "int8",
-            "format": "onnx-qdq symmetric int8, per-channel weights" if self.per_channel
-            else "onnx-qdq symmetric int8, per-tensor weights",
+            "profile": self.profile,
+            "format": f"onnx-qdq, {self.layout}",
             "method": self.method,
             "calibration_frames": self.calibration_frames,
             "calibration_source": self.calibration_source,
@@ -99,8 +107,7 @@ class CalibrationReport:
             f"# INT8 calibration report: {Path(self.model).name}",
             "",
             f"- INT8 model: `{self.int8_model}`",
-            f"- method: {self.method}, symmetric int8 activations and weights, "
-            f"{'per-channel' if self.per_channel else 'per-tensor'} weight scales",
+            f"- profile: {self.profile} ({self.layout}); calibration method: {self.method}",
             f"- calibration: {self.calibration_frames} frames from `{self.calibration_source}`",
         ]
         if self.eval_source:

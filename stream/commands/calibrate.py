@@ -14,6 +14,10 @@ EPILOG = """examples:
   # calibrate on a drive video; no labels: report FP32/INT8 label agreement only
   segstream calibrate model.onnx --data drive.mp4 --samples 200 --method entropy
 
+  # fastest INT8 for ONNX Runtime on this CPU (not for TensorRT)
+  segstream calibrate model.onnx --data ../shared/camvid/train --profile ort-cpu \
+      --eval-data ../shared/camvid
+
   # frames with their own label maps, per-tensor weights, custom output
   segstream calibrate model.onnx --data frames/ --labels frames_annot/ --no-per-channel \\
       --out build/model.int8.onnx
@@ -49,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="for --method percentile: %% of |activation| values kept (99.999)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="one weight scale per output channel (default on)")
+    p.add_argument("--profile", choices=("tensorrt", "ort-cpu"), default="tensorrt",
+                   help="tensorrt (default): symmetric int8 activations, zero point 0, for "
+                        "TensorRT explicit quantization (ONNX Runtime runs it too, on x86 often "
+                        "slower than FP32); ort-cpu: uint8 asymmetric activations, ONNX "
+                        "Runtime CPU's fastest INT8 layout, not for TensorRT")
     p.add_argument("--weight-qdq-pair", action="store_true",
                    help="store weights as float with a Q/DQ pair (TensorRT 8.x; larger file)")
     ev = p.add_argument_group("evaluation")
@@ -92,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         job = CalibrateJob(
             model=args.model, data=args.data, samples=args.samples,
             quant=QuantConfig(method=args.method, per_channel=args.per_channel,
-                              percentile=args.percentile, weight_qdq_pair=args.weight_qdq_pair),
+                              percentile=args.percentile, profile=args.profile,
+                              weight_qdq_pair=args.weight_qdq_pair),
             eval_images=eval_images, eval_labels=eval_labels, eval_samples=args.eval_samples,
             max_drop=None if args.no_fallback else args.max_drop,
             min_agreement=None if args.no_fallback else args.min_agreement,

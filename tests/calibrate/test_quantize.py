@@ -124,7 +124,7 @@ def test_cli_writes_model_sidecar_and_report(seg_model: Path, frames_dir: Path,
     spec = ModelSpec.load(out.with_suffix(".json"))
     assert spec.name == "seg-int8" and spec.input_size == (48, 64)
     q = spec.metrics["quantization"]
-    assert q["method"] == "entropy" and q["precision"] == "int8"
+    assert q["method"] == "entropy" and q["precision"] == "int8" and q["profile"] == "tensorrt"
     assert spec.metrics["val_miou"] == pytest.approx(report["int8"]["miou"] / 100, abs=1e-4)
     assert summarize_qdq(out).quantize_nodes > 0
     assert not list((tmp_path / "built").glob(".*tmp"))  # no staging files left
@@ -159,3 +159,21 @@ def test_no_labels_reports_agreement_and_min_agreement_fallback(frames_dir: Path
     assert report.fp32 is None and report.eval_frames == 0
     assert report.fallback is not None and report.fallback.met
     assert report.agreement_data >= 97.0 and "classifier" in report.kept_float
+
+
+def test_ort_cpu_profile_uint8_activations_int8_symmetric_weights(
+        seg_model: Path, frames_dir: Path, tmp_path: Path) -> None:
+    q = _quantize(seg_model, frames_dir, tmp_path, QuantConfig(profile="ort-cpu"))
+    model = onnx.load(str(q))
+    inits = {i.name: i for i in model.graph.initializer}
+    act_zp = [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+              if n.op_type == "QuantizeLinear"]
+    assert act_zp and all(z.dtype == np.uint8 for z in act_zp)
+    weight_zp = [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and inits[n.input[0]].data_type == TensorProto.INT8]
+    assert len(weight_zp) == 3 and not any(np.any(z) for z in weight_zp)
+    spec = ModelSpec.load(seg_model.with_suffix(".json"))
+    frames = _fresh_frames(3)
+    assert agreement(predict(seg_model, spec, frames, progress=False),
+                     predict(q, spec, frames, progress=False)) > 95.0
