@@ -20,7 +20,8 @@ EPILOG = """examples:
 
 Precision is read from each model file (Q/DQ nodes -> int8, fp16 weights -> fp16, or the
 TensorRT engine's sidecar). The camera is a live GStreamer test source at --source-fps
-with a real ZeroMQ subscriber attached. --compare also times the loop a user writes by
+(default 1.5x the bare engine rate, so the engine is the limit) with a real ZeroMQ
+subscriber attached. --compare also times the loop a user writes by
 hand (OpenCV + NumPy + ONNX Runtime + pickle) on the same clip.
 """
 
@@ -50,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
     p.add_argument("--threads", type=int, help="engine CPU threads (default: cores, max 4)")
     p.add_argument("--encoding", default="zstd", choices=("raw", "zstd", "rle"))
-    p.add_argument("--source-fps", type=int, default=60, help="test camera frame rate")
+    p.add_argument("--source-fps", type=int, default=0,
+                   help="test camera frame rate (default: 1.5x the bare engine rate)")
     p.add_argument("--compare", action="store_true",
                    help="also run the hand-written baseline loop and report the speed-up")
     p.add_argument("--compare-frames", type=int, default=150)
