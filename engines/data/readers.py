@@ -9,7 +9,8 @@ Layouts:
     cityscapes  ``<root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` +
                 ``<root>/gtFine/<split>/<city>/*_gtFine_labelTrainIds.png``.
     folder      ``<root>/images/*`` + ``<root>/masks/*.png`` (same stem) and a class file
-                ``<root>/classes.json`` or ``<root>/classes.txt``.
+                ``<root>/classes.json`` or ``<root>/classes.txt``; or one such folder per
+                split: ``<root>/<split>/images`` ... (class file per split or at the root).
 """
 
 from __future__ import annotations
@@ -175,11 +176,25 @@ def read_class_file(root: Path) -> tuple[ClassInfo, ...]:
                        "classes.txt (one class name per line, in id order)")
 
 
+def _subdirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def folder_split_root(root: Path, split: str) -> Path:
+    """A ``folder`` dataset is ``root/images`` (one split) or ``root/<split>/images``."""
+    if (root / "images").is_dir():
+        return root
+    if (root / split / "images").is_dir():
+        return root / split
+    raise DatasetError(f"no images/ folder in {root} or {root / split}: a folder dataset is "
+                       "images/ + masks/ + classes.txt, optionally one such folder per split")
+
+
 def detect_format(root: Path) -> str:
     """Guess the layout of ``root`` (see module docstring)."""
     if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
         return "cityscapes"
-    if (root / "images").is_dir() and (root / "masks").is_dir():
+    if (root / "images").is_dir() or any((d / "images").is_dir() for d in _subdirs(root)):
         return "folder"
     if any((root / d).is_dir() for d in ("train", "val", "test")):
         return "camvid"
@@ -255,8 +270,9 @@ def open_split(root: str | Path, split: str = "train", fmt: str = "auto", *,
 
     Args:
         root: dataset root folder.
-        split: ``train`` / ``val`` / ``test`` (ignored by ``folder``, which has one split
-            per root; point ``root`` at ``<root>/<split>`` for several).
+        split: ``train`` / ``val`` / ``test``. A ``folder`` dataset with ``images/`` at
+            its root has a single split (``split`` is ignored); else ``<root>/<split>/``
+            holds the images/ + masks/ of each split (class file there or at the root).
         fmt: one of :data:`FORMATS` or ``"auto"``.
     """
     root = Path(root)
@@ -270,6 +286,9 @@ def open_split(root: str | Path, split: str = "train", fmt: str = "auto", *,
         return load_pairs(cityscapes_pairs(root, split), CITYSCAPES_CLASSES,
                           source=f"cityscapes:{root} {split}", progress=progress)
     if fmt == "folder":
-        return load_pairs(folder_pairs(root), read_class_file(root), source=f"folder:{root}",
-                          progress=progress)
+        split_root = folder_split_root(root, split)
+        class_root = split_root if any((split_root / f"classes.{x}").is_file()
+                                       for x in ("json", "txt")) else root
+        return load_pairs(folder_pairs(split_root), read_class_file(class_root),
+                          source=f"folder:{split_root}", progress=progress)
     raise DatasetError(f"unknown dataset format {fmt!r}; valid: auto, {', '.join(FORMATS)}")

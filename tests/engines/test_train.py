@@ -1,0 +1,192 @@
+"""Training on a tiny synthetic dataset: the loss falls, checkpoints follow the shared
+contract, resume reproduces an uninterrupted run exactly, and DDP runs under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engines.data.torch_dataset import TrainDataset  # noqa: E402
+from engines.train import TrainConfig, WarmupPoly, load_checkpoint_model, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+COLORS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)  # BGR per class
+
+
+def make_folder_dataset(root: Path, n: int = 8, size: tuple[int, int] = (32, 48)) -> Path:
+    """images/ + masks/ + classes.txt; the class of a pixel is its (noisy) colour."""
+    rng = np.random.default_rng(0)
+    h, w = size
+    for split in ("train", "val"):
+        d = root / split
+        (d / "images").mkdir(parents=True)
+        (d / "masks").mkdir()
+        (d / "classes.txt").write_text("red\ngreen\nblue\n")
+        for i in range(n if split == "train" else 2):
+            lbl = np.zeros((h, w), np.uint8)
+            for _ in range(3):
+                y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
+                lbl[y:y + rng.integers(8, h // 2 + 8), x:x + rng.integers(8, w // 2 + 8)] = \
+                    rng.integers(0, 3)
+            img = COLORS[lbl].astype(np.int16) + rng.integers(-25, 26, (h, w, 3))
+            cv2.imwrite(str(d / "images" / f"{i:02d}.png"), np.clip(img, 0, 255).astype(np.uint8))
+            cv2.imwrite(str(d / "masks" / f"{i:02d}.png"), lbl)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("tinyseg"))
+
+
+def tiny_config(data: Path, out: Path, **kw: object) -> TrainConfig:
+    base = TrainConfig(
+        model="fastscnn", data=str(data), out=str(out), epochs=3, batch_size=4,
+        crop=(32, 48), scale=(0.75, 1.25), lr=1e-2, warmup_epochs=0, class_weight="mfb",
+        arch_options={"width": 0.25, "aux": True}, val_split=None, threads=1, seed=1,
+        name="tiny-fastscnn",
+    )
+    return replace(base, **kw)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_warmup_poly_schedule() -> None:
+    f = WarmupPoly(total_steps=10, warmup_steps=2, power=1.0)
+    assert [round(f(s), 3) for s in range(10)] == [0.333, 0.667, 1.0, 0.875, 0.75, 0.625,
+                                                   0.5, 0.375, 0.25, 0.125]
+
+
+def test_training_reduces_loss_and_writes_checkpoints(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    best = train(tiny_config(tiny_data, out, epochs=4), progress=False)
+    log = _log(out)
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"], log
+    assert best == out / "best.pt"  # no validation split: the final epoch is "best"
+    assert torch.load(best, weights_only=False)["epoch"] == 4
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    for key in ("arch", "arch_options", "num_classes", "model", "spec", "epoch", "optimizer",
+                "scheduler", "best_miou", "rng"):
+        assert key in ckpt, key
+    assert ckpt["arch"] == "fastscnn" and ckpt["num_classes"] == 3 and ckpt["epoch"] == 4
+    model, spec = load_checkpoint_model(out / "last.pt")
+    assert spec.class_names == ["red", "green", "blue"] and spec.input_size == (32, 48)
+    assert spec.ignore_index == 255 and spec.architecture == "fastscnn"
+    assert not model.training
+    with torch.no_grad():
+        y = model(torch.zeros(1, 3, 32, 48))
+    assert y.shape == (1, 3, 32, 48)  # eval mode: main logits only, at input size
+
+
+def test_validation_picks_best_and_records_metrics(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_data, out, epochs=2, val_split="val")
+    best = train(cfg, progress=False)
+    log = _log(out)
+    assert all("val_miou" in r and 0.0 <= r["val_miou"] <= 1.0 for r in log)
+    assert best == out / "best.pt"
+    ckpt = torch.load(best, weights_only=False)
+    assert ckpt["best_miou"] == pytest.approx(max(r["val_miou"] for r in log), abs=1e-4)
+    metrics = ckpt["spec"]["metrics"]
+    assert set(metrics["per_class_iou"]) == {"red", "green", "blue"}
+    assert metrics["val_miou"] == pytest.approx(ckpt["best_miou"], abs=1e-4)
+
+
+def test_resume_reproduces_uninterrupted_run(tiny_data: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = tmp_path / "straight"
+    train(tiny_config(tiny_data, straight, epochs=2), progress=False)
+
+    interrupted = tmp_path / "interrupted"
+    real_set_epoch = TrainDataset.set_epoch
+
+    def crash_at_epoch_2(self: TrainDataset, epoch: int) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        real_set_epoch(self, epoch)
+
+    monkeypatch.setattr(TrainDataset, "set_epoch", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tiny_data, interrupted, epochs=2), progress=False)
+    monkeypatch.setattr(TrainDataset, "set_epoch", real_set_epoch)
+    assert torch.load(interrupted / "last.pt", weights_only=False)["epoch"] == 1
+
+    train(tiny_config(tiny_data, interrupted, epochs=2, resume=True), progress=False)
+    a = torch.load(straight / "last.pt", weights_only=False)
+    b = torch.load(interrupted / "last.pt", weights_only=False)
+    assert b["epoch"] == 2
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0, msg=k)
+    assert _log(straight)[-1]["loss"] == _log(interrupted)[-1]["loss"]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint .*last\.pt"):
+        train(tiny_config(tiny_data, tmp_path / "new", resume=True), progress=False)
+
+
+def test_bad_config_values() -> None:
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(model="fastscnn", data=".", out=".", optimizer="lbfgs")
+    with pytest.raises(ValueError, match="class_weight"):
+        TrainConfig(model="fastscnn", data=".", out=".", class_weight="inverse")
+
+
+def test_cli_help_and_errors(tiny_data: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from stream.commands import train as train_cmd
+
+    parser = argparse.ArgumentParser(prog="segstream")
+    train_cmd.register(parser.add_subparsers())
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["train", "--help"])
+    assert e.value.code == 0
+    assert "segstream train --model fastscnn" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--model", "fastscnn", "--data", ".", "--out", "x",
+                           "--crop", "360by480"])
+    assert "--crop must be HxW" in capsys.readouterr().err
+    args = parser.parse_args(["train", "--model", "fastscnn", "--data",
+                              str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert args.func(args) == 2
+    assert "not found" in capsys.readouterr().out
+
+
+def test_ddp_under_torchrun(tiny_data: Path, tmp_path: Path) -> None:
+    """Two CPU processes (gloo): DistributedSampler splits the data, rank 0 checkpoints."""
+    out = tmp_path / "ddp"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port),
+           "-m", "engines.train", "--model", "fastscnn", "--data", str(tiny_data),
+           "--out", str(out), "--epochs", "1", "--batch-size", "2",
+           "--crop", "32x48", "--val-split", "", "--threads", "1",
+           "--arch-options", '{"width": 0.25}']
+    proc = subprocess.run(cmd, check=False, env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = _log(out)
+    assert len(log) == 1  # one writer: rank 0
+    # 8 images over 2 ranks with batch 2: 2 steps per rank per epoch.
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["scheduler"]["last_epoch"] == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])
