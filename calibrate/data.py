@@ -212,7 +212,8 @@ def camvid_split(root: str | Path, split: str) -> tuple[Path, Path]:
 class FrameReader(CalibrationDataReader):
     """ONNX Runtime calibration reader: frames -> ``{input_name: (1, 3, H, W) float32}``.
 
-    Frames are pre-processed lazily with the stream's :class:`Preprocessor`, one per call.
+    Frames are pre-processed lazily with the stream's :class:`Preprocessor`, one per call,
+    and served in chunks of :attr:`chunk` frames (memory stays bounded).
     """
 
     def __init__(self, frames: Sequence[NamedFrame], spec: ModelSpec, input_name: str,
@@ -233,6 +234,20 @@ class FrameReader(CalibrationDataReader):
 
     def rewind(self) -> None:
         self._it = iter(self._frames)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Serve frames[start_index:end_index] only (ORT's chunked calibration)."""
+        self._it = iter(self._frames[start_index:end_index])
+
+    @property
+    def chunk(self) -> int:
+        """Frames per calibration chunk: the largest divisor of the count that is <= 4.
+
+        ONNX Runtime's calibrators keep every intermediate tensor of a chunk in memory
+        (about 90 MB per 360x480 frame for a small network), so frames are fed in chunks.
+        """
+        n = len(self._frames)
+        return max(d for d in range(1, min(n, 4) + 1) if n % d == 0)
 
     def __len__(self) -> int:
         return len(self._frames)

@@ -34,9 +34,9 @@ from calibrate.evaluate import SegScores, agreement, compare_speed, predict, sco
 from calibrate.quantize import (
     FloatModel,
     QuantConfig,
+    candidate_layers,
     load_float_model,
     preprocess_graph,
-    quantizable_nodes,
     quantize_to,
     summarize_qdq,
 )
@@ -230,7 +230,7 @@ def _fallback(fm: FloatModel, prepped: Path, first: Path, cache: Path, tmp: Path
 
     rank_frames = [ev.labelled[i] for i in ev.subset[:4]] if ev.labelled else \
         ev.agree_frames[:4]
-    ranked = rank_by_sqnr(prepped, first, quantizable_nodes(prepped), rank_frames, fm.spec,
+    ranked = rank_by_sqnr(prepped, first, candidate_layers(prepped), rank_frames, fm.spec,
                           fm.input_name, progress=job.progress)
     base_subset = ev.objective_score(first, subset=True)
     measured = measure_candidates(ranked[:job.sensitivity_budget], base_subset, quantize,

@@ -24,6 +24,7 @@ provider can make the ``"tensorrt"`` profile slower than FP32; TensorRT fuses th
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -55,8 +56,10 @@ PROFILES = ("tensorrt", "ort-cpu")
 # Ops whose quantization is worth a sensitivity measurement: they carry weights or change
 # values. Data-movement ops (Reshape, Transpose, ...) inherit their input's scale.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "Resize",
-               "AveragePool", "GlobalAveragePool", "Sigmoid", "HardSigmoid", "HardSwish",
-               "Softmax", "LeakyRelu", "Clip", "Relu")
+               "AveragePool", "GlobalAveragePool", "Softmax")
+# Activations that follow a compute op and are fused into it by ORT and TensorRT: they are
+# kept in float together with that op, never alone.
+ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish")
 
 
 class QuantizeError(ValueError):
@@ -198,6 +201,10 @@ def quantize_to(prepped: Path, out: Path, config: QuantConfig, *,
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        extra = config.extra_options()
+        chunk = getattr(reader, "chunk", None)
+        if chunk:  # feed calibration in chunks; see FrameReader.chunk
+            extra["CalibStridedMinMax"] = chunk
         with _quiet_ort_logging():
             quantize_static(
                 str(prepped), str(tmp), calibration_data_reader=reader,
@@ -206,7 +213,7 @@ def quantize_to(prepped: Path, out: Path, config: QuantConfig, *,
                 per_channel=config.per_channel, reduce_range=False,
                 calibrate_method=METHODS[config.method],
                 nodes_to_exclude=list(config.nodes_to_exclude) or None,
-                extra_options=config.extra_options(),
+                extra_options=extra,
                 calibration_cache_path=str(cache),
             )
         os.replace(tmp, out)
@@ -217,21 +224,56 @@ def quantize_to(prepped: Path, out: Path, config: QuantConfig, *,
 
 @contextlib.contextmanager
 def _quiet_ort_logging() -> Iterator[None]:
-    """ORT's quantizer logs a warning per run (pre-processing hints); keep stdout readable."""
+    """ORT's quantizer logs a warning per run and prints histogram progress to stdout; keep
+    the command's stdout for the report."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 
 
-def quantizable_nodes(prepped: Path) -> list[onnx.NodeProto]:
-    """Nodes of the pre-processed graph that ORT's Q/DQ quantizer would quantize and that
-    compute values (candidates for being kept in float), in graph order."""
+@dataclass(frozen=True)
+class Layer:
+    """A candidate for float fallback: a compute node plus the activation fused after it.
+
+    Attributes:
+        name: the compute node's name; op_type: its op.
+        nodes: node names kept in float together (compute node first).
+        inputs: activation inputs of the compute node; output: the last node's output.
+    """
+
+    name: str
+    op_type: str
+    nodes: tuple[str, ...]
+    inputs: tuple[str, ...]
+    output: str
+
+
+def candidate_layers(prepped: Path) -> list[Layer]:
+    """Layers of the pre-processed graph that ORT's Q/DQ quantizer quantizes and that compute
+    values, each with the activation that follows it when that is its only consumer."""
     model = onnx.load(str(prepped))
-    return [n for n in model.graph.node if n.op_type in QDQRegistry and n.op_type in COMPUTE_OPS]
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    inits = {i.name for i in model.graph.initializer}
+    layers = []
+    for n in model.graph.node:
+        if n.op_type not in COMPUTE_OPS or n.op_type not in QDQRegistry:
+            continue
+        nodes, out = [n.name], n.output[0]
+        after = consumers.get(out, [])
+        if len(after) == 1 and after[0].op_type in ACTIVATION_OPS:
+            nodes.append(after[0].name)
+            out = after[0].output[0]
+        layers.append(Layer(n.name, n.op_type, tuple(nodes),
+                            tuple(t for t in n.input if t and t not in inits), out))
+    return layers
 
 
 @dataclass(frozen=True)

@@ -156,15 +156,16 @@ class CalibrationReport:
         lines = ["", f"## Sensitivity (max drop {self.max_drop} points)", ""]
         if not fb.kept_float and fb.met and not fb.candidates:
             return [*lines, "Drop within the maximum: no layer needed to stay in float."]
-        lines.append("Layers kept in float: " + (", ".join(f"`{n}`" for n in fb.kept_float)
-                                                 or "none") + ("" if fb.met else
-                                                               " (target NOT met)"))
+        kept = ", ".join(f"`{n}`" for n in fb.kept_float) or "none"
+        lines.append(f"Nodes kept in float: {kept}" + ("" if fb.met else " (target NOT met)"))
         measured = [c for c in fb.candidates if c.recovered is not None]
         if measured:
-            lines += ["", "| layer | op | noise added dB | score with layer in float | "
+            lines += ["", "| layer | ops | noise added dB | score with layer in float | "
                       "recovered points |", "|---|---|---:|---:|---:|"]
-            lines += [f"| `{c.name}` | {c.op_type} | {c.noise_db:.1f} | {c.score_in_float:.2f} "
-                      f"| {c.recovered:+.2f} |" for c in measured]
+            for c in measured:
+                ops = c.op_type + (f" + {len(c.members) - 1} fused" if len(c.members) > 1 else "")
+                lines.append(f"| `{c.name}` | {ops} | {c.noise_db:.1f} | "
+                             f"{c.score_in_float:.2f} | {c.recovered:+.2f} |")
         return lines
 
     def save(self, json_path: Path, md_path: Path) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from calibrate.data import NamedFrame
+from calibrate.quantize import Layer
 from engines.preprocess import Preprocessor
 from engines.spec import ModelSpec
 
@@ -58,13 +59,19 @@ class Objective:
 
 @dataclass(frozen=True)
 class NodeCost:
-    """One candidate node: its local SQNR loss and, when measured, the score it recovers."""
+    """One candidate layer: the quantization noise it adds and, when measured, the score it
+    recovers when kept in float."""
 
-    name: str
+    name: str  # the compute node
     op_type: str
-    noise_db: float  # relative noise power this node adds, dB (higher = worse)
-    score_in_float: float | None = None  # objective score with only this node in float
+    noise_db: float  # relative noise power this layer adds, dB (higher = worse)
+    score_in_float: float | None = None  # objective score with only this layer in float
     recovered: float | None = None  # score_in_float - full INT8 score, in points
+    nodes: tuple[str, ...] = ()  # node names kept in float together (default: name)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.nodes or (self.name,)
 
 
 @dataclass(frozen=True)
@@ -72,16 +79,16 @@ class FallbackResult:
     """Outcome of the search: nodes kept in float (in the order added) and the final score."""
 
     candidates: tuple[NodeCost, ...]
-    kept_float: tuple[str, ...]
+    kept_float: tuple[str, ...]  # node names passed to nodes_to_exclude
     score: float
     met: bool
     steps: tuple[tuple[str, float, bool], ...]  # (node tried, full-set score, kept?)
 
 
-def rank_by_sqnr(fp32_model: Path, int8_model: Path, nodes: Sequence[onnx.NodeProto],
+def rank_by_sqnr(fp32_model: Path, int8_model: Path, layers: Sequence[Layer],
                  frames: Sequence[NamedFrame], spec: ModelSpec,
                  input_name: str, *, progress: bool = True) -> list[NodeCost]:
-    """Local SQNR loss of each node in ``nodes`` (from the FP32 graph), worst first.
+    """Relative quantization noise each layer (of the FP32 graph) adds, worst first.
 
     Both graphs run unoptimised (ORT_DISABLE_ALL) so that the Q/DQ model computes exactly
     the simulated quantization its Q/DQ nodes describe.
@@ -113,10 +120,11 @@ def rank_by_sqnr(fp32_model: Path, int8_model: Path, nodes: Sequence[onnx.NodePr
         return noise[t] / signal[t]
 
     costs = []
-    for n in nodes:
-        added = rel_noise(n.output[0]) - max([rel_noise(t) for t in n.input] or [0.0])
-        costs.append(NodeCost(n.name, n.op_type,
-                              round(10.0 * math.log10(max(added, NOISE_FLOOR)), 3)))
+    for layer in layers:
+        added = rel_noise(layer.output) - max([rel_noise(t) for t in layer.inputs] or [0.0])
+        costs.append(NodeCost(layer.name, layer.op_type,
+                              round(10.0 * math.log10(max(added, NOISE_FLOOR)), 3),
+                              nodes=layer.nodes))
     return sorted(costs, key=lambda c: -c.noise_db)
 
 
@@ -152,9 +160,9 @@ def measure_candidates(candidates: Sequence[NodeCost], full_int8_score: float,
     measured = []
     for c in tqdm(candidates, desc="measure layers", unit="layer", leave=False,
                   disable=not progress):
-        s = score_fn(quantize([c.name]), True)
-        measured.append(NodeCost(c.name, c.op_type, c.noise_db, round(s, 3),
-                                 round(s - full_int8_score, 3)))
+        s = score_fn(quantize(c.members), True)
+        measured.append(replace(c, score_in_float=round(s, 3),
+                                recovered=round(s - full_int8_score, 3)))
     return sorted(measured, key=lambda c: -(c.recovered or 0.0))
 
 
@@ -176,11 +184,11 @@ def greedy_fallback(measured: Sequence[NodeCost], objective: Objective, int8_sco
     for c in bar:
         if objective.met(score):
             break
-        trial = score_fn(quantize([*kept, c.name]), False)
+        trial = score_fn(quantize([*kept, *c.members]), False)
         accepted = trial > score
         steps.append((c.name, round(trial, 3), accepted))
         if accepted:
-            kept.append(c.name)
+            kept.extend(c.members)
             score = trial
         bar.set_postfix(drop=f"{objective.drop(score):.2f}")
     bar.close()

@@ -143,11 +143,14 @@ def test_fallback_keeps_the_culprit_layer_in_float(frames_dir: Path, tmp_path: P
     assert report.kept_float[0] == "classifier"
     assert report.fallback.met and report.miou_drop <= 10.0
     assert report.fallback.candidates[0].name == "classifier"  # measured best recovery
+    groups = {c.name: c.members for c in report.fallback.candidates}
+    assert groups["conv1"] == ("conv1", "relu1")  # ReLU goes to float with its conv
+    assert "relu1" not in groups
     final = summarize_qdq(job.out_path)
     assert "classifier" in final.float_compute_nodes and "conv1" not in final.float_compute_nodes
     meta = ModelSpec.load(job.out_path.with_suffix(".json")).metrics["quantization"]
     assert meta["nodes_kept_float"] == list(report.kept_float)
-    assert "Layers kept in float: `classifier`" in report.to_markdown()
+    assert "Nodes kept in float: `classifier`" in report.to_markdown()
 
 
 def test_no_labels_reports_agreement_and_min_agreement_fallback(frames_dir: Path,
