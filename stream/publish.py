@@ -222,7 +222,10 @@ class Publisher:
                              f"{self.max_pixels} pixels")
         with self._lock:
             self._check_open()
-            self._service()  # a new subscriber gets the class table before this map
+            # Let libzmq attach newly connected subscribers now (reading ZMQ_EVENTS runs
+            # its pending commands), so that they get the class table before this map.
+            self._sock.getsockopt(zmq.EVENTS)
+            self._service()
             payload = self._encoder.encode(labels)
             now = time.time_ns()
             header = LabelsHeader(
@@ -235,6 +238,7 @@ class Publisher:
             if ok:
                 self._counts["sent"] += 1
                 self._counts["bytes_sent"] += memoryview(payload).nbytes
+            self._service()  # a subscriber attached during the send: table right after
         return ok
 
     def send(self, frame: Frame, labels: np.ndarray, t_infer_ns: int, dropped: int) -> None:
@@ -245,13 +249,19 @@ class Publisher:
 
     def publish_event(self, camera: str, state: str, detail: str = "",
                       t_ns: int | None = None) -> bool:
-        """Send a source-state event (``running``, ``stalled``, ``reconnecting``, ``eos``...)."""
+        """Send a source-state event (``running``, ``stalled``, ``reconnecting``, ``eos``...).
+
+        Safe to call from capture threads, also during shutdown: after ``close()`` the
+        event is not sent and False is returned.
+        """
         if not state:
             raise ValueError("state must not be empty")
         event = SourceEvent(check_camera_id(camera), state, detail,
                             time.time_ns() if t_ns is None else t_ns)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                log.debug("publisher closed; event %s %s not sent", camera, state)
+                return False
             ok = self._send(pack_event(event), "event")
             self._counts["events"] += ok
         return ok

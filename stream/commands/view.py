@@ -1,0 +1,201 @@
+"""``segstream view ENDPOINT``: show or record received label maps in class colours."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engines.postprocess import colorize
+from stream.commands._common import report_errors
+from stream.commands.subscribe import add_connection_args, connection_errors, open_subscriber
+from stream.wire import ClassTable
+
+DESCRIPTION = """Colour received label maps with the class table's colours and draw a
+legend. Only label maps travel on the wire, so there is no camera image to overlay.
+
+With a display (DISPLAY or WAYLAND_DISPLAY set and an OpenCV build with GUI support) a
+window per camera opens; press q or Esc to quit. Without one, record instead:
+--save FILE.mp4 writes an MPEG-4 video (one camera; put {camera} in the name to get a
+file per camera), --save-dir DIR writes DIR/<camera>/<seq>.png frames.
+
+Exit status: 0 when done, 1 when nothing arrived within --timeout, 2 for bad arguments
+or when there is neither a display nor --save/--save-dir."""
+
+EPILOG = """examples:
+  segstream view tcp://vehicle:5555
+  segstream view tcp://vehicle:5555 --camera front --save front.mp4 --count 300
+  segstream view ipc:///tmp/seg --save 'run-{camera}.mp4' --fps 30
+  segstream view tcp://localhost:5555 --save-dir frames/ --count 20
+"""
+
+LEGEND_W = 150
+ROW_H = 18
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "view", help="show or record colourised label maps", description=DESCRIPTION,
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_connection_args(p)
+    p.add_argument("--save", metavar="FILE.mp4",
+                   help="write an mp4v video ({camera} in the name: one file per camera)")
+    p.add_argument("--save-dir", type=Path, metavar="DIR",
+                   help="write DIR/<camera>/<seq>.png")
+    p.add_argument("--fps", type=float, default=15.0,
+                   help="frame rate written into --save videos (default 15)")
+    p.add_argument("--no-legend", action="store_true", help="colours only, no legend")
+    p.add_argument("--no-window", action="store_true", help="never open a window")
+    p.set_defaults(func=run)
+
+
+def fallback_palette() -> np.ndarray:
+    """(256, 3) uint8 RGB: distinct fixed colours for ids before a class table arrives."""
+    rng = np.random.default_rng(12345)
+    return rng.integers(40, 256, (256, 3), dtype=np.uint8)
+
+
+def render(labels: np.ndarray, table: ClassTable | None, legend: bool = True) -> np.ndarray:
+    """(H, W) uint8 labels -> (H', W', 3) uint8 BGR image, legend panel on the right."""
+    palette = table.palette() if table else fallback_palette()
+    img = colorize(labels, palette)  # (H, W, 3) BGR
+    if not legend:
+        return np.ascontiguousarray(img)
+    names = table.names if table else [f"class {i}" for i in np.unique(labels)]
+    ids = range(len(names)) if table else [int(i) for i in np.unique(labels)]
+    h, w = labels.shape
+    out_h = max(h, ROW_H * len(names) + 8)
+    canvas = np.zeros((out_h, w + LEGEND_W, 3), np.uint8)  # (H', W + legend, 3)
+    canvas[:h, :w] = img
+    for row, (cid, name) in enumerate(zip(ids, names, strict=True)):
+        y = 4 + row * ROW_H
+        color = tuple(int(v) for v in palette[cid][::-1])  # RGB -> BGR
+        cv2.rectangle(canvas, (w + 6, y), (w + 18, y + 12), color, thickness=-1)
+        cv2.putText(canvas, name[:18], (w + 24, y + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas
+
+
+def has_display() -> bool:
+    """A display exists and this OpenCV build can open windows on it."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        cv2.namedWindow("segstream")
+        cv2.destroyWindow("segstream")
+    except cv2.error:
+        return False
+    return True
+
+
+class Sinks:
+    """Window, video writers and PNG folder for rendered frames."""
+
+    def __init__(self, args: argparse.Namespace, window: bool) -> None:
+        self.window = window
+        self.save = args.save
+        self.save_dir = args.save_dir
+        self.fps = args.fps
+        self.writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int]]] = {}
+        self.skipped_cams: set[str] = set()
+        self.written = 0
+
+    def _writer(self, camera: str, size: tuple[int, int]) -> cv2.VideoWriter | None:
+        if camera in self.writers:
+            return self.writers[camera][0]
+        if "{camera}" not in self.save and self.writers:
+            if camera not in self.skipped_cams:
+                print(f"segstream: --save records one camera; skipping {camera} (use "
+                      "--camera, or put {camera} in the file name)", file=sys.stderr)
+                self.skipped_cams.add(camera)
+            return None
+        path = Path(self.save.replace("{camera}", camera))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
+        if not writer.isOpened():
+            raise OSError(f"cannot write video {path}: check the folder and the .mp4 suffix")
+        self.writers[camera] = (writer, size)
+        print(f"segstream: recording {camera} to {path}", file=sys.stderr)
+        return writer
+
+    def show(self, camera: str, seq: int, img: np.ndarray) -> bool:
+        """Deliver one frame; False when the user closed the window (q / Esc)."""
+        delivered = self.window
+        if self.save:
+            size = (img.shape[1], img.shape[0])
+            writer = self._writer(camera, size)
+            if writer is not None:
+                fixed = self.writers[camera][1]
+                video = img if size == fixed else cv2.resize(  # a video has one frame size
+                    img, fixed, interpolation=cv2.INTER_NEAREST)
+                writer.write(video)
+                delivered = True
+        if self.save_dir:
+            path = self.save_dir / camera / f"{seq:08d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(path), img):
+                raise OSError(f"cannot write {path}: check the folder is writable")
+            delivered = True
+        self.written += delivered
+        if self.window:
+            cv2.imshow(f"segstream {camera}", img)
+            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                return False
+        return True
+
+    def close(self) -> None:
+        for writer, _ in self.writers.values():
+            writer.release()
+        if self.window:
+            cv2.destroyAllWindows()
+
+
+@report_errors
+def run(args: argparse.Namespace) -> int:
+    window = not args.no_window and has_display()
+    if not window and not (args.save or args.save_dir):
+        print("segstream: error: no display here; record with --save out.mp4 or "
+              "--save-dir DIR (or set DISPLAY)", file=sys.stderr)
+        return 2
+    if args.count < 0 or args.fps <= 0:
+        print("segstream: error: --count must be >= 0 and --fps > 0", file=sys.stderr)
+        return 2
+    try:
+        sub = open_subscriber(args, latest_only=window and not args.save)
+    except connection_errors() as e:
+        print(f"segstream: error: {e}", file=sys.stderr)
+        return 2
+    from stream.subscribe import LabelMessage, SubscribeTimeoutError
+
+    sinks = Sinks(args, window)
+    code = 0
+    try:
+        for msg in sub:
+            if not isinstance(msg, LabelMessage):
+                print(f"[{msg.camera}] {msg.state}{': ' + msg.detail if msg.detail else ''}",
+                      file=sys.stderr)
+                continue
+            img = render(msg.labels, msg.class_table, legend=not args.no_legend)
+            if not sinks.show(msg.camera, msg.seq, img):
+                break
+            if args.count and sinks.written >= args.count:
+                break
+    except SubscribeTimeoutError as e:
+        print(f"segstream: {e}", file=sys.stderr)
+        code = 1
+    except OSError as e:
+        print(f"segstream: error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sinks.close()
+        sub.close()
+    print(f"segstream: {sinks.written} frames shown/saved; lost {sub.stats.lost}, "
+          f"rejected {sub.stats.rejected}", file=sys.stderr)
+    return code

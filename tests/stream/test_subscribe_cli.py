@@ -1,0 +1,141 @@
+"""`segstream subscribe` and `segstream view` against a live publisher in a thread."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.spec import CAMVID_CLASSES
+from stream.cli import main
+from stream.commands.subscribe import is_same_host, top_classes
+from stream.commands.view import LEGEND_W, render
+from stream.publish import Publisher
+from stream.wire import ClassTable, ModelInfo
+
+TABLE = ClassTable.build(CAMVID_CLASSES, ModelInfo("camvid-test", "fastscnn", (360, 480)))
+
+
+def scene(h: int = 48, w: int = 64) -> np.ndarray:
+    """Top quarter sky (0), middle quarter building (1), bottom half road (3)."""
+    labels = np.full((h, w), 3, np.uint8)
+    labels[: h // 4] = 0
+    labels[h // 4: h // 2] = 1
+    return labels
+
+
+@pytest.fixture
+def live_publisher():
+    """A publisher on ipc sending the scene at ~100 Hz (camera 'front') until the test ends."""
+    pub = Publisher(f"ipc:///tmp/segstream-cli-{uuid.uuid4().hex[:10]}.sock", class_table=TABLE,
+                    encoding="rle")
+    stop = threading.Event()
+
+    def loop() -> None:
+        seq = 0
+        while not stop.is_set():
+            pub.publish_labels("front", seq, scene(), t_capture_ns=time.time_ns(),
+                               t_capture_mono_ns=time.monotonic_ns())
+            if seq == 3:
+                pub.publish_event("front", "running", "first frames")
+            seq += 1
+            time.sleep(0.01)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield pub.bound_endpoints[0]
+    stop.set()
+    t.join()
+    pub.close()
+
+
+def test_subscribe_prints_a_summary_per_map_and_stats(live_publisher, capsys):
+    code = main(["subscribe", live_publisher, "--count", "5", "--timeout", "10"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    maps = [ln for ln in out.splitlines() if " seq " in ln]
+    assert len(maps) == 5
+    for line in maps:
+        assert line.split()[0] == "front" and "48x64 rle" in line
+        assert line.endswith(" ms")
+    # Class names come from the class table, sent on subscription; only the very first
+    # map can beat it (when the subscription lands during that map's send).
+    for line in maps[1:]:
+        assert "| road 50% sky 25% building 25% |" in line
+    seqs = [int(ln.split()[2]) for ln in maps]
+    assert seqs == sorted(seqs)
+    assert "[front]" in err and "latency p50" in err and "(mono)" in err and "lost 0" in err
+
+
+def test_subscribe_json_lines(live_publisher, capsys):
+    assert main(["subscribe", live_publisher, "--count", "3", "--json", "--camera", "front",
+                 "--stats-interval", "0", "--timeout", "10"]) == 0
+    docs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    maps = [d for d in docs if d["type"] == "labels"]
+    assert len(maps) == 3
+    assert all(d["type"] in ("labels", "source_state") for d in docs)
+    last = maps[-1]  # (the first map may precede the class table, see above)
+    assert last["camera"] == "front" and last["shape"] == [48, 64]
+    assert last["class_table"] == TABLE.id and last["latency_ms"] >= 0
+    assert [c["name"] for c in last["top_classes"]] == ["road", "sky", "building"]
+    assert last["top_classes"][0]["fraction"] == 0.5
+
+
+def test_subscribe_times_out_and_rejects_bad_endpoints(capsys):
+    ep = f"ipc:///tmp/segstream-nobody-{uuid.uuid4().hex[:8]}.sock"
+    assert main(["subscribe", ep, "--timeout", "0.3"]) == 1
+    assert "no message from" in capsys.readouterr().err
+    assert main(["subscribe", "udp://x:1", "--timeout", "0.3"]) == 2
+    assert "cannot connect" in capsys.readouterr().err
+
+
+def test_view_saves_png_frames_in_class_colours(live_publisher, tmp_path, capsys):
+    out = tmp_path / "frames"
+    assert main(["view", live_publisher, "--no-window", "--save-dir", str(out),
+                 "--count", "4", "--timeout", "10"]) == 0
+    pngs = sorted((out / "front").glob("*.png"))
+    assert len(pngs) == 4
+    img = cv2.imread(str(pngs[-1]))  # BGR (the first may precede the class table)
+    assert img.shape == (max(48, 18 * len(CAMVID_CLASSES) + 8), 64 + LEGEND_W, 3)
+    road = CAMVID_CLASSES[3].color
+    assert img[40, 10].tolist() == [road[2], road[1], road[0]]
+    sky = CAMVID_CLASSES[0].color
+    assert img[2, 10].tolist() == [sky[2], sky[1], sky[0]]
+    assert img[:, 64:].any()  # legend drawn
+
+
+def test_view_records_an_mp4(live_publisher, tmp_path):
+    video = tmp_path / "out-{camera}.mp4"
+    assert main(["view", live_publisher, "--no-window", "--save", str(video), "--count", "6",
+                 "--timeout", "10", "--no-legend"]) == 0
+    cap = cv2.VideoCapture(str(tmp_path / "out-front.mp4"))
+    frames = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames += 1
+        assert frame.shape == (48, 64, 3)
+    cap.release()
+    assert frames == 6
+
+
+def test_view_without_display_or_output_is_refused(monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["view", "ipc:///tmp/none", "--count", "1"]) == 2
+    assert "--save out.mp4" in capsys.readouterr().err
+
+
+def test_helpers():
+    assert is_same_host("ipc:///tmp/x") and is_same_host("tcp://127.0.0.1:5555")
+    assert is_same_host("tcp://localhost:1") and not is_same_host("tcp://10.0.0.5:5555")
+    top = top_classes(scene(), None)
+    assert [t["id"] for t in top] == [3, 0, 1] and top[0]["name"] == "class3"
+    img = render(scene(), None, legend=True)  # before a class table: fallback colours
+    assert img.shape[1] == 64 + LEGEND_W and img.dtype == np.uint8
