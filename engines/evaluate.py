@@ -1,0 +1,145 @@
+"""Evaluate a model on a labelled split through the same engine path as the stream.
+
+Every image goes BGR uint8 -> :class:`~engines.preprocess.Preprocessor` -> backend
+(``engines.backend.create_backend``: ONNX Runtime, torch or TensorRT) ->
+:class:`~engines.postprocess.Postprocessor` -> (H, W) uint8 labels at the label size, so
+the figures are those of the deployed pipeline, not of a separate torch loop. One
+confusion matrix is accumulated over the whole split (void ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engines.backend import create_backend
+from engines.data.readers import IGNORE, SplitData, open_split
+from engines.metrics import ConfusionMatrix, SegMetrics
+from engines.postprocess import Postprocessor
+from engines.preprocess import Preprocessor
+
+
+class EvalError(ValueError):
+    """Model and dataset do not fit together; the message says how."""
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Result of :func:`evaluate`. ``metrics`` holds the split-level scores."""
+
+    model: str
+    backend: str
+    data: str
+    split: str
+    num_images: int
+    class_names: tuple[str, ...]
+    metrics: SegMetrics
+    ms_per_image: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "backend": self.backend, "data": self.data,
+            "split": self.split, "num_images": self.num_images,
+            "ms_per_image": round(self.ms_per_image, 2),
+            **self.metrics.to_json(self.class_names),
+            "class_names": list(self.class_names),
+        }
+
+
+def evaluate_split(model: str | Path, data: SplitData, *, backend: str | None = None,
+                   threads: int | None = None, split: str = "",
+                   progress: bool = True, **options: object) -> EvalReport:
+    """Run ``model`` over every image of ``data`` and score it."""
+    be = create_backend(model, backend, threads=threads, **options)
+    try:
+        spec = be.spec
+        if spec.num_classes != data.num_classes:
+            raise EvalError(f"model {model} has {spec.num_classes} classes but the dataset "
+                            f"{data.source} has {data.num_classes}; evaluate on the data the "
+                            "model was trained for")
+        pre = Preprocessor(spec, dtype=be.input_dtype)
+        post = Postprocessor(spec)
+        cm = ConfusionMatrix(spec.num_classes, IGNORE)
+        it: Any = zip(data.images, data.labels, strict=True)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(data), desc=f"eval {Path(model).name}", unit="img")
+        t_infer = 0.0
+        for rgb, lbl in it:
+            t0 = time.perf_counter()
+            x = pre(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # (1, 3, h, w)
+            out = be.infer(x)[0]  # (K, h', w') logits or (h, w) labels
+            pred = post(out, lbl.shape)  # (H, W) uint8
+            t_infer += time.perf_counter() - t0
+            cm.update(pred, lbl)
+        return EvalReport(
+            model=str(model), backend=be.name, data=data.source, split=split,
+            num_images=len(data), class_names=tuple(spec.class_names), metrics=cm.result(),
+            ms_per_image=1000.0 * t_infer / max(1, len(data)),
+        )
+    finally:
+        be.close()
+
+
+def evaluate(model: str | Path, data_root: str | Path, split: str = "val", *,
+             fmt: str = "auto", backend: str | None = None, threads: int | None = None,
+             limit: int | None = None, progress: bool = True,
+             **options: object) -> EvalReport:
+    """Load ``split`` of the dataset at ``data_root`` (first ``limit`` images) and score
+    ``model`` on it. See :func:`evaluate_split`."""
+    data = open_split(data_root, split, fmt, progress=progress)
+    if limit is not None:
+        data = SplitData(data.images[:limit], data.labels[:limit], data.names[:limit],
+                         data.classes, data.source)
+    return evaluate_split(model, data, backend=backend, threads=threads, split=split,
+                          progress=progress, **options)
+
+
+def save_confusion_png(metrics: SegMetrics, names: tuple[str, ...] | list[str],
+                       path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (rows: ground truth) as a PNG heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = metrics.matrix.astype(np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    for i in range(k):
+        for j in range(k):
+            if norm[i, j] >= 0.01:
+                ax.text(j, i, f"{norm[i, j] * 100:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title or f"mIoU {metrics.miou * 100:.1f}%", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
+    """Write ``out`` (JSON) and the confusion matrix PNG beside it (``<stem>_confusion.png``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    png = out.with_name(f"{out.stem}_confusion.png")
+    save_confusion_png(report.metrics, report.class_names, png,
+                       title=f"{Path(report.model).name} on {report.split}: "
+                             f"mIoU {report.metrics.miou * 100:.1f}%")
+    return out, png

@@ -1,0 +1,60 @@
+"""``segstream eval``: score a model on a labelled split (mIoU, per-class IoU)."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """examples:
+  # the shipped model on CamVid val, through ONNX Runtime (as the stream runs it)
+  segstream eval --data ../shared/camvid --split val --out reports/camvid_val.json
+  # a training checkpoint through the torch backend
+  segstream eval --model runs/shipped/best.pt --data ../shared/camvid
+  # a TensorRT engine on a GPU machine
+  segstream eval --model model.engine --data ../shared/camvid
+
+Writes the JSON report (mIoU, pixel accuracy, per-class IoU, confusion matrix) and
+<report>_confusion.png beside it, and prints a per-class table.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate a model on a labelled dataset split",
+        description="Evaluate a model (ONNX, TensorRT engine or .pt checkpoint) on a "
+                    "dataset split through the stream's pre/post-processing and backends.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="model file (.onnx, .engine, .pt); default: the shipped model")
+    p.add_argument("--data", required=True, help="dataset root, e.g. ../shared/camvid")
+    p.add_argument("--split", default="val")
+    p.add_argument("--format", dest="fmt", default="auto",
+                   choices=("auto", "camvid", "cityscapes", "folder"))
+    p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default=None,
+                   help="default: from the model file suffix")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--out", default=None, help="report JSON path (PNG written beside it)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engines.backend import BackendError
+    from engines.data.readers import DatasetError
+    from engines.evaluate import EvalError, evaluate, write_report
+    from engines.spec import ModelSpecError
+    from engines.zoo import NoModelError, resolve_model
+
+    try:
+        model = resolve_model(args.model)
+        report = evaluate(model, args.data, args.split, fmt=args.fmt, backend=args.backend,
+                          threads=args.threads, limit=args.limit)
+    except (BackendError, DatasetError, EvalError, ModelSpecError, NoModelError) as e:
+        print(f"segstream eval: error: {e}")
+        return 2
+    print(f"{report.model} [{report.backend}] on {report.data}")
+    print(report.metrics.table(report.class_names))
+    print(f"{report.ms_per_image:.1f} ms/image (pre + infer + post)")
+    if args.out:
+        js, png = write_report(report, args.out)
+        print(f"wrote {js} and {png}")
+    return 0

@@ -1,0 +1,164 @@
+"""``predict`` writes one label PNG per image through the stream's engine path; ``eval``
+scores a model through the same path (real ONNX Runtime sessions on tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.evaluate import EvalError, evaluate, evaluate_split, write_report
+from engines.predict import PredictError, predict_folder
+from engines.segmenter import Segmenter
+from engines.spec import ModelSpec, sidecar_path
+from engines.zoo import MODELS_DIR
+
+
+def _write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        p = folder / f"frame_{i:02d}.{'png' if i % 2 == 0 else 'jpg'}"
+        cv2.imwrite(str(p), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        paths.append(p)
+    (folder / "notes.txt").write_text("not an image")
+    return paths
+
+
+def test_predict_writes_label_pngs_at_input_size(tiny_model: Path, tmp_path: Path) -> None:
+    sizes = [(64, 96), (50, 70), (120, 160)]
+    inputs = _write_images(tmp_path / "in", sizes)
+    res = predict_folder(tiny_model, tmp_path / "in", tmp_path / "labels",
+                         overlay_dir=tmp_path / "ov", threads=1, progress=False)
+    assert [p.name for p in res.labels] == ["frame_00.png", "frame_01.png", "frame_02.png"]
+    assert [p.name for p in res.overlays] == ["frame_00.jpg", "frame_01.jpg", "frame_02.jpg"]
+    seg = Segmenter.from_path(tiny_model, threads=1)
+    for src, dst, (h, w) in zip(inputs, res.labels, sizes, strict=True):
+        lbl = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
+        assert lbl.shape == (h, w) and lbl.dtype == np.uint8
+        assert lbl.max() < 5
+        # Bit-identical to running the stream's Segmenter on the same frame.
+        np.testing.assert_array_equal(lbl, seg(cv2.imread(str(src))))
+    for ov, (h, w) in zip(res.overlays, sizes, strict=True):
+        assert cv2.imread(str(ov)).shape == (h, w, 3)
+    seg.close()
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == \
+        ["frame_00.png", "frame_01.png", "frame_02.png"]
+
+
+def test_predict_in_graph_argmax_model(tiny_argmax_model: Path, tmp_path: Path) -> None:
+    _write_images(tmp_path / "in", [(64, 96), (32, 48)])
+    res = predict_folder(tiny_argmax_model, tmp_path / "in", tmp_path / "out", threads=1,
+                         progress=False)
+    assert [cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape for p in res.labels] == \
+        [(64, 96), (32, 48)]
+
+
+def test_predict_errors(tiny_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(PredictError, match="not found"):
+        predict_folder(tiny_model, tmp_path / "missing", tmp_path / "out", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictError, match="no images"):
+        predict_folder(tiny_model, tmp_path / "empty", tmp_path / "out", progress=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(PredictError, match=r"cannot read image .*broken\.png"):
+        predict_folder(tiny_model, tmp_path / "bad", tmp_path / "out", progress=False)
+
+
+def _labelled_folder(root: Path, model: Path, n: int = 4) -> Path:
+    """A folder dataset whose masks are the tiny model's own predictions."""
+    spec = ModelSpec.load(sidecar_path(model))
+    _write_images(root / "images", [(64, 96)] * n, seed=3)
+    (root / "images" / "notes.txt").unlink()
+    res = predict_folder(model, root / "images", root / "masks", threads=1, progress=False)
+    assert len(res.labels) == n
+    (root / "classes.txt").write_text("\n".join(spec.class_names) + "\n")
+    return root
+
+
+def test_eval_of_a_model_on_its_own_predictions_is_perfect(tiny_model: Path,
+                                                           tmp_path: Path) -> None:
+    root = _labelled_folder(tmp_path / "ds", tiny_model)
+    report = evaluate(tiny_model, root, threads=1, progress=False)
+    assert report.num_images == 4 and report.backend == "onnxruntime"
+    assert report.metrics.pixel_acc == 1.0
+    assert report.metrics.miou == 1.0
+    assert report.metrics.matrix.sum() == 4 * 64 * 96
+
+
+def test_eval_counts_errors_and_ignores_void(tiny_model: Path, tmp_path: Path) -> None:
+    root = _labelled_folder(tmp_path / "ds", tiny_model, n=2)
+    masks = sorted((root / "masks").iterdir())
+    m0 = cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED)
+    wrong = m0.copy()
+    wrong[:32] = (m0[:32] + 1) % 5  # top half wrong
+    cv2.imwrite(str(masks[0]), wrong)
+    m1 = cv2.imread(str(masks[1]), cv2.IMREAD_UNCHANGED)
+    m1[:, :48] = 255  # left half void: ignored
+    cv2.imwrite(str(masks[1]), m1)
+    report = evaluate(tiny_model, root, threads=1, progress=False)
+    labelled = 64 * 96 + 64 * 48
+    assert report.metrics.matrix.sum() == labelled
+    assert report.metrics.pixel_acc == pytest.approx((labelled - 32 * 96) / labelled)
+
+
+def test_eval_report_files(tiny_model: Path, tmp_path: Path) -> None:
+    root = _labelled_folder(tmp_path / "ds", tiny_model, n=2)
+    report = evaluate(tiny_model, root, threads=1, progress=False)
+    js, png = write_report(report, tmp_path / "reports" / "tiny.json")
+    data = json.loads(js.read_text())
+    assert data["miou"] == 1.0 and data["num_images"] == 2
+    assert len(data["confusion_matrix"]) == 5 and len(data["per_class_iou"]) == 5
+    img = cv2.imread(str(png))
+    assert png.name == "tiny_confusion.png" and img is not None and img.shape[0] > 100
+
+
+def test_eval_class_count_mismatch(tiny_model: Path, tmp_path: Path) -> None:
+    root = _labelled_folder(tmp_path / "ds", tiny_model, n=1)
+    (root / "classes.txt").write_text("a\nb\nc\nd\ne\nf\n")
+    with pytest.raises(EvalError, match="5 classes but the dataset"):
+        evaluate(tiny_model, root, threads=1, progress=False)
+
+
+def test_cli_predict_and_eval(tiny_model: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    from stream.cli import main
+
+    root = _labelled_folder(tmp_path / "ds", tiny_model, n=2)
+    assert main(["predict", str(root / "images"), "--model", str(tiny_model), "--out",
+                 str(tmp_path / "p"), "--threads", "1"]) == 0
+    assert "wrote 2 label maps" in capsys.readouterr().out
+    assert main(["eval", "--model", str(tiny_model), "--data", str(root), "--threads", "1",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "100.00" in out
+    assert (tmp_path / "r.json").is_file() and (tmp_path / "r_confusion.png").is_file()
+    assert main(["eval", "--model", str(tmp_path / "nope.onnx"), "--data", str(root)]) == 2
+    assert "not found" in capsys.readouterr().out
+
+
+SHIPPED = sorted(p for p in MODELS_DIR.glob("camvid_*.onnx") if ".int8" not in p.name
+                 and ".fp16" not in p.name)
+
+
+@pytest.mark.camvid
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CamVid model in engines/models")
+def test_shipped_model_on_camvid_val_subset(camvid: Path) -> None:
+    """The shipped model, through ONNX Runtime, on the first 12 val frames."""
+    from engines.data import open_split
+    from engines.data.readers import SplitData
+
+    data = open_split(camvid, "val")
+    sub = SplitData(data.images[:12], data.labels[:12], data.names[:12], data.classes,
+                    data.source)
+    report = evaluate_split(SHIPPED[0], sub, threads=2, progress=False)
+    spec = ModelSpec.load(sidecar_path(SHIPPED[0]))
+    assert spec.metrics["val_miou"] > 0.3
+    # A subset of frames scores near the full-split figure in the sidecar, far above chance.
+    assert report.metrics.pixel_acc > 0.7
+    assert report.metrics.miou > 0.3
