@@ -25,6 +25,8 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "eval",
     "predict",
+    "export",
+    "models",
 )
 
 EPILOG = """examples:

@@ -1,0 +1,261 @@
+"""Export a trained network to ONNX for ONNX Runtime and TensorRT, checked against torch.
+
+:func:`export_onnx` writes ``model.onnx`` and its sidecar ``model.json``:
+
+* input ``input``: (N, 3, H, W) float32, NCHW, RGB normalised as the sidecar says.
+  Static export fixes N = 1 and (H, W) = ``spec.input_size``; ``dynamic=True`` makes N,
+  H and W symbolic (``batch``, ``height``, ``width``).
+* output ``logits``: (N, K, ceil(H/s), ceil(W/s)) float32 at the model's output stride
+  ``s`` (the client's post-processor upsamples and takes the argmax), or with
+  ``argmax=True`` output ``labels``: (N, H, W) uint8 class ids. In-graph that is a
+  bilinear Resize (``half_pixel``, i.e. ``align_corners=False``) to the input size, ArgMax
+  over the classes (int64, first maximum on ties, like torch) and a Cast to uint8. ORT
+  runs all three on CPU. TensorRT 10+ parses ArgMax as a TopK layer (its int64 output is
+  handled by the parser) and supports Cast to UINT8 and UINT8 network outputs, so the
+  same file builds an engine whose output binding is uint8. K must be <= 256.
+* ``fp16=True``: weights and activations in float16 with float32 I/O through Cast nodes
+  (see :mod:`engines.onnx_fp16`), for TensorRT strongly typed networks.
+
+BatchNorm is folded into the convolutions by the exporter's constant folding; nothing
+else is simplified. ``check=True`` (default) runs the file in ONNX Runtime on seeded
+random inputs (and on ``check_inputs``, e.g. pre-processed real frames) and compares with
+torch; a mismatch raises :class:`ExportCheckError` naming the max error or the label
+agreement, and leaves any existing file at ``path`` untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engines.spec import ModelSpec, sidecar_path
+
+INPUT_NAME = "input"
+
+# fp32: ORT and torch differ by summation order and BN folding only.
+FP32_ATOL, FP32_RTOL, FP32_MIN_AGREEMENT = 1e-4, 1e-4, 0.999
+# fp16: 11-bit mantissa on every weight and activation.
+FP16_RTOL, FP16_MIN_AGREEMENT = 1e-2, 0.99
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked; the message says why and what to change."""
+
+
+class ExportCheckError(ExportError):
+    """The exported graph does not reproduce torch within tolerance."""
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Outcome of comparing an ONNX file with torch.
+
+    Attributes:
+        shapes: input shapes (N, 3, H, W) that were compared.
+        max_abs_error: max |onnx - torch| over all logits (0.0 for label outputs).
+        max_abs_logit: max |torch logit|, the scale the relative tolerance refers to.
+        label_agreement: fraction of pixels with the same argmax label.
+    """
+
+    shapes: tuple[tuple[int, int, int, int], ...]
+    max_abs_error: float
+    max_abs_logit: float
+    label_agreement: float
+
+    def summary(self) -> str:
+        return (f"max |error| {self.max_abs_error:.3g} (max |logit| {self.max_abs_logit:.3g}), "
+                f"label agreement {100 * self.label_agreement:.3f}% on inputs {self.shapes}")
+
+
+class DeployWrapper(nn.Module):
+    """What gets exported: the network in eval mode, with optional upsample + argmax.
+
+    (N, 3, H, W) float32 -> (N, K, h, w) float32 logits, or (N, H, W) uint8 labels.
+    """
+
+    def __init__(self, model: nn.Module, argmax: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.argmax = argmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(out, (tuple, list)):  # a model left in training mode with aux heads
+            out = out[0]
+        if not self.argmax:
+            return out
+        if getattr(self.model, "output_stride", None) != 1:
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out.argmax(dim=1).to(torch.uint8)  # (N, H, W)
+
+
+def export_onnx(
+    model: nn.Module,
+    spec: ModelSpec,
+    path: str | Path,
+    *,
+    dynamic: bool = False,
+    argmax: bool = False,
+    opset: int = 17,
+    check: bool = True,
+    fp16: bool = False,
+    check_inputs: Sequence[np.ndarray] = (),
+    on_check: Callable[[str, CheckReport], None] | None = None,
+) -> Path:
+    """Export ``model`` to ``path`` (ONNX) and write the sidecar beside it.
+
+    Args:
+        model: a registry network; put in eval mode for the export (its mode is restored).
+        spec: the sidecar to write; ``output`` is set to ``"labels"`` / ``"logits"`` from
+            ``argmax``, ``input_size`` is the static export size (and the default size of
+            a dynamic model).
+        path: output ``.onnx`` file (parent directories are created).
+        dynamic: symbolic batch, height and width instead of (1, 3, *spec.input_size).
+        argmax: upsample + argmax + Cast uint8 in the graph (output ``labels``).
+        opset: ONNX opset (13..20; 17 is what TensorRT 8.6+ and ORT 1.14+ both take).
+        check: compare ONNX Runtime with torch and raise :class:`ExportCheckError` if off.
+        fp16: convert weights and activations to float16, keeping float32 I/O.
+        check_inputs: extra (N, 3, H, W) float32 inputs for the check (real frames).
+        on_check: called with ("fp32" | "fp16", report) after each passed check.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ExportError(f"output path {path} must end in .onnx (the sidecar takes .json)")
+    k = getattr(model, "num_classes", spec.num_classes)
+    if k != spec.num_classes:
+        raise ExportError(f"model has {k} classes but the spec lists {spec.num_classes}; "
+                          "export with the spec saved in the training checkpoint")
+    if argmax and spec.num_classes > 256:
+        raise ExportError(f"argmax output is uint8: {spec.num_classes} classes do not fit; "
+                          "export logits (drop --argmax)")
+    if not 13 <= opset <= 20:
+        raise ExportError(f"opset {opset} not supported; use 13..20 (17 recommended)")
+    out_name = "labels" if argmax else "logits"
+    spec = dataclasses.replace(spec, output=out_name)
+    was_training = model.training
+    wrapper = DeployWrapper(model, argmax).eval()
+    try:
+        proto = _trace_to_onnx(wrapper, spec, out_name, dynamic=dynamic, opset=opset)
+        if check:
+            report = check_onnx(proto, wrapper, spec, dynamic=dynamic, extra=check_inputs)
+            _require(report, FP32_ATOL, FP32_RTOL, FP32_MIN_AGREEMENT, "fp32")
+            if on_check:
+                on_check("fp32", report)
+        if fp16:
+            from engines.onnx_fp16 import convert_to_fp16
+
+            proto = convert_to_fp16(proto)
+            if check:
+                report = check_onnx(proto, wrapper, spec, dynamic=dynamic, extra=check_inputs)
+                _require(report, 0.0, FP16_RTOL, FP16_MIN_AGREEMENT, "fp16")
+                if on_check:
+                    on_check("fp16", report)
+    finally:
+        model.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    spec.save(sidecar_path(path))
+    return path
+
+
+def _trace_to_onnx(wrapper: DeployWrapper, spec: ModelSpec, out_name: str, *, dynamic: bool,
+                   opset: int) -> onnx.ModelProto:
+    """Trace with the TorchScript exporter (no onnxscript dependency), then check."""
+    h, w = spec.input_size
+    dummy = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    axes = None
+    if dynamic:
+        out_axes = {0: "batch", 1: "height", 2: "width"} if out_name == "labels" else {
+            0: "batch", 2: "out_height", 3: "out_width"}
+        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, out_name: out_axes}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notes
+        try:
+            torch.onnx.export(
+                wrapper, (dummy,), buf, dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[out_name], dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+        except Exception as e:  # the exporter raises many types (SymbolicValueError, ...)
+            raise ExportError(f"torch.onnx.export failed for {spec.architecture!r}: {e}") from e
+    proto = onnx.load_from_string(buf.getvalue())
+    proto.doc_string = f"segstream {spec.name} ({spec.architecture}), output {out_name}"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"exported graph fails onnx.checker: {e}") from e
+    return proto
+
+
+def check_onnx(proto: onnx.ModelProto, wrapper: nn.Module, spec: ModelSpec, *,
+               dynamic: bool = False, extra: Sequence[np.ndarray] = (), seed: int = 0
+               ) -> CheckReport:
+    """Run ``proto`` in ONNX Runtime and ``wrapper`` in torch on the same inputs.
+
+    Inputs: two seeded N(0, 1) batches at ``spec.input_size`` (normalised pixels are
+    roughly N(0, 1)), for a dynamic model also a batch of 2 at an odd smaller size, and
+    every array in ``extra``.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    h, w = spec.input_size
+    inputs = [rng.standard_normal((1, 3, h, w), dtype=np.float32) for _ in range(2)]
+    if dynamic:
+        inputs.append(rng.standard_normal((2, 3, h * 3 // 4 + 1, w * 3 // 4 + 3),
+                                          dtype=np.float32))
+    inputs += [np.ascontiguousarray(a, dtype=np.float32) for a in extra]
+    max_err = max_ref = 0.0
+    same = total = 0
+    wrapper.eval()
+    for x in inputs:
+        with torch.inference_mode():
+            ref = wrapper(torch.from_numpy(x)).numpy()
+        got = sess.run(None, {INPUT_NAME: x})[0]
+        if got.shape != ref.shape:
+            raise ExportCheckError(f"ONNX output shape {got.shape} != torch {ref.shape} for "
+                                   f"input {x.shape}")
+        if ref.dtype == np.uint8:
+            ref_labels, got_labels = ref, got
+        else:
+            max_err = max(max_err, float(np.abs(got.astype(np.float32) - ref).max()))
+            max_ref = max(max_ref, float(np.abs(ref).max()))
+            ref_labels, got_labels = ref.argmax(1), got.argmax(1)
+        same += int((ref_labels == got_labels).sum())
+        total += ref_labels.size
+    return CheckReport(tuple(tuple(x.shape) for x in inputs), max_err, max_ref, same / total)
+
+
+def _require(report: CheckReport, atol: float, rtol: float, min_agreement: float,
+             what: str) -> None:
+    tol = atol + rtol * report.max_abs_logit
+    if report.max_abs_error > tol or report.label_agreement < min_agreement:
+        raise ExportCheckError(
+            f"{what} ONNX output does not match torch: {report.summary()}; allowed max error "
+            f"{tol:.3g} and agreement >= {100 * min_agreement:.1f}%. The graph uses an op "
+            "that exports differently; file an issue with the architecture name")

@@ -1,0 +1,148 @@
+"""Float32 -> float16 conversion of an exported ONNX graph, keeping float32 I/O.
+
+For TensorRT *strongly typed* networks, where the ONNX tensor types decide the layer
+precisions (no builder-side FP16 flag), and for GPUs' half-precision ORT providers.
+``onnxconverter_common`` is not a dependency, so this is a small converter for the graphs
+:mod:`engines.export` produces (it raises on anything it does not understand):
+
+* The *data path* is every tensor computed from the graph input through ops other than
+  ``Shape`` / ``Size`` (shape arithmetic stays int64 / float32 and untouched).
+* Float32 initializers and ``Constant`` values that feed the data path become float16;
+  ``Cast(to=FLOAT)`` nodes on the data path cast to FLOAT16 instead.
+* Non-data operands of data-path ops stay float32: Resize ``roi`` / ``scales``, Pad
+  ``pads``, Reshape / Expand / Slice / Tile / Unsqueeze / Squeeze / ReduceMean shapes
+  and axes.
+* The input gets a ``Cast`` float32 -> float16 right after it and a float output a
+  ``Cast`` float16 -> float32 right before it, so callers keep feeding float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# Input positions that carry data (tensor values); others are shapes, axes, roi, scales.
+_DATA_INPUTS: dict[str, tuple[int, ...]] = {
+    "Resize": (0,), "Upsample": (0,), "Reshape": (0,), "Expand": (0,), "Slice": (0,),
+    "Tile": (0,), "Pad": (0, 2), "Gather": (0,), "Unsqueeze": (0,), "Squeeze": (0,),
+    "ReduceMean": (0,), "ReduceMax": (0,), "ReduceSum": (0,), "TopK": (0,),
+    "Split": (0,), "Clip": (0, 1, 2),
+}
+_SHAPE_OPS = {"Shape", "Size"}
+_FP32_OUTPUT_OPS = {"ArgMax", "ArgMin"}  # integer outputs: the data path ends there
+
+
+class Fp16ConversionError(ValueError):
+    """The graph has a construct this converter does not handle."""
+
+
+def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a float16 copy of ``model`` with float32 graph inputs and outputs.
+
+    Raises:
+        Fp16ConversionError: more than one graph input, subgraphs, or float32 values
+            outside the float16 range in the weights.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    init_names = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in init_names]
+    if len(inputs) != 1:
+        raise Fp16ConversionError(f"expected one graph input, got {[i.name for i in inputs]}")
+    if any(a.type == onnx.AttributeProto.GRAPH for n in graph.node for a in n.attribute):
+        raise Fp16ConversionError("graphs with subgraphs (If/Loop) are not supported")
+    src = inputs[0].name
+    half_in = f"{src}_fp16"
+    data = {half_in}
+    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    initializers = {i.name: i for i in graph.initializer}
+    # The exporter shares equal weights through Identity(initializer) nodes: follow them.
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and (n.input[0] in initializers or n.input[0] in constants)}
+    converted: dict[str, str] = {}  # fp32 initializer/constant name -> fp16 copy name
+    new_inits: list[TensorProto] = []
+
+    def half_copy(name: str) -> str:
+        name = alias.get(name, name)
+        if name in converted:
+            return converted[name]
+        if name in initializers:
+            arr = numpy_helper.to_array(initializers[name])
+        else:
+            arr = numpy_helper.to_array(helper.get_attribute_value(constants[name].attribute[0]))
+        if arr.dtype != np.float32:
+            return name
+        if np.abs(arr).max(initial=0.0) > np.finfo(np.float16).max:
+            raise Fp16ConversionError(f"{name}: weights exceed the float16 range")
+        new = f"{name}_fp16"
+        new_inits.append(numpy_helper.from_array(arr.astype(np.float16), new))
+        converted[name] = new
+        return new
+
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == src:
+                node.input[i] = half_in
+        if node.op_type in _SHAPE_OPS or node.op_type == "Constant" or node.output[0] in alias:
+            continue
+        positions = _DATA_INPUTS.get(node.op_type, tuple(range(len(node.input))))
+        if not any(node.input[p] in data for p in positions if p < len(node.input)):
+            continue
+        for p in positions:
+            name = node.input[p] if p < len(node.input) else ""
+            if name and name not in data and (
+                    name in initializers or name in constants or name in alias):
+                node.input[p] = half_copy(node.input[p])
+        if node.op_type == "Cast":
+            to = helper.get_attribute_value(next(a for a in node.attribute if a.name == "to"))
+            if to == TensorProto.FLOAT:
+                for a in node.attribute:
+                    if a.name == "to":
+                        a.i = TensorProto.FLOAT16
+        if node.op_type not in _FP32_OUTPUT_OPS and not _casts_to_int(node):
+            data.update(o for o in node.output if o)
+
+    graph.initializer.extend(new_inits)
+    graph.node.insert(0, helper.make_node("Cast", [src], [half_in], to=TensorProto.FLOAT16,
+                                          name="input_to_fp16"))
+    for out in graph.output:
+        if out.type.tensor_type.elem_type == TensorProto.FLOAT and out.name in data:
+            half_out = f"{out.name}_fp16"
+            for node in graph.node:
+                node.output[:] = [half_out if o == out.name else o for o in node.output]
+                node.input[:] = [half_out if o == out.name else o for o in node.input]
+            graph.node.append(helper.make_node("Cast", [half_out], [out.name],
+                                               to=TensorProto.FLOAT, name=f"{out.name}_to_fp32"))
+    _drop_unused(graph)
+    del graph.value_info[:]
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise Fp16ConversionError(f"float16 graph is inconsistent: {e}") from e
+    return model
+
+
+def _casts_to_int(node: onnx.NodeProto) -> bool:
+    if node.op_type != "Cast":
+        return False
+    to = next(a.i for a in node.attribute if a.name == "to")
+    return to not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove initializers and Constant / Identity nodes that nothing reads any more."""
+    nodes = list(graph.node)
+    while True:
+        used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
+        keep_nodes = [n for n in nodes
+                      if n.op_type not in ("Constant", "Identity") or n.output[0] in used]
+        if len(keep_nodes) == len(nodes):
+            break
+        nodes = keep_nodes
+    del graph.node[:]
+    graph.node.extend(nodes)
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

@@ -1,0 +1,163 @@
+"""Every registered architecture (including ones added later): shapes, gradients, aux
+outputs, and ONNX export that ONNX Runtime runs with the same numbers as torch."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from engines.arch.encoders import ENCODERS, build_encoder
+from engines.export import export_onnx
+from engines.registry import UnknownModelError, available_models, build_model, get_entry
+from engines.spec import ClassInfo, ModelSpec
+
+K = 5
+MODELS = available_models()
+CLASSIC = [n for n in MODELS if "encoder" in inspect.signature(get_entry(n).factory).parameters]
+
+
+def _accepts(name: str, option: str) -> bool:
+    return option in inspect.signature(get_entry(name).factory).parameters
+
+
+def _small(name: str) -> dict:
+    """Narrow variant where the factory takes ``width`` (same graph, less compute)."""
+    return {"width": 0.5} if _accepts(name, "width") else {}
+
+
+def _spec(name: str, size=(64, 96)) -> ModelSpec:
+    classes = tuple(ClassInfo(i, f"c{i}", (i, i, i)) for i in range(K))
+    return ModelSpec(f"test-{name}", name, classes, size)
+
+
+def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics and affine terms, so that export folding is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def test_registry_has_both_families():
+    families = {get_entry(n).family for n in MODELS}
+    assert families == {"realtime", "classic"}
+    for name in ("ddrnet23-slim", "bisenetv2", "unet", "deeplabv3plus", "fpn", "linknet",
+                 "pspnet"):
+        assert name in MODELS
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(UnknownModelError) as info:
+        build_model("segformer-b9", K)
+    msg = str(info.value)
+    assert "segformer-b9" in msg
+    assert all(n in msg for n in MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shape_and_finite_gradients(name):
+    torch.manual_seed(0)
+    model = build_model(name, K, **_small(name)).train()
+    stride = model.output_stride
+    x = torch.randn(2, 3, 64, 96)
+    out = model(x)
+    assert isinstance(out, torch.Tensor), "training mode without aux must return logits"
+    assert out.shape == (2, K, math.ceil(64 / stride), math.ceil(96 / stride))
+    loss = torch.nn.functional.cross_entropy(out, torch.randint(0, K, (2, *out.shape[-2:])))
+    loss.backward()
+    assert torch.isfinite(loss)
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f"parameters without gradient (breaks DDP): {unused[:5]}"
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients in {bad[:5]}"
+    assert any(float(p.grad.abs().sum()) > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_shape_at_size_not_multiple_of_32(name):
+    """Default options (the configuration that gets trained)."""
+    model = build_model(name, K).eval()
+    s = model.output_stride
+    with torch.inference_mode():
+        out = model(torch.randn(1, 3, 45, 61))
+    assert out.shape == (1, K, math.ceil(45 / s), math.ceil(61 / s))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if _accepts(n, "aux")])
+def test_aux_outputs_only_in_training(name):
+    model = build_model(name, K, aux=True, **_small(name)).train()
+    outs = model(torch.randn(2, 3, 64, 96))
+    assert isinstance(outs, tuple) and len(outs) >= 2
+    assert all(o.shape[:2] == (2, K) for o in outs)
+    sum(o.float().mean() for o in outs).backward()
+    model.eval()
+    with torch.inference_mode():
+        assert isinstance(model(torch.randn(1, 3, 64, 96)), torch.Tensor)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if _accepts(n, "upsample")])
+def test_upsample_option_gives_input_size(name):
+    model = build_model(name, K, upsample=True, **_small(name)).eval()
+    assert model.output_stride == 1
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, 45, 61)).shape == (1, K, 45, 61)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_export_matches_torch(name, tmp_path):
+    """Dynamic-shape export; ONNX Runtime vs torch at the export size and another size."""
+    torch.manual_seed(1)
+    model = build_model(name, K, **_small(name)).eval()
+    _randomize_bn(model)
+    path = export_onnx(model, _spec(name), tmp_path / f"{name}.onnx", dynamic=True,
+                       check=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for shape in ((1, 3, 64, 96), (2, 3, 40, 72)):
+        x = rng.standard_normal(shape, dtype=np.float32)
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x)).numpy()
+        got = sess.run(["logits"], {"input": x})[0]
+        assert got.shape == ref.shape
+        tol = 1e-4 + 1e-4 * np.abs(ref).max()
+        assert np.abs(got - ref).max() <= tol, f"{name} {shape}: max err {np.abs(got - ref).max()}"
+        assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.999
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_encoder_features(encoder, output_stride):
+    enc = build_encoder(encoder, width=0.25, output_stride=output_stride).eval()
+    with torch.inference_mode():
+        feats = enc(torch.randn(1, 3, 64, 96))
+    assert enc.strides == tuple(min(s, output_stride) for s in (2, 4, 8, 16, 32))
+    for f, c, s in zip(feats, enc.channels, enc.strides, strict=True):
+        assert f.shape == (1, c, 64 // s, 96 // s)
+
+
+@pytest.mark.parametrize("name", CLASSIC)
+@pytest.mark.parametrize("encoder", ["resnet34", "mobilenetv2"])
+def test_classic_models_take_every_encoder(name, encoder):
+    model = build_model(name, K, encoder=encoder, width=0.25).eval()
+    s = model.output_stride
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, K, 64 // s, 96 // s)
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ValueError, match="valid encoders: resnet18, resnet34, mobilenetv2"):
+        build_model(CLASSIC[0], K, encoder="vgg16")
+    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
+        build_encoder("resnet18", output_stride=4)
+    with pytest.raises(ValueError, match="divisible by every bin"):
+        build_model("pspnet", K, grid=20)
