@@ -88,7 +88,8 @@ def create_backend(
         model_path: ``.onnx`` (ONNX Runtime, or torch/TensorRT when asked), ``.engine`` /
             ``.plan`` (TensorRT) or ``.pt`` (torch checkpoint).
         backend: one of :data:`BACKENDS`; ``None`` picks by suffix.
-        spec: the sidecar; loaded from ``model.json`` beside the model when ``None``.
+        spec: the sidecar; loaded from ``model.json`` beside the model when ``None``
+            (for a torch checkpoint without one, the spec saved in the checkpoint).
         threads: CPU threads for CPU backends (``None``: all cores, at most 4).
         options: backend-specific options (e.g. ``device="cuda"`` for torch).
 
@@ -104,8 +105,8 @@ def create_backend(
     name = backend or backend_for_path(model_path)
     if name not in _IMPL:
         raise BackendError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
-    if spec is None:
-        spec = ModelSpec.load(sidecar_path(model_path))
+    if spec is None and not (name == "torch" and not sidecar_path(model_path).is_file()):
+        spec = ModelSpec.load(sidecar_path(model_path))  # a .pt without one: its own spec
     module_name, cls_name = _IMPL[name]
     try:
         module = importlib.import_module(module_name)
