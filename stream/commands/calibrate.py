@@ -33,11 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrate",
         help="quantize a model to INT8 (Q/DQ ONNX) and report the accuracy it keeps",
         description=(
-            "Post-training INT8 quantization with ONNX Runtime: symmetric int8 activations "
-            "and weights (zero point 0), per-channel weight scales, explicit Q/DQ nodes that "
-            "ONNX Runtime (CPU) and TensorRT (explicit quantization) both run. Reports FP32 vs "
-            "INT8 mIoU and per-class IoU, label agreement and CPU speed; when the mIoU drop "
-            "exceeds --max-drop, the layers that cost most are found and kept in float."
+            "Post-training INT8 quantization with ONNX Runtime to an explicit Q/DQ ONNX model:\n"
+            "int8 weights (symmetric, zero point 0, per-channel scales) and int8 symmetric\n"
+            "activations that TensorRT (explicit quantization) and ONNX Runtime both run.\n"
+            "Reports FP32 vs INT8 mIoU and per-class IoU, label agreement and CPU speed; when\n"
+            "the mIoU drop exceeds --max-drop, the layers that cost most stay in float."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) <= 0:
             print(f"error: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
             return 2
+    if args.min_agreement is not None and (args.labels or args.eval_data):
+        print("error: --min-agreement is the fallback target without labels; with --labels or "
+              "--eval-data the target is --max-drop (mIoU points)", file=sys.stderr)
+        return 2
     try:
         eval_images, eval_labels = resolve_eval(args.labels, args.eval_data, args.split,
                                                 args.data)
