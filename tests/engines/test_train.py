@@ -89,7 +89,7 @@ def test_training_reduces_loss_and_writes_checkpoints(tiny_data: Path, tmp_path:
     assert not model.training
     with torch.no_grad():
         y = model(torch.zeros(1, 3, 32, 48))
-    assert y.shape == (1, 3, 32, 48)  # eval mode: main logits only, at input size
+    assert y.shape == (1, 3, 4, 6)  # eval mode: main logits only, at output stride 8
 
 
 def test_validation_picks_best_and_records_metrics(tiny_data: Path, tmp_path: Path) -> None:
@@ -190,3 +190,23 @@ def test_ddp_under_torchrun(tiny_data: Path, tmp_path: Path) -> None:
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["scheduler"]["last_epoch"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_fastscnn_shapes_and_export_friendliness() -> None:
+    from engines.registry import build_model
+
+    model = build_model("fastscnn", 11).eval()
+    params = sum(p.numel() for p in model.parameters())
+    assert 0.9e6 < params < 1.5e6, params
+    assert model.output_stride == 8
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 360, 480)).shape == (1, 11, 45, 60)
+        # Sizes not divisible by 32 work (fixed-kernel pooling, size-driven upsampling).
+        assert model(torch.zeros(1, 3, 100, 130)).shape == (1, 11, 13, 17)
+    up = build_model("fastscnn", 5, upsample=True, width=0.5).eval()
+    assert up.output_stride == 1
+    with torch.no_grad():
+        assert up(torch.zeros(2, 3, 64, 96)).shape == (2, 5, 64, 96)
+    aux = build_model("fastscnn", 5, aux=True).train()
+    outs = aux(torch.zeros(2, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(2, 5, 8, 12), (2, 5, 8, 12), (2, 5, 2, 3)]
