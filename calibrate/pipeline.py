@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
+from calibrate.checks import tensorrt_issues
 from calibrate.data import (
     CalibrationDataError,
     FrameReader,
@@ -161,6 +162,7 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
             agreement_frames=len(ev.agree_frames),
             speed_fp32=speed_fp32, speed_int8=speed_int8, fallback=fallback,
             max_drop=objective.max_drop if objective else None, qdq=summarize_qdq(final),
+            tensorrt_issues=tuple(tensorrt_issues(final)),
             versions={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
         )
         _write_outputs(fm, final, out, report, job.report_stem)

@@ -43,6 +43,7 @@ class CalibrationReport:
     fallback: FallbackResult | None = None
     max_drop: float | None = None
     qdq: QdqSummary | None = None
+    tensorrt_issues: tuple[str, ...] = ()  # static rule check, see calibrate.checks
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -99,6 +100,7 @@ class CalibrationReport:
             "cpu_ms_int8": self.speed_int8.median_ms if self.speed_int8 else None,
             "cpu_threads": self.speed_int8.threads if self.speed_int8 else None,
             "nodes_kept_float": list(self.kept_float),
+            "tensorrt_rules_ok": not self.tensorrt_issues,
         }
         return m
 
@@ -147,6 +149,14 @@ class CalibrationReport:
                       f"{q.dequantize_nodes} DequantizeLinear, {q.per_channel_weights} "
                       f"per-channel / {q.per_tensor_weights} per-tensor weights, "
                       f"non-zero zero points: {q.nonzero_zero_points}."]
+        if self.tensorrt_issues:
+            shown = "; ".join(self.tensorrt_issues[:3])
+            more = len(self.tensorrt_issues) - 3
+            lines.append(f"Not for TensorRT ({len(self.tensorrt_issues)} rule violations: "
+                         f"{shown}{f'; {more} more' if more > 0 else ''}).")
+        else:
+            lines.append("TensorRT explicit-quantization rules: all followed (static check of "
+                         "the file; no TensorRT engine was built here).")
         return "\n".join(lines) + "\n"
 
     def _fallback_lines(self) -> list[str]:

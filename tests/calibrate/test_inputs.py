@@ -155,3 +155,12 @@ def test_greedy_fallback_rejects_layers_that_do_not_help() -> None:
                              score_fn=lambda key, subset: table[key], progress=False)
     assert result.kept_float == ("b", "c") and result.met and result.score == 99.6
     assert [s[2] for s in result.steps] == [False, True, True]  # "a" tried, put back
+
+
+def test_min_agreement_with_labels_is_rejected(frames_dir: Path, seg_model: Path,
+                                               tmp_path: Path, capsys) -> None:
+    rc, err = _run_cli(capsys, str(seg_model), "--data", str(frames_dir), "--labels",
+                       str(tmp_path), "--min-agreement", "99")
+    assert rc == 2 and "--min-agreement is the fallback target without labels" in err
+    rc, err = _run_cli(capsys, str(seg_model), "--data", str(frames_dir), "--samples", "0")
+    assert rc == 2 and "--samples must be > 0" in err

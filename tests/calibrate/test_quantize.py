@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from calibrate.checks import tensorrt_issues
 from calibrate.data import FrameReader, read_frames
 from calibrate.evaluate import agreement, predict
 from calibrate.pipeline import CalibrateJob, run_calibration
@@ -66,6 +67,7 @@ def test_qdq_structure_symmetric_int8_per_channel(seg_model: Path, frames_dir: P
     summary = summarize_qdq(q)
     assert summary.per_channel_weights == 3 and summary.per_tensor_weights == 0
     assert summary.nonzero_zero_points == 0 and summary.float_compute_nodes == ()
+    assert tensorrt_issues(q) == []
     # Every conv reads a dequantized input: nothing left in float.
     dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     assert all(n.input[0] in dq_out for n in model.graph.node if n.op_type == "Conv")
@@ -92,6 +94,7 @@ def test_per_tensor_and_weight_qdq_pair_layouts(seg_model: Path, frames_dir: Pat
     q2 = _quantize(seg_model, frames_dir, tmp_path / "b", QuantConfig(weight_qdq_pair=True))
     s2 = summarize_qdq(q2)
     assert s2.per_channel_weights == 3 and s2.nonzero_zero_points == 0
+    assert tensorrt_issues(q2) == []
     model = onnx.load(str(q2))
     inits = {i.name for i in model.graph.initializer}
     # TensorRT 8.x layout: float weight -> QuantizeLinear -> DequantizeLinear.
@@ -126,7 +129,8 @@ def test_cli_writes_model_sidecar_and_report(seg_model: Path, frames_dir: Path,
     q = spec.metrics["quantization"]
     assert q["method"] == "entropy" and q["precision"] == "int8" and q["profile"] == "tensorrt"
     assert spec.metrics["val_miou"] == pytest.approx(report["int8"]["miou"] / 100, abs=1e-4)
-    assert summarize_qdq(out).quantize_nodes > 0
+    assert summarize_qdq(out).quantize_nodes > 0 and q["tensorrt_rules_ok"] is True
+    assert "TensorRT explicit-quantization rules: all followed" in md
     assert not list((tmp_path / "built").glob(".*tmp"))  # no staging files left
 
 
@@ -176,6 +180,9 @@ def test_ort_cpu_profile_uint8_activations_int8_symmetric_weights(
                  if n.op_type == "DequantizeLinear" and n.input[0] in inits
                  and inits[n.input[0]].data_type == TensorProto.INT8]
     assert len(weight_zp) == 3 and not any(np.any(z) for z in weight_zp)
+    issues = tensorrt_issues(q)  # uint8 activations and int32 biases: not for TensorRT
+    assert any("uint8 zero point" in i for i in issues)
+    assert any("INT32 initializer" in i for i in issues)
     spec = ModelSpec.load(seg_model.with_suffix(".json"))
     frames = _fresh_frames(3)
     assert agreement(predict(seg_model, spec, frames, progress=False),
