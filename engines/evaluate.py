@@ -23,6 +23,7 @@ from engines.data.readers import IGNORE, SplitData, open_split
 from engines.metrics import ConfusionMatrix, SegMetrics
 from engines.postprocess import Postprocessor
 from engines.preprocess import Preprocessor
+from engines.spec import ModelSpec, sidecar_path
 
 
 class EvalError(ValueError):
@@ -95,9 +96,10 @@ def evaluate(model: str | Path, data_root: str | Path, split: str = "val", *,
     """Load ``split`` of the dataset at ``data_root`` (first ``limit`` images) and score
     ``model`` on it. See :func:`evaluate_split`."""
     data = open_split(data_root, split, fmt, progress=progress)
-    if limit is not None:
+    if limit is not None and limit < len(data):
+        source = f"{data.source.rsplit(' (', 1)[0]} (first {limit} of {len(data)})"
         data = SplitData(data.images[:limit], data.labels[:limit], data.names[:limit],
-                         data.classes, data.source)
+                         data.classes, source)
     return evaluate_split(model, data, backend=backend, threads=threads, split=split,
                           progress=progress, **options)
 
@@ -143,3 +145,28 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
                        title=f"{Path(report.model).name} on {report.split}: "
                              f"mIoU {report.metrics.miou * 100:.1f}%")
     return out, png
+
+
+def record_in_sidecar(report: EvalReport, model: str | Path) -> Path:
+    """Merge the report's figures into the model's JSON sidecar under ``metrics``.
+
+    Keys written: ``<split>_miou``, ``<split>_pixel_acc``, ``<split>_mean_acc``,
+    ``per_class_iou`` (this split), ``eval_split``, ``eval_images``, ``eval_backend``.
+    Other metric keys already in the sidecar are kept.
+    """
+    path = sidecar_path(model)
+    spec = ModelSpec.load(path)
+    split = report.split or "eval"
+    m = report.metrics
+    metrics = {
+        **dict(spec.metrics),
+        f"{split}_miou": round(m.miou, 4),
+        f"{split}_pixel_acc": round(m.pixel_acc, 4),
+        f"{split}_mean_acc": round(m.mean_acc, 4),
+        "per_class_iou": m.per_class(report.class_names),
+        "eval_split": report.data,
+        "eval_images": report.num_images,
+        "eval_backend": report.backend,
+    }
+    return ModelSpec.from_json({**spec.to_json(), "metrics": metrics}, source=str(path)) \
+        .save(path)

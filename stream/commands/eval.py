@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = """examples:
   # the shipped model on CamVid val, through ONNX Runtime (as the stream runs it)
@@ -11,6 +12,9 @@ EPILOG = """examples:
   segstream eval --model runs/shipped/best.pt --data ../shared/camvid
   # a TensorRT engine on a GPU machine
   segstream eval --model model.engine --data ../shared/camvid
+  # store the figures in the model's sidecar (what the shipped model's metrics come from)
+  segstream eval --model engines/models/camvid_fastscnn.onnx --data ../shared/camvid \
+      --threads 2 --out reports/camvid_val.json --record
 
 Writes the JSON report (mIoU, pixel accuracy, per-class IoU, confusion matrix) and
 <report>_confusion.png beside it, and prints a per-class table.
@@ -34,13 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--out", default=None, help="report JSON path (PNG written beside it)")
+    p.add_argument("--record", action="store_true",
+                   help="write the measured mIoU / per-class IoU into the model's sidecar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from engines.backend import BackendError
     from engines.data.readers import DatasetError
-    from engines.evaluate import EvalError, evaluate, write_report
+    from engines.evaluate import EvalError, evaluate, record_in_sidecar, write_report
     from engines.spec import ModelSpecError
     from engines.zoo import NoModelError, resolve_model
 
@@ -57,4 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         js, png = write_report(report, args.out)
         print(f"wrote {js} and {png}")
+    if args.record:
+        if Path(model).suffix.lower() == ".pt":
+            print("segstream eval: error: --record needs a model with a JSON sidecar "
+                  "(.onnx/.engine), not a checkpoint")
+            return 2
+        print(f"recorded metrics in {record_in_sidecar(report, model)}")
     return 0

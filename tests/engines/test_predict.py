@@ -118,6 +118,19 @@ def test_eval_report_files(tiny_model: Path, tmp_path: Path) -> None:
     assert png.name == "tiny_confusion.png" and img is not None and img.shape[0] > 100
 
 
+def test_record_in_sidecar(tiny_model: Path, tmp_path: Path) -> None:
+    from engines.evaluate import record_in_sidecar
+
+    root = _labelled_folder(tmp_path / "ds", tiny_model, n=2)
+    report = evaluate(tiny_model, root, split="val", threads=1, progress=False)
+    before = ModelSpec.load(sidecar_path(tiny_model))
+    record_in_sidecar(report, tiny_model)
+    after = ModelSpec.load(sidecar_path(tiny_model))
+    assert after.metrics["val_miou"] == 1.0 and after.metrics["eval_images"] == 2
+    assert len(after.metrics["per_class_iou"]) == 5
+    assert after.classes == before.classes and after.input_size == before.input_size
+
+
 def test_eval_class_count_mismatch(tiny_model: Path, tmp_path: Path) -> None:
     root = _labelled_folder(tmp_path / "ds", tiny_model, n=1)
     (root / "classes.txt").write_text("a\nb\nc\nd\ne\nf\n")
