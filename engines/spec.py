@@ -101,7 +101,8 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], *, source: str = "<dict>") -> ModelSpec:
-        known = {f for f in cls.__dataclass_fields__} | {"sidecar_version"}
+        # "tensorrt": the build record of a TensorRT engine's sidecar (engines.trt).
+        known = {f for f in cls.__dataclass_fields__} | {"sidecar_version", "tensorrt"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ModelSpecError(f"{source}: unknown keys {unknown}; valid keys: {sorted(known)}")

@@ -1,0 +1,412 @@
+"""Build a TensorRT engine from ONNX: strongly typed, with optimisation profiles, a
+persisted timing cache, and a provenance sidecar.
+
+Precision is a property of the ONNX, not a builder switch: the network is created strongly
+typed, so TensorRT runs each layer in the type the graph gives it. FP16 comes from an FP16
+ONNX (``segstream export --fp16``), INT8 from an explicitly quantized Q/DQ ONNX
+(``segstream calibrate``). ``precision`` is checked against the graph (:func:`check_precision`)
+and recorded; no deprecated ``BuilderFlag.FP16/INT8`` and no implicit calibrator are used.
+
+The pure-Python parts (ONNX inspection, shape parsing and checks) run anywhere;
+:func:`build_engine` needs TensorRT >= 10 and a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from engines.spec import ModelSpec, sidecar_path
+from engines.trt import compat
+from engines.trt.engine_info import (
+    PRECISIONS,
+    EngineRecord,
+    ShapeRange,
+    fmt_shape,
+    sha256_file,
+    write_atomic,
+    write_engine_sidecar,
+)
+
+log = logging.getLogger(__name__)
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Integer-arithmetic ops (ONNX Runtime's operator-oriented quantization): TensorRT has none.
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd")
+
+
+class BuildError(RuntimeError):
+    """The engine could not be built; the message lists the reasons and the fix."""
+
+
+class PrecisionMismatchError(BuildError):
+    """``--precision`` does not match what the ONNX graph's tensor types say."""
+
+
+# ---------------------------------------------------------------------------------------
+# ONNX inspection
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnnxPrecision:
+    """What the graph's tensor types say about the precision it builds in."""
+
+    qdq_nodes: int  # QuantizeLinear + DequantizeLinear nodes
+    fp16_tensors: int  # float16 initializers, Constant values and Cast(to=FLOAT16)
+    uint8_zero_points: int  # asymmetric uint8 quantization (TensorRT needs int8)
+    nonzero_zero_points: int  # TensorRT needs symmetric quantization (zero point 0)
+    integer_ops: tuple[str, ...]  # QLinearConv & co, unsupported by TensorRT
+
+    @property
+    def detected(self) -> str:
+        if self.qdq_nodes:
+            return "int8"
+        return "fp16" if self.fp16_tensors else "fp32"
+
+
+def inspect_precision(model: onnx.ModelProto) -> OnnxPrecision:
+    """Count the graph's Q/DQ nodes, float16 tensors and quantization parameters."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    fp16 = sum(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+    qdq = 0
+    zp_u8 = zp_nonzero = 0
+    integer_ops: set[str] = set()
+    for node in graph.node:
+        if node.op_type in INTEGER_OPS:
+            integer_ops.add(node.op_type)
+        elif node.op_type == "Constant":
+            fp16 += any(a.t.data_type == onnx.TensorProto.FLOAT16 for a in node.attribute)
+        elif node.op_type == "Cast":
+            fp16 += any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16
+                        for a in node.attribute)
+        elif node.op_type in QDQ_OPS:
+            qdq += 1
+            if len(node.input) > 2 and node.input[2] in inits:
+                zp = onnx.numpy_helper.to_array(inits[node.input[2]])
+                zp_u8 += zp.dtype.kind == "u"
+                zp_nonzero += bool((zp != 0).any())
+    return OnnxPrecision(qdq, fp16, zp_u8, zp_nonzero, tuple(sorted(integer_ops)))
+
+
+def check_precision(requested: str, info: OnnxPrecision, onnx_path: str | Path) -> None:
+    """Require the ONNX to carry the requested precision (strongly typed build).
+
+    Raises:
+        PrecisionMismatchError: naming what the graph holds and how to produce the right one.
+    """
+    if requested not in PRECISIONS:
+        raise PrecisionMismatchError(f"--precision must be one of {PRECISIONS}, got "
+                                     f"{requested!r}")
+    if info.integer_ops:
+        raise PrecisionMismatchError(
+            f"{onnx_path} uses integer ops {list(info.integer_ops)} (operator-oriented "
+            "quantization), which TensorRT cannot build; quantize with Q/DQ nodes for "
+            "TensorRT: segstream calibrate MODEL.onnx --data DIR --profile tensorrt")
+    found = info.detected
+    if requested == found:
+        if found == "int8" and (info.uint8_zero_points or info.nonzero_zero_points):
+            raise PrecisionMismatchError(
+                f"{onnx_path} is quantized asymmetrically ({info.uint8_zero_points} uint8 / "
+                f"{info.nonzero_zero_points} non-zero zero points); TensorRT needs symmetric "
+                "int8 (zero point 0): segstream calibrate MODEL.onnx --data DIR "
+                "--profile tensorrt")
+        return
+    how = {
+        "fp32": "export an FP32 ONNX: segstream export CKPT --out model.onnx",
+        "fp16": "export an FP16 ONNX: segstream export CKPT --fp16 --out model.fp16.onnx",
+        "int8": "quantize the FP32 ONNX: segstream calibrate model.onnx --data DIR "
+                "--profile tensorrt",
+    }[requested]
+    holds = {
+        "fp32": "only float32 tensors",
+        "fp16": f"{info.fp16_tensors} float16 tensors and no Q/DQ nodes",
+        "int8": f"{info.qdq_nodes} QuantizeLinear/DequantizeLinear nodes",
+    }[found]
+    raise PrecisionMismatchError(
+        f"--precision {requested}, but {onnx_path} holds {holds}, so a strongly typed build "
+        f"runs it in {found}. Pass --precision {found}, or {how}.")
+
+
+def onnx_inputs(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Graph inputs (not initializers) -> dims, ``None`` where dynamic."""
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                             else None for d in dims)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------
+
+_SHAPE_RE = re.compile(r"^(?:(?P<name>[^:]+):)?(?P<dims>\d+(?:x\d+)*)$")
+
+
+def parse_shape_arg(text: str) -> tuple[str | None, tuple[int, ...]]:
+    """``"input:1x3x360x480"`` -> ``("input", (1, 3, 360, 480))``; the name is optional."""
+    m = _SHAPE_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"bad shape {text!r}: expected NAME:DxDxD..., e.g. input:1x3x360x480 "
+                         "(or 1x3x360x480 for a single-input model)")
+    dims = tuple(int(d) for d in m.group("dims").split("x"))
+    if min(dims) <= 0:
+        raise ValueError(f"bad shape {text!r}: dimensions must be > 0")
+    return m.group("name"), dims
+
+
+def _by_input(args: Sequence[str], inputs: Sequence[str], flag: str
+              ) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    for text in args:
+        name, dims = parse_shape_arg(text)
+        if name is None:
+            if len(inputs) != 1:
+                raise ValueError(f"{flag} {text}: the model has inputs {list(inputs)}; name "
+                                 f"one, e.g. {inputs[0]}:{text}")
+            name = inputs[0]
+        if name not in inputs:
+            raise ValueError(f"{flag} {text}: no input {name!r}; the model's inputs are "
+                             f"{list(inputs)}")
+        out[name] = dims
+    return out
+
+
+def resolve_shapes(inputs: dict[str, tuple[int | None, ...]], *, shape: Sequence[str] = (),
+                   min_shape: Sequence[str] = (), opt_shape: Sequence[str] = (),
+                   max_shape: Sequence[str] = (),
+                   default_hw: tuple[int, int] | None = None) -> tuple[ShapeRange, ...]:
+    """(min, opt, max) per input from ``--shape`` / ``--min/--opt/--max-shape``.
+
+    ``--shape`` fixes all three; ``--opt-shape`` defaults to it, ``--min/--max-shape`` to
+    the opt shape. An input given nothing keeps its static ONNX shape; its dynamic dims
+    default to batch 1 and the model's (H, W) for a 4-D NCHW input.
+
+    Raises:
+        ValueError: malformed shape, unknown input, rank or static-dimension mismatch.
+    """
+    names = list(inputs)
+    given = {k: _by_input(v, names, f"--{k.replace('_', '-')}")
+             for k, v in (("shape", shape), ("min_shape", min_shape),
+                          ("opt_shape", opt_shape), ("max_shape", max_shape))}
+    ranges = []
+    for name, dims in inputs.items():
+        opt = given["opt_shape"].get(name) or given["shape"].get(name)
+        if opt is None:
+            opt = _default_shape(name, dims, default_hw)
+        lo = given["min_shape"].get(name, opt)
+        hi = given["max_shape"].get(name, opt)
+        rng = ShapeRange(name, lo, opt, hi)
+        for label, shp in (("min", lo), ("opt", opt), ("max", hi)):
+            if len(shp) != len(dims):
+                raise ValueError(f"{name}: {label} shape {fmt_shape(shp)} has rank {len(shp)}, "
+                                 f"the ONNX input has rank {len(dims)}")
+            for i, (want, got) in enumerate(zip(dims, shp, strict=True)):
+                if want is not None and want != got:
+                    raise ValueError(
+                        f"{name}: {label} shape {fmt_shape(shp)} sets dim {i} to {got}, but the "
+                        f"ONNX fixes it at {want}; export with dynamic axes to change it")
+        ranges.append(rng)
+    return tuple(ranges)
+
+
+def _default_shape(name: str, dims: tuple[int | None, ...],
+                   default_hw: tuple[int, int] | None) -> tuple[int, ...]:
+    if all(d is not None for d in dims):
+        return tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    if len(dims) == 4 and default_hw is not None and dims[1] in (None, 3):
+        fill = (1, 3, *default_hw)
+        return tuple(d if d is not None else f for d, f in zip(dims, fill, strict=True))
+    shown = "x".join("?" if d is None else str(d) for d in dims)
+    raise ValueError(f"input {name} has dynamic shape {shown}: give --shape {name}:DxDx... "
+                     "(and --min-shape/--max-shape for a range)")
+
+
+# ---------------------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything ``segstream build`` passes to :func:`build_engine`."""
+
+    precision: str = "fp32"
+    shape: tuple[str, ...] = ()
+    min_shape: tuple[str, ...] = ()
+    opt_shape: tuple[str, ...] = ()
+    max_shape: tuple[str, ...] = ()
+    workspace_mib: int | None = None
+    timing_cache: Path | None = None
+    verbose: bool = False
+
+
+def default_engine_path(onnx_path: Path) -> Path:
+    """``model.fp16.onnx`` -> ``model.fp16.trt.engine`` (sidecar ``model.fp16.trt.json``).
+
+    The ``.trt`` keeps the engine's sidecar apart from the ONNX's (``model.fp16.json``).
+    """
+    return onnx_path.with_name(f"{onnx_path.stem}.trt.engine")
+
+
+@dataclass(frozen=True)
+class PreparedBuild:
+    """The checked inputs of a build (everything decided before TensorRT is touched)."""
+
+    onnx_path: Path
+    out_path: Path
+    spec: ModelSpec
+    precision: OnnxPrecision
+    shapes: tuple[ShapeRange, ...]
+
+
+def prepare_build(onnx_path: str | Path, out_path: str | Path | None,
+                  opts: BuildOptions) -> PreparedBuild:
+    """Check the ONNX, its sidecar, the precision and the shapes; no TensorRT needed.
+
+    Raises:
+        FileNotFoundError, ModelSpecError, PrecisionMismatchError, ValueError (shapes),
+        BuildError (output would overwrite the ONNX's sidecar).
+    """
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX model {onnx_path} not found")
+    spec = ModelSpec.load(sidecar_path(onnx_path))
+    out = Path(out_path) if out_path is not None else default_engine_path(onnx_path)
+    if out.suffix not in (".engine", ".plan"):
+        raise BuildError(f"--out {out}: use a .engine or .plan suffix (how the backend is "
+                         "chosen)")
+    if sidecar_path(out) == sidecar_path(onnx_path):
+        raise BuildError(f"--out {out} would share the sidecar {sidecar_path(out)} with the "
+                         f"ONNX; pick another stem, e.g. {default_engine_path(onnx_path)}")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    info = inspect_precision(model)
+    check_precision(opts.precision, info, onnx_path)
+    shapes = resolve_shapes(onnx_inputs(model), shape=opts.shape, min_shape=opts.min_shape,
+                            opt_shape=opts.opt_shape, max_shape=opts.max_shape,
+                            default_hw=spec.input_size)
+    return PreparedBuild(onnx_path, out, spec, info, shapes)
+
+
+def _progress_monitor(trt: Any) -> Any:
+    """A tqdm bar per top-level builder phase (TensorRT's IProgressMonitor), or None."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+    from tqdm import tqdm
+
+    class TqdmMonitor(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self._bars: dict[str, Any] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None,
+                        num_steps: int) -> None:
+            if parent_phase is None:
+                self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, unit="step",
+                                              leave=False)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            bar = self._bars.get(phase_name)
+            if bar is not None:
+                bar.n = step + 1
+                bar.refresh()
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            bar = self._bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
+
+    return TqdmMonitor()
+
+
+def build_engine(onnx_path: str | Path, out_path: str | Path | None = None,
+                 opts: BuildOptions | None = None,
+                 on_status: Callable[[str], None] = log.info) -> tuple[Path, EngineRecord]:
+    """Build and write ``out_path`` (default ``model.trt.engine``) and its sidecar.
+
+    Returns:
+        (engine path, its :class:`EngineRecord`).
+    Raises:
+        TensorRTImportError: no TensorRT >= 10 or pycuda.
+        BuildError: the parser rejected the graph (every error listed) or the build failed.
+    """
+    opts = opts or BuildOptions()
+    prep = prepare_build(onnx_path, out_path, opts)
+    trt = compat.import_tensorrt()
+    cuda = compat.import_pycuda()
+    gpu_name, cc = compat.device_identity(cuda)
+    logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(compat.network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    on_status(f"parsing {prep.onnx_path} (strongly typed, {prep.precision.detected})")
+    if not parser.parse_from_file(str(prep.onnx_path)):
+        errors = compat.parser_errors(parser)
+        raise BuildError(f"TensorRT's ONNX parser rejected {prep.onnx_path} "
+                         f"({len(errors)} errors):\n  " + "\n  ".join(errors))
+    config = builder.create_builder_config()
+    if opts.workspace_mib is not None:
+        compat.set_workspace(trt, config, opts.workspace_mib)
+    cache = _load_timing_cache(config, opts.timing_cache, on_status)
+    if any(-1 in tuple(network.get_input(i).shape) for i in range(network.num_inputs)):
+        profile = builder.create_optimization_profile()
+        for s in prep.shapes:
+            profile.set_shape(s.name, s.min, s.opt, s.max)
+        config.add_optimization_profile(profile)
+    monitor = _progress_monitor(trt)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    on_status(f"building for {gpu_name} (sm_{cc[0]}{cc[1]}) with TensorRT {trt.__version__}; "
+              + ", ".join(f"{s.name} {fmt_shape(s.min)}..{fmt_shape(s.max)}"
+                          for s in prep.shapes))
+    t0 = time.monotonic()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuildError(f"TensorRT could not build {prep.onnx_path}; see the TensorRT log "
+                         "above (rerun with --verbose for details)")
+    on_status(f"built in {time.monotonic() - t0:.1f} s")
+    if opts.timing_cache is not None and cache is not None:
+        write_atomic(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
+        on_status(f"timing cache saved to {opts.timing_cache}")
+    write_atomic(prep.out_path, bytes(serialized))
+    record = EngineRecord(
+        tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
+        precision=opts.precision, shapes=prep.shapes, source_onnx=prep.onnx_path.name,
+        onnx_sha256=sha256_file(prep.onnx_path), engine_sha256=sha256_file(prep.out_path),
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        workspace_mib=opts.workspace_mib)
+    write_engine_sidecar(prep.out_path, prep.spec, record)
+    return prep.out_path, record
+
+
+def _load_timing_cache(config: Any, path: Path | None,
+                       on_status: Callable[[str], None]) -> Any:
+    """Attach a timing cache (from ``path`` when it exists), so rebuilds skip kernel timing."""
+    if path is None:
+        return None
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        on_status(f"timing cache {path} is from another GPU or TensorRT version; "
+                  "starting a fresh one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    elif data:
+        on_status(f"timing cache loaded from {path} ({len(data)} bytes)")
+    return cache

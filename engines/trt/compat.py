@@ -1,0 +1,118 @@
+"""TensorRT version differences, in one place.
+
+Supported: TensorRT 10.x and 11.x Python bindings (``import tensorrt``).
+
+* Networks are strongly typed: layer precisions come from the ONNX tensor types (FP16
+  weights from ``segstream export --fp16``, Q/DQ INT8 from ``segstream calibrate``).
+  TensorRT 10 needs ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; TensorRT 11 is
+  always strongly typed and deprecates the flag (ignored), so it is not passed there.
+  ``EXPLICIT_BATCH`` is ignored since 10.0 (implicit batch is gone) and never passed.
+* No builder precision flags (``BuilderFlag.FP16/INT8`` are deprecated with strong
+  typing) and no implicit-quantization calibrators (``IInt8Calibrator``, deprecated).
+* Name-based I/O (``num_io_tensors`` / ``get_tensor_name`` / ``set_tensor_address`` /
+  ``execute_async_v3``), the only API left in 10+ (bindings were removed in 10.0).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+MIN_MAJOR = 10
+GPU_ONLY_HINT = ("GPU-only: install TensorRT 10/11 and pycuda on a CUDA machine "
+                 "(pip install 'segstream[gpu]', or JetPack 6 on Jetson)")
+
+
+class TensorRTImportError(ImportError):
+    """TensorRT (or pycuda) is not importable, or too old."""
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.3.0.26"`` -> ``(10, 3, 0, 26)``; trailing non-numeric parts are dropped."""
+    parts = []
+    for piece in version.split("."):
+        m = re.match(r"\d+", piece)
+        if not m:
+            break
+        parts.append(int(m.group()))
+    if not parts:
+        raise ValueError(f"not a version string: {version!r}")
+    return tuple(parts)
+
+
+def import_tensorrt() -> Any:
+    """Import ``tensorrt`` and check it is 10.x or newer."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise TensorRTImportError(f"TensorRT not installed ({e}); {GPU_ONLY_HINT}") from e
+    major = version_tuple(trt.__version__)[0]
+    if major < MIN_MAJOR:
+        raise TensorRTImportError(
+            f"TensorRT {trt.__version__} is too old: segstream needs TensorRT >= {MIN_MAJOR} "
+            "(name-based I/O, strongly typed networks); JetPack 6 ships 10.x")
+    return trt
+
+
+def import_pycuda() -> Any:
+    """``pycuda.driver`` with the device's primary context current (shared with TensorRT)."""
+    try:
+        import pycuda.autoprimaryctx  # noqa: F401  (retains and pushes the primary context)
+        import pycuda.driver as cuda
+    except ImportError as e:
+        raise TensorRTImportError(f"pycuda not installed ({e}); {GPU_ONLY_HINT}") from e
+    return cuda
+
+
+def network_flags(trt: Any) -> int:
+    """``create_network`` flags for a strongly typed network on this TensorRT version."""
+    if version_tuple(trt.__version__)[0] >= 11:
+        return 0  # always strongly typed; the flag is deprecated and ignored
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flag is None:
+        raise TensorRTImportError(
+            f"TensorRT {trt.__version__} has no STRONGLY_TYPED network flag; use TensorRT "
+            ">= 10.0")
+    return 1 << int(flag)
+
+
+def parser_errors(parser: Any) -> list[str]:
+    """Every ONNX parser error as one line: node, operator, description, source location."""
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        where = []
+        for attr, label in (("node_name", "node"), ("node_operator", "op")):
+            fn = getattr(err, attr, None)  # TensorRT >= 8.6
+            value = fn() if fn is not None else ""
+            if value:
+                where.append(f"{label} {value}")
+        if not where and err.node() >= 0:
+            where.append(f"node #{err.node()}")
+        desc = err.desc()
+        src = f" [{err.file()}:{err.line()}]" if err.file() else ""
+        lines.append(f"{', '.join(where) or 'graph'}: {desc}{src}")
+    return lines
+
+
+def set_workspace(trt: Any, config: Any, mib: int) -> None:
+    """Cap the builder's scratch memory (``set_memory_pool_limit``; no max_workspace_size)."""
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(mib) << 20)
+
+
+def device_identity(cuda: Any, ordinal: int = 0) -> tuple[str, tuple[int, int]]:
+    """(GPU name, (major, minor) compute capability) of CUDA device ``ordinal``."""
+    dev = cuda.Device(ordinal)
+    major, minor = dev.compute_capability()
+    return dev.name(), (int(major), int(minor))
+
+
+def np_dtype(trt: Any, dtype: Any) -> Any:
+    """NumPy dtype of a TensorRT ``DataType``."""
+    import numpy as np
+
+    return np.dtype(trt.nptype(dtype))
+
+
+def is_input(trt: Any, engine: Any, name: str) -> bool:
+    return engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT

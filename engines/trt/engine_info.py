@@ -1,0 +1,186 @@
+"""The engine sidecar: what an engine was built from, with what, for which GPU.
+
+A TensorRT engine only runs on the TensorRT version and GPU model it was built for. The
+build writes ``model.trt.engine`` next to ``model.trt.json``: the model's
+:class:`~engines.spec.ModelSpec` plus a ``"tensorrt"`` section (:class:`EngineRecord`).
+The backend reads the section and refuses a mismatched engine *before* deserialising it,
+with the reason and the rebuild command, instead of TensorRT's opaque failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engines.spec import ModelSpec, ModelSpecError, sidecar_path
+
+PRECISIONS = ("fp32", "fp16", "int8")
+RECORD_KEY = "tensorrt"
+
+
+class EngineMismatchError(RuntimeError):
+    """The engine was built for another GPU or TensorRT version, or its file changed."""
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """One optimisation-profile entry: an input's (min, opt, max) shapes."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError(f"{self.name}: min/opt/max shapes differ in rank: "
+                             f"{self.min} {self.opt} {self.max}")
+        for lo, mid, hi in zip(self.min, self.opt, self.max, strict=True):
+            if not 0 < lo <= mid <= hi:
+                raise ValueError(f"{self.name}: need 0 < min <= opt <= max per dimension, got "
+                                 f"min {fmt_shape(self.min)}, opt {fmt_shape(self.opt)}, "
+                                 f"max {fmt_shape(self.max)}")
+
+    @property
+    def is_static(self) -> bool:
+        return self.min == self.opt == self.max
+
+
+def fmt_shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """Provenance and compatibility facts of one built engine (the sidecar's ``tensorrt``)."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: tuple[int, int]
+    precision: str
+    shapes: tuple[ShapeRange, ...]
+    source_onnx: str  # file name of the ONNX it was built from
+    onnx_sha256: str
+    engine_sha256: str
+    built_at: str  # ISO 8601 UTC
+    workspace_mib: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["compute_capability"] = list(self.compute_capability)
+        d["shapes"] = {s.name: {"min": list(s.min), "opt": list(s.opt), "max": list(s.max)}
+                       for s in self.shapes}
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], *, source: str = "<dict>") -> EngineRecord:
+        try:
+            shapes = tuple(ShapeRange(name, tuple(r["min"]), tuple(r["opt"]), tuple(r["max"]))
+                           for name, r in d["shapes"].items())
+            cc = tuple(int(v) for v in d["compute_capability"])
+            if len(cc) != 2:
+                raise ValueError(f"compute_capability must be [major, minor], got {cc}")
+            return cls(
+                tensorrt_version=str(d["tensorrt_version"]), gpu_name=str(d["gpu_name"]),
+                compute_capability=(cc[0], cc[1]), precision=str(d["precision"]),
+                shapes=shapes, source_onnx=str(d["source_onnx"]),
+                onnx_sha256=str(d["onnx_sha256"]), engine_sha256=str(d["engine_sha256"]),
+                built_at=str(d["built_at"]), workspace_mib=d.get("workspace_mib"))
+        except KeyError as e:
+            raise ModelSpecError(f"{source}: '{RECORD_KEY}' section lacks {e.args[0]!r}; "
+                                 "rebuild the engine with `segstream build`") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ModelSpecError(f"{source}: bad '{RECORD_KEY}' section: {e}") from None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a truncated file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_engine_sidecar(engine_path: Path, spec: ModelSpec, record: EngineRecord) -> Path:
+    """``model.trt.engine`` -> ``model.trt.json``: the spec plus the ``tensorrt`` record."""
+    data = spec.to_json()
+    data[RECORD_KEY] = record.to_json()
+    path = sidecar_path(engine_path)
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+    return path
+
+
+def read_engine_record(engine_path: str | Path) -> EngineRecord:
+    """The ``tensorrt`` section of an engine's sidecar.
+
+    Raises:
+        ModelSpecError: no sidecar, or one without a ``tensorrt`` section (not built by
+            ``segstream build``).
+    """
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise ModelSpecError(f"engine sidecar {path} not found: build engines with "
+                             "`segstream build MODEL.onnx`, which writes it")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelSpecError(f"{path}: not valid JSON ({e})") from None
+    if RECORD_KEY not in data:
+        raise ModelSpecError(f"{path} has no '{RECORD_KEY}' section, so the engine's GPU and "
+                             "TensorRT version are unknown; rebuild it with `segstream build`")
+    return EngineRecord.from_json(data[RECORD_KEY], source=str(path))
+
+
+def check_compatible(record: EngineRecord, *, tensorrt_version: str, gpu_name: str,
+                     compute_capability: tuple[int, int], engine_path: str | Path,
+                     verify_hash: bool = True, force: bool = False) -> None:
+    """Refuse an engine this process cannot run, naming the reason and the fix.
+
+    TensorRT engines are tied to the exact TensorRT release and the GPU model (its
+    compute capability *and* SKU: kernels are tuned per SM count and clocks).
+    ``force=True`` accepts another GPU model of the same compute capability (never another
+    TensorRT version or architecture, which cannot work).
+
+    Raises:
+        EngineMismatchError: different TensorRT version, GPU or compute capability, or the
+            engine file does not match the hash recorded at build time.
+    """
+    rebuild = (f"rebuild it on this machine: segstream build {record.source_onnx} "
+               f"--precision {record.precision}")
+    if record.tensorrt_version != tensorrt_version:
+        raise EngineMismatchError(
+            f"{engine_path} was built with TensorRT {record.tensorrt_version}, this is "
+            f"TensorRT {tensorrt_version}; engines only load in the release that built them. "
+            + rebuild)
+    if tuple(record.compute_capability) != tuple(compute_capability):
+        raise EngineMismatchError(
+            f"{engine_path} was built for {record.gpu_name} (compute capability "
+            f"{'.'.join(map(str, record.compute_capability))}), this GPU is {gpu_name} "
+            f"({'.'.join(map(str, compute_capability))}). " + rebuild)
+    if record.gpu_name != gpu_name and not force:
+        raise EngineMismatchError(
+            f"{engine_path} was built on a {record.gpu_name}, this GPU is a {gpu_name}; "
+            "same architecture but a different model, so its tuned kernels may be wrong or "
+            "slow. " + rebuild + " (or pass force=True to load it anyway)")
+    if verify_hash:
+        actual = sha256_file(engine_path)
+        if actual != record.engine_sha256:
+            raise EngineMismatchError(
+                f"{engine_path} does not match its sidecar (sha256 {actual[:12]}... vs "
+                f"{record.engine_sha256[:12]}... recorded at build time): the engine or the "
+                "sidecar was replaced. " + rebuild)
