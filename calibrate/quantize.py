@@ -176,7 +176,9 @@ def load_float_model(path: str | Path) -> FloatModel:
 
 
 def preprocess_graph(src: Path, dst: Path) -> Path:
-    """Shape inference + graph cleanup that ORT's quantizer expects (``quant_pre_process``)."""
+    """Shape inference + graph cleanup that ORT's quantizer expects (``quant_pre_process``),
+    and a unique name for every node (``nodes_to_exclude`` works by name; exporters may
+    leave names empty). Writes ``dst``; ``src`` is not modified."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
@@ -185,6 +187,17 @@ def preprocess_graph(src: Path, dst: Path) -> Path:
             "symbolic shape inference failed on %s (%s); retrying with ONNX shape inference",
             src, e)
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    model = onnx.load(str(dst))
+    names = {n.name for n in model.graph.node if n.name}
+    if len(names) < len(model.graph.node):
+        seen: set[str] = set()
+        for i, n in enumerate(model.graph.node):
+            if not n.name or n.name in seen:
+                n.name = f"{n.op_type}_{i}"
+                while n.name in names or n.name in seen:
+                    n.name += "_"
+            seen.add(n.name)
+        onnx.save(model, str(dst))
     return dst
 
 

@@ -187,3 +187,21 @@ def test_ort_cpu_profile_uint8_activations_int8_symmetric_weights(
     frames = _fresh_frames(3)
     assert agreement(predict(seg_model, spec, frames, progress=False),
                      predict(q, spec, frames, progress=False)) > 95.0
+
+
+def test_argmax_model_with_unnamed_nodes(tiny_argmax_model: Path, frames_dir: Path) -> None:
+    # Exporters may leave node names empty; nodes_to_exclude needs names, so the prepared
+    # graph names every node, and an "everything in float" exclusion of "" cannot happen.
+    assert not any(n.name for n in onnx.load(str(tiny_argmax_model)).graph.node)
+    job = CalibrateJob(model=tiny_argmax_model, data=frames_dir, samples=8,
+                       min_agreement=100.0, sensitivity_samples=8, speed_runs=2,
+                       progress=False)
+    report = run_calibration(job)
+    names = [c.name for c in report.fallback.candidates]
+    assert names and all(names) and len(set(names)) == len(names)
+    assert all(report.kept_float)
+    spec = ModelSpec.load(job.out_path.with_suffix(".json"))
+    assert spec.output == "labels" and spec.name == "tiny_argmax-int8"
+    frames = _fresh_frames(2)
+    out = predict(job.out_path, spec, frames, progress=False)
+    assert out[0].shape == (96, 128) and out[0].dtype == np.uint8
