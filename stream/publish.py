@@ -316,9 +316,11 @@ class Publisher:
                 self._counts["connections"] += 1
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._counts["connections"] = max(0, self._counts["connections"] - 1)
-            else:
+            else:  # refused clients retry every ~100 ms: log the first few only
                 self._counts["auth_failures"] += 1
-                log.warning("refused a subscriber: %s", zmq.Event(kind).name)
+                n = self._counts["auth_failures"]
+                if n <= 3 or n % 1000 == 0:
+                    log.warning("refused a subscriber (%d so far): %s", n, zmq.Event(kind).name)
 
     def _housekeeping(self) -> None:
         while not self._stop.wait(self._poll_s):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from stream.security import CurveClientConfig, configure_client
 from stream.wire import (
@@ -42,6 +43,8 @@ from stream.wire import (
 
 log = logging.getLogger("segstream.subscribe")
 _MAX_DRAIN = 1000  # latest_only: most messages read in one drain
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _DRAIN_GRACE_MS = 1  # latest_only: wait this long for more while draining a backlog
 
 
@@ -110,6 +113,7 @@ class SubscriberStats:
     skipped: int = 0  # received but superseded (latest_only)
     lost: int = 0
     restarts: int = 0  # publisher restarted or seq went backwards
+    handshake_failures: int = 0  # security handshakes the publisher refused / failed
     lost_by_camera: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
 
@@ -145,12 +149,13 @@ class Subscriber:
         self._tracks: dict[str, _Track] = {}
         self._pending: deque[LabelMessage | SourceEvent] = deque()
         self._decoder = PayloadDecoder()
+        self._handshake_error = ""
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         try:
             s = self._sock
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.RCVHWM, rcvhwm or (2 if latest_only else 100))
+            s.setsockopt(zmq.RCVHWM, (2 if latest_only else 100) if rcvhwm is None else rcvhwm)
             if heartbeat_ms > 0:
                 s.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
                 s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
@@ -160,14 +165,14 @@ class Subscriber:
             for cam in sorted(self.cameras) if self.cameras else [""]:
                 s.setsockopt(zmq.SUBSCRIBE, (TOPIC_LABELS + cam).encode())
                 s.setsockopt(zmq.SUBSCRIBE, (TOPIC_EVENT + cam).encode())
+            self._monitor = s.get_monitor_socket(_HANDSHAKE_FAILED)
             try:
                 s.connect(endpoint)
             except zmq.ZMQError as e:
                 raise SubscribeError(f"cannot connect to {endpoint!r}: {e.strerror}; expected "
                                      "e.g. tcp://host:5555 or ipc:///path") from None
         except BaseException:
-            self._sock.close(linger=0)
-            self._ctx.term()
+            self._close_sockets()
             raise
 
     # ------------------------------------------------------------------ receiving
@@ -183,17 +188,21 @@ class Subscriber:
             wait = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
             if self._sock.poll(int(min(wait, 0.5) * 1000), zmq.POLLIN):
                 self._read()
-            elif deadline is not None and time.monotonic() >= deadline:
-                return None
+            else:
+                self._check_handshakes()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
         return self._pending.popleft()
 
     def __iter__(self) -> Iterator[LabelMessage | SourceEvent]:
         while True:
             msg = self.receive()
             if msg is None:
-                raise SubscribeTimeoutError(f"no message from {self.endpoint} in {self.timeout} s: "
-                                       "is the publisher running and reachable (and, with "
-                                       "CURVE, are the keys right)?")
+                why = (f"; {self.stats.handshake_failures} security handshake(s) failed, last: "
+                       f"{self._handshake_error}" if self.stats.handshake_failures else "")
+                raise SubscribeTimeoutError(
+                    f"no message from {self.endpoint} in {self.timeout} s: is the publisher "
+                    f"running and reachable (and, with CURVE, are the keys right)?{why}")
             yield msg
 
     def _read(self) -> None:
@@ -264,6 +273,26 @@ class Subscriber:
             by_cam[h.camera] = by_cam.get(h.camera, 0) + lost
         return lost
 
+    def _check_handshakes(self) -> None:
+        """Count failed security handshakes and explain the first of each kind."""
+        while True:
+            try:
+                ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = ev["event"]
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                text = (f"the publisher refused this client's CURVE key (ZAP status "
+                        f"{ev['value']}): add its public .key file to the publisher's "
+                        "allowed_clients/ folder")
+            else:
+                text = ("the security handshake failed: use CURVE keys exactly when the "
+                        "publisher does, with --curve-server-key set to its server.key")
+            self.stats.handshake_failures += 1
+            if text != self._handshake_error:
+                log.warning("%s: %s", self.endpoint, text)
+            self._handshake_error = text
+
     def _reject(self, err: WireError) -> None:
         self.stats.rejected += 1
         self.stats.last_error = str(err)
@@ -273,10 +302,17 @@ class Subscriber:
 
     # ------------------------------------------------------------------ lifetime
 
+    def _close_sockets(self) -> None:
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None:
+            self._sock.disable_monitor()
+            monitor.close(linger=0)
+        self._sock.close(linger=0)
+        self._ctx.term()
+
     def close(self) -> None:
         if not self._sock.closed:
-            self._sock.close(linger=0)
-            self._ctx.term()
+            self._close_sockets()
 
     def __enter__(self) -> Subscriber:
         return self

@@ -169,8 +169,12 @@ def test_slow_subscriber_never_stalls_the_publisher():
             time.sleep(0.3)
             done.set()
             t.join(10)
+        t0 = time.monotonic()
+        pub.close()  # queued maps for the stuck subscriber must not hold close() up
+        close_s = time.monotonic() - t0
         stuck.close(linger=0)
     ctx.term()
+    assert close_s < 5, close_s  # linger is 200 ms; a liveness bound, not a speed
     # A blocking publisher would hang here for good; 30 s is a liveness bound, not a speed.
     assert burst_s < 30
     assert pub.stats().sent == 2010 and pub.stats().errors == 0

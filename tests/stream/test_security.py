@@ -19,7 +19,7 @@ from stream.security import (
     load_keypair,
     load_public_key,
 )
-from stream.subscribe import LabelMessage, Subscriber
+from stream.subscribe import LabelMessage, Subscriber, SubscribeTimeoutError
 from stream.wire import ClassTable, ModelInfo
 
 TABLE = ClassTable.build(CAMVID_CLASSES, ModelInfo("camvid-test", "fastscnn", (360, 480)))
@@ -89,7 +89,7 @@ def _publish_until(pub: Publisher, sub: Subscriber, seconds: float) -> list[Labe
     return got
 
 
-def test_only_allowed_clients_receive(keys):
+def test_only_allowed_clients_receive(keys, caplog):
     d, other = keys
     curve = CurveConfig.from_keys_dir(d)
     with Publisher("tcp://127.0.0.1:*", class_table=TABLE, curve=curve) as pub:
@@ -103,9 +103,13 @@ def test_only_allowed_clients_receive(keys):
         with Subscriber(ep, curve=stranger) as sub:
             assert _publish_until(pub, sub, 1.5) == []
             assert sub.class_tables == {}
-        with Subscriber(ep) as plain:  # no CURVE at all
+            assert sub.stats.handshake_failures >= 1
+            assert "refused this client's CURVE key" in caplog.text
+        with Subscriber(ep, timeout=1.0) as plain:  # no CURVE at all
             assert _publish_until(pub, plain, 1.0) == []
-        assert pub.stats().auth_failures >= 1
+            with pytest.raises(SubscribeTimeoutError, match="security handshake"):
+                next(iter(plain))
+        assert pub.stats().auth_failures >= 2
 
 
 def test_subscribe_cli_with_curve_keys(keys, capsys):

@@ -253,3 +253,15 @@ def test_fuzz_mutated_headers_only_raise_wire_error(topic, changes, drop, payloa
     if isinstance(msg, LabelMap):
         h, w = msg.header.shape
         assert msg.labels.shape == (h, w) and msg.labels.dtype == np.uint8
+
+
+@settings(max_examples=300, deadline=None)
+@given(encoding=st.sampled_from(["rle", "zstd"]), body=st.binary(max_size=80),
+       shape=st.tuples(st.integers(1, 6), st.integers(1, 6)))
+def test_fuzz_payloads_only_raise_wire_error(encoding, body, shape):
+    prefix = b"\x28\xb5\x2f\xfd" if encoding == "zstd" else b""  # zstd magic: parse further
+    try:
+        msg = decode(pack_labels(header(shape, encoding), prefix + body))
+    except WireError:
+        return
+    assert msg.labels.shape == shape and msg.labels.dtype == np.uint8
