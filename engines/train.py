@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from engines.data.augment import AugmentConfig
 from engines.data.readers import IGNORE, SplitData, open_split
 from engines.data.torch_dataset import EvalDataset, TrainDataset
-from engines.losses import CLASS_WEIGHTINGS, SegLoss, median_frequency_weights
+from engines.losses import CLASS_WEIGHTINGS, SegLoss, class_weights
 from engines.metrics import ConfusionMatrix, SegMetrics
 from engines.registry import build_model
 from engines.spec import ModelSpec
@@ -231,10 +231,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     model = build_model(cfg.model, train_data.num_classes, **cfg.arch_options).to(info.device)
     if info.distributed and info.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    weight = None
-    if cfg.class_weight == "mfb":
-        weight = torch.from_numpy(median_frequency_weights(train_data.labels,
-                                                           train_data.num_classes))
+    w = class_weights(cfg.class_weight, train_data.labels, train_data.num_classes)
+    weight = None if w is None else torch.from_numpy(w)
     criterion = SegLoss(weight, IGNORE, cfg.aux_weight, cfg.ohem).to(info.device)
 
     dataset = TrainDataset(train_data, AugmentConfig(crop=cfg.crop, scale=cfg.scale),

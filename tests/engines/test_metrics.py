@@ -114,6 +114,18 @@ def test_median_frequency_weights_by_hand() -> None:
     assert w[3] == 0.0
 
 
+def test_class_weight_kinds() -> None:
+    from engines.losses import class_weights, median_frequency_weights
+
+    labels = [np.array([[0, 0, 0, 1]], np.uint8), np.array([[0, 2, 2, IGN]], np.uint8)]
+    mfb = median_frequency_weights(labels, 3)
+    np.testing.assert_allclose(class_weights("mfb", labels, 3), mfb)
+    np.testing.assert_allclose(class_weights("sqrt-mfb", labels, 3), np.sqrt(mfb), rtol=1e-6)
+    assert class_weights("none", labels, 3) is None
+    with pytest.raises(ValueError, match="valid: mfb"):
+        class_weights("inverse", labels, 3)
+
+
 def test_seg_loss_ignores_void_and_upsamples() -> None:
     torch = pytest.importorskip("torch")
     from engines.losses import SegLoss
