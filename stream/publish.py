@@ -19,6 +19,7 @@ methods are safe to call from several threads (pipeline loop, capture threads).
 from __future__ import annotations
 
 import logging
+import operator
 import secrets
 import threading
 import time
@@ -35,6 +36,7 @@ from stream.frames import Frame
 from stream.security import CurveConfig, start_server
 from stream.wire import (
     DEFAULT_MAX_PIXELS,
+    INT64_MAX,
     TOPIC_CLASS_TABLE,
     ClassTable,
     LabelsHeader,
@@ -52,6 +54,17 @@ log = logging.getLogger("segstream.publish")
 _MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def _uint(name: str, value: object) -> int:
+    """A header integer as a plain int in 0..2^63-1 (NumPy integers accepted)."""
+    try:
+        v = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if not 0 <= v <= INT64_MAX:
+        raise ValueError(f"{name} must be in 0..2^63-1, got {v}")
+    return v
 
 
 class PublishError(RuntimeError):
@@ -220,6 +233,10 @@ class Publisher:
         if h < 1 or w < 1 or h * w > self.max_pixels:
             raise ValueError(f"label map {h}x{w} must be non-empty and at most "
                              f"{self.max_pixels} pixels")
+        seq, dropped = _uint("seq", seq), _uint("dropped", dropped)
+        t_capture_ns = _uint("t_capture_ns", t_capture_ns)
+        t_capture_mono_ns = _uint("t_capture_mono_ns", t_capture_mono_ns)
+        t_infer_ns = None if t_infer_ns is None else _uint("t_infer_ns", t_infer_ns)
         with self._lock:
             self._check_open()
             # Let libzmq attach newly connected subscribers now (reading ZMQ_EVENTS runs
@@ -256,8 +273,8 @@ class Publisher:
         """
         if not state:
             raise ValueError("state must not be empty")
-        event = SourceEvent(check_camera_id(camera), state, detail,
-                            time.time_ns() if t_ns is None else t_ns)
+        event = SourceEvent(check_camera_id(camera), str(state), str(detail),
+                            time.time_ns() if t_ns is None else _uint("t_ns", t_ns))
         with self._lock:
             if self._closed:
                 log.debug("publisher closed; event %s %s not sent", camera, state)

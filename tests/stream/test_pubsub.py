@@ -309,6 +309,12 @@ def test_publisher_rejects_bad_input_and_reports_bind_errors():
             publish(pub, "front", 0, np.zeros((4, 4, 3), np.uint8))
         with pytest.raises(ValueError, match="camera id"):
             publish(pub, "front/left", 0, np.zeros((4, 4), np.uint8))
+        with pytest.raises(ValueError, match="seq must be in"):
+            publish(pub, "front", -1, np.zeros((4, 4), np.uint8))
+        with pytest.raises(ValueError, match="seq must be an integer"):
+            publish(pub, "front", 1.5, np.zeros((4, 4), np.uint8))
+        assert pub.publish_labels("front", np.int64(3), np.zeros((4, 4), np.uint8),
+                                  t_capture_ns=np.int64(1), t_capture_mono_ns=2)
         with pytest.raises(PublishError, match="cannot bind"):
             Publisher(pub.bound_endpoints[0], class_table=TABLE)
     with pytest.raises(PublishError, match="closed"):
