@@ -114,6 +114,8 @@ class Publisher:
         curve: enable CURVE encryption + client allow-list (see ``stream/security.py``).
         class_table_interval: seconds between periodic class-table re-sends (0: never).
         heartbeat_ms: ZMTP heartbeat interval; a peer silent for 3x this is dropped.
+        context: share a ZeroMQ context (needed for ``inproc://`` subscribers in the same
+            process); by default the publisher owns one. One CURVE publisher per context.
     """
 
     def __init__(self, endpoints: str | Sequence[str], *,
@@ -122,7 +124,7 @@ class Publisher:
                  zstd_level: int = 1, sndhwm: int = 4, linger_ms: int = 200,
                  curve: CurveConfig | None = None, class_table_interval: float = 2.0,
                  heartbeat_ms: int = 2000, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 poll_s: float = 0.02) -> None:
+                 poll_s: float = 0.02, context: zmq.Context | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = (endpoints,)
         if not endpoints:
@@ -151,7 +153,8 @@ class Publisher:
         self._counts = dict.fromkeys(PublisherStats.__dataclass_fields__, 0)
         self._cameras: set[str] = set()
 
-        self._ctx = zmq.Context()
+        self._own_ctx = context is None
+        self._ctx = zmq.Context() if context is None else context
         self._auth = None
         self._sock = self._ctx.socket(zmq.XPUB)
         try:
@@ -358,7 +361,8 @@ class Publisher:
         self._sock.close(linger=self._linger_ms)
         if self._auth is not None:
             self._auth.stop()
-        self._ctx.term()
+        if self._own_ctx:
+            self._ctx.term()
 
     def close(self) -> None:
         """Flush for at most ``linger_ms`` and release the sockets. Idempotent."""

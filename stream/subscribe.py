@@ -132,12 +132,16 @@ class Subscriber:
         curve: CURVE client keys, required when the publisher uses CURVE.
         rcvhwm: receive queue length in messages (default 2 if latest_only else 100).
         max_pixels: largest label map accepted.
+        heartbeat_ms: ZMTP heartbeat interval; a silent publisher is dropped after 3x
+            this and ZeroMQ reconnects.
+        context: share a ZeroMQ context (``inproc://`` needs the publisher's).
     """
 
     def __init__(self, endpoint: str, *, cameras: Iterable[str] | None = None,
                  latest_only: bool = False, timeout: float | None = None,
                  curve: CurveClientConfig | None = None, rcvhwm: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, heartbeat_ms: int = 2000) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, heartbeat_ms: int = 2000,
+                 context: zmq.Context | None = None) -> None:
         self.endpoint = endpoint
         self.cameras = None if cameras is None else frozenset(check_camera_id(c)
                                                               for c in cameras)
@@ -150,7 +154,8 @@ class Subscriber:
         self._pending: deque[LabelMessage | SourceEvent] = deque()
         self._decoder = PayloadDecoder()
         self._handshake_error = ""
-        self._ctx = zmq.Context()
+        self._own_ctx = context is None
+        self._ctx = zmq.Context() if context is None else context
         self._sock = self._ctx.socket(zmq.SUB)
         try:
             s = self._sock
@@ -308,7 +313,8 @@ class Subscriber:
             self._sock.disable_monitor()
             monitor.close(linger=0)
         self._sock.close(linger=0)
-        self._ctx.term()
+        if self._own_ctx:
+            self._ctx.term()
 
     def close(self) -> None:
         if not self._sock.closed:

@@ -321,3 +321,15 @@ def test_publisher_rejects_bad_input_and_reports_bind_errors():
         publish(pub, "front", 0, np.zeros((4, 4), np.uint8))
     with pytest.raises(PublishError, match="cannot bind"):
         Publisher("udp://nowhere", class_table=TABLE)
+
+
+def test_inproc_with_a_shared_context():
+    ctx = zmq.Context()
+    with Publisher("inproc://labels", class_table=TABLE, context=ctx) as pub, \
+            Subscriber("inproc://labels", context=ctx, timeout=5) as sub:
+        wait_subscribed(pub)
+        publish(pub, "front", 0, make_labels(0))
+        msg = sub.receive()
+        np.testing.assert_array_equal(msg.labels, make_labels(0))
+    assert not ctx.closed
+    ctx.term()
