@@ -13,7 +13,7 @@ EPILOG = """examples:
   # a TensorRT engine on a GPU machine
   segstream eval --model model.engine --data ../shared/camvid
   # store the figures in the model's sidecar (what the shipped model's metrics come from)
-  segstream eval --model engines/models/camvid_fastscnn.onnx --data ../shared/camvid \
+  segstream eval --model engines/models/camvid_fastscnn.onnx --data ../shared/camvid \\
       --threads 2 --out reports/camvid_val.json --record
 
 Writes the JSON report (mIoU, pixel accuracy, per-class IoU, confusion matrix) and
