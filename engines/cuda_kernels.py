@@ -60,9 +60,22 @@ def grid_for(width: int, height: int, block: tuple[int, int] = BLOCK) -> tuple[i
     return (-(-width // block[0]), -(-height // block[1]))
 
 
+def kernel_digest() -> str:
+    """sha256 over every kernel source file (changes whenever any kernel changes)."""
+    h = hashlib.sha256()
+    for name in KERNEL_FILES:
+        h.update((KERNEL_DIR / name).read_bytes())
+    return h.hexdigest()
+
+
 def cuda_source() -> str:
-    """One translation unit that includes every kernel file (for SourceModule / nvcc)."""
-    return "".join(f'#include "{name}"\n' for name in KERNEL_FILES[1:])
+    """One translation unit that includes every kernel file (for SourceModule / nvcc).
+
+    The first line carries :func:`kernel_digest`, so compile caches keyed on the source
+    text (pycuda's) are invalidated when an included file changes.
+    """
+    includes = "".join(f'#include "{name}"\n' for name in KERNEL_FILES[1:])
+    return f"// segstream kernels {kernel_digest()}\n{includes}"
 
 
 def _out_dtype_suffix(dtype: np.dtype | type) -> str:
