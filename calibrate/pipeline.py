@@ -61,6 +61,8 @@ class CalibrateJob:
         data: calibration frames: image folder or video file.
         samples: calibration frames used (evenly spaced over ``data``).
         quant: method, weight granularity, layout.
+        methods: calibration methods to try (each calibrated and scored in full; the best
+            is kept); empty: just ``quant.method``.
         eval_images, eval_labels: a labelled split (CamVid ``val`` + ``valannot``), or the
             ``data`` folder and its label maps (see :func:`resolve_eval`).
         eval_samples: labelled frames used (None: all).
@@ -77,6 +79,7 @@ class CalibrateJob:
     data: Path
     samples: int = 100
     quant: QuantConfig = field(default_factory=QuantConfig)
+    methods: tuple[str, ...] = ()
     eval_images: Path | None = None
     eval_labels: Path | None = None
     eval_samples: int | None = None
@@ -129,21 +132,26 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
     with tempfile.TemporaryDirectory(prefix="segstream-calib-") as tmp_name:
         tmp = Path(tmp_name)
         prepped = preprocess_graph(fm.path, tmp / "prepped.onnx")
-        cache = tmp / "ranges.json"
-        bar = tqdm(total=len(calib), desc=f"calibrate ({job.quant.method})", unit="frame",
-                   disable=not job.progress)
-        first = quantize_to(prepped, tmp / "int8_full.onnx", job.quant,
-                            reader=FrameReader(calib, fm.spec, fm.input_name, bar), cache=cache)
-        bar.close()
         ev = _Evaluator(fm, labelled, calib, job)
-        int8_first = ev.scores(first)
+        trials: dict[str, tuple[QuantConfig, Path, Path, Scores]] = {}
+        for method in job.methods or (job.quant.method,):
+            quant = replace(job.quant, method=method)
+            cache = tmp / f"ranges_{method}.json"
+            bar = tqdm(total=len(calib), desc=f"calibrate ({method})", unit="frame",
+                       disable=not job.progress)
+            model = quantize_to(prepped, tmp / f"int8_{method}.onnx", quant, cache=cache,
+                                reader=FrameReader(calib, fm.spec, fm.input_name, bar))
+            bar.close()
+            trials[method] = (quant, cache, model, ev.scores(model))
+        best = max(trials, key=lambda m: ev.primary(trials[m][3]))
+        quant, cache, first, int8_first = trials[best]
         fallback, final = None, first
         objective = ev.objective(job)
         if objective is not None and not objective.met(ev.objective_score(first)):
-            fallback = _fallback(fm, prepped, first, cache, tmp, ev, objective, job)
+            fallback = _fallback(fm, prepped, first, cache, tmp, ev, objective, job, quant)
             if fallback.kept_float:
                 final = quantize_to(prepped, tmp / "int8_final.onnx",
-                                    job.quant.with_excluded(fallback.kept_float),
+                                    quant.with_excluded(fallback.kept_float),
                                     reader=None, cache=cache)
         elif objective is not None:
             fallback = FallbackResult((), (), round(ev.objective_score(first), 3), True, ())
@@ -152,7 +160,8 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
                                                threads=job.threads, runs=job.speed_runs,
                                                progress=job.progress)
         report = CalibrationReport(
-            model=str(fm.path), int8_model=str(out), method=job.quant.method,
+            model=str(fm.path), int8_model=str(out), method=best,
+            method_trials={m: _trial_json(t[3]) for m, t in trials.items()},
             per_channel=job.quant.per_channel, profile=job.quant.profile,
             calibration_source=str(job.data),
             calibration_frames=len(calib),
@@ -167,6 +176,10 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
         )
         _write_outputs(fm, final, out, report, job.report_stem)
     return report
+
+
+# (mIoU scores on the labelled split, agreement there %, agreement on calibration frames %)
+Scores = tuple[SegScores | None, float | None, float]
 
 
 class _Evaluator:
@@ -188,7 +201,11 @@ class _Evaluator:
         return predict(model, self.fm.spec, frames, threads=self.job.threads, desc=desc,
                        progress=self.job.progress) if frames else []
 
-    def scores(self, int8: Path) -> tuple[SegScores | None, float | None, float | None]:
+    def primary(self, scores: Scores) -> float:
+        """The figure methods are compared by: mIoU when labelled, else agreement."""
+        return scores[0].miou if scores[0] is not None else scores[2]
+
+    def scores(self, int8: Path) -> Scores:
         """(mIoU scores on the labelled split, agreement there %, agreement on frames %)."""
         preds = self._predict(int8, self.labelled, "INT8 eval")
         agree = self._predict(int8, self.agree_frames, "INT8 frames")
@@ -215,13 +232,19 @@ class _Evaluator:
         return agreement(preds, [self.fp32_agree[i] for i in idx])
 
 
+def _trial_json(scores: Scores) -> dict[str, float | None]:
+    return {"miou": scores[0].miou if scores[0] else None, "agreement_eval": scores[1],
+            "agreement_data": scores[2]}
+
+
 def _fallback(fm: FloatModel, prepped: Path, first: Path, cache: Path, tmp: Path,
-              ev: _Evaluator, objective: Objective, job: CalibrateJob) -> FallbackResult:
+              ev: _Evaluator, objective: Objective, job: CalibrateJob,
+              quant: QuantConfig) -> FallbackResult:
     counter = iter(range(1_000_000))
 
     def quantize(nodes: list[str] | tuple[str, ...]) -> Path:
         path = tmp / f"trial_{next(counter)}.onnx"
-        quantize_to(prepped, path, job.quant.with_excluded(nodes), reader=None, cache=cache)
+        quantize_to(prepped, path, quant.with_excluded(nodes), reader=None, cache=cache)
         return path
 
     def score_fn(model: Path, subset: bool) -> float:

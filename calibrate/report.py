@@ -44,6 +44,7 @@ class CalibrationReport:
     max_drop: float | None = None
     qdq: QdqSummary | None = None
     tensorrt_issues: tuple[str, ...] = ()  # static rule check, see calibrate.checks
+    method_trials: dict[str, dict[str, float | None]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -142,6 +143,13 @@ class CalibrationReport:
                     lines.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | |")
                 else:
                     lines.append(f"| {name} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+        if len(self.method_trials) > 1:
+            lines += ["", f"Calibration methods tried (kept: {self.method}):", "",
+                      "| method | INT8 mIoU % | agreement % |", "|---|---:|---:|"]
+            for m, t in self.method_trials.items():
+                agree = t["agreement_eval"] if t["agreement_eval"] is not None \
+                    else t["agreement_data"]
+                lines.append(f"| {m} | {_fmt(t['miou'])} | {_fmt(agree)} |")
         lines += self._fallback_lines()
         if self.qdq:
             q = self.qdq

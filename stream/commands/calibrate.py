@@ -6,10 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+AUTO_METHODS = ("minmax", "percentile")
+
 EPILOG = """examples:
   # CamVid model: calibrate on train frames, report FP32 vs INT8 on val, keep mIoU drop <= 0.5
   segstream calibrate engines/models/camvid_default.onnx --data ../shared/camvid/train \\
-      --samples 100 --method percentile --eval-data ../shared/camvid --split val
+      --samples 100 --method auto --eval-data ../shared/camvid --split val
 
   # calibrate on a drive video; no labels: report FP32/INT8 label agreement only
   segstream calibrate model.onnx --data drive.mp4 --samples 200 --method entropy
@@ -47,8 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="calibration frames: folder of png/jpg, or a video file")
     p.add_argument("--samples", type=int, default=100,
                    help="calibration frames, evenly spaced over --data (default 100)")
-    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
-                   help="activation range calibration (default minmax)")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile", "auto"),
+                   default="minmax",
+                   help="activation range calibration (default minmax); auto: calibrate with "
+                        "minmax and percentile, keep the one with the better INT8 score")
     p.add_argument("--percentile", type=float, default=99.999,
                    help="for --method percentile: %% of |activation| values kept (99.999)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
@@ -104,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
                                                 args.data)
         job = CalibrateJob(
             model=args.model, data=args.data, samples=args.samples,
-            quant=QuantConfig(method=args.method, per_channel=args.per_channel,
+            methods=AUTO_METHODS if args.method == "auto" else (),
+            quant=QuantConfig(method=AUTO_METHODS[0] if args.method == "auto" else args.method,
+                              per_channel=args.per_channel,
                               percentile=args.percentile, profile=args.profile,
                               weight_qdq_pair=args.weight_qdq_pair),
             eval_images=eval_images, eval_labels=eval_labels, eval_samples=args.eval_samples,

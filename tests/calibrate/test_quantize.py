@@ -205,3 +205,19 @@ def test_argmax_model_with_unnamed_nodes(tiny_argmax_model: Path, frames_dir: Pa
     frames = _fresh_frames(2)
     out = predict(job.out_path, spec, frames, progress=False)
     assert out[0].shape == (96, 128) and out[0].dtype == np.uint8
+
+
+def test_method_auto_keeps_the_better_calibration(seg_model: Path, frames_dir: Path,
+                                                  tmp_path: Path, capsys) -> None:
+    labels = write_fp32_labels(seg_model, frames_dir, tmp_path / "labels")
+    rc = main(["calibrate", str(seg_model), "--data", str(frames_dir), "--labels", str(labels),
+               "--samples", "8", "--method", "auto", "--no-fallback", "--speed-runs", "2",
+               "--no-progress"])
+    assert rc == 0
+    assert "Calibration methods tried (kept: " in capsys.readouterr().out
+    report = json.loads(seg_model.with_name("seg.int8.report.json").read_text())
+    trials = report["method_trials"]
+    assert set(trials) == {"minmax", "percentile"}
+    assert report["method"] == max(trials, key=lambda m: trials[m]["miou"])
+    assert report["int8"]["miou"] == trials[report["method"]]["miou"]
+    assert report["fallback"] is None
