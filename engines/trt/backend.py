@@ -200,6 +200,9 @@ class TensorRTBackend:
         if len(self._pending) == NUM_SLOTS:
             raise BackendError(f"{NUM_SLOTS} batches already in flight: collect() one first")
         if tuple(batch.shape) != self._in_shape:
+            if self._pending:
+                raise BackendError(f"batch shape {batch.shape} differs from the in-flight "
+                                   f"{self._in_shape}: collect() before changing shapes")
             self._configure(tuple(batch.shape))
         slot = self.acquire_slot()
         np.copyto(slot.host_in, batch, casting="same_kind")  # float32 -> engine dtype
