@@ -193,3 +193,14 @@ def test_models_command_lists_registry(capsys):
     assert cli_main(["models", "--family", "realtime"]) == 0
     text = capsys.readouterr().out
     assert "ddrnet23-slim" in text and "unet" not in text
+
+
+@pytest.mark.camvid
+def test_export_command_checks_on_real_frames(model, tmp_path, capsys, camvid):
+    ckpt = _checkpoint(tmp_path, model)
+    out = tmp_path / "real.onnx"
+    rc = cli_main(["export", ckpt, "--out", str(out), "--check-images", str(camvid / "val")])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    # two random inputs plus four CamVid frames, all at the export size
+    assert text.count("(1, 3, 64, 96)") == 6

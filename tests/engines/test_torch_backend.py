@@ -115,3 +115,19 @@ def test_checkpoint_errors(model, tmp_path):
     be = TorchBackend(_save(tmp_path / "ok2.pt", model))
     with pytest.raises(BackendError, match=r"expected a \(N, 3, H, W\) batch"):
         be.infer(np.zeros((3, 64, 96), np.float32))
+
+
+def test_checkpoint_trained_with_aux_heads_runs_and_exports(tmp_path):
+    torch.manual_seed(0)
+    m = build_model(ARCH, K, aux=True, **OPTS)
+    assert any(k.startswith("aux_heads.") for k in m.state_dict())
+    path = tmp_path / "aux.pt"
+    torch.save({"arch": ARCH, "arch_options": {**OPTS, "aux": True}, "num_classes": K,
+                "model": m.state_dict(), "spec": SPEC.to_json()}, path)
+    be = TorchBackend(path)
+    logits = be.infer(_batch(1))
+    assert logits.shape == (1, K, 8, 12)  # eval mode: main logits only
+    onnx_path = export_onnx(m, SPEC, tmp_path / "aux.onnx")
+    ort_out = create_backend(onnx_path).infer(_batch(1))
+    assert np.abs(ort_out - logits).max() <= 1e-4 * max(1.0, np.abs(logits).max())
+    assert m.training  # export restores the caller's mode
