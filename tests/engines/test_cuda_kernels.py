@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engines.cuda_kernels import (
     KERNEL_DIR,
@@ -24,7 +26,8 @@ from engines.cuda_kernels import (
     cuda_source,
     grid_for,
 )
-from tests.engines.kernel_cases import NORM, KernelParityCases
+from engines.kernel_refs import preprocess_packed_ref, upsample_argmax_f32
+from tests.engines.kernel_cases import NORM, KernelParityCases, padded
 
 NVCC = shutil.which("nvcc")
 
@@ -106,3 +109,28 @@ def test_nvcc_ptx_keeps_float_ops_unfused(tmp_path: Path) -> None:
     text = ptx.read_text()
     assert "mul.rn.f32" in text and "add.rn.f32" in text
     assert "fma.rn.f32" not in text
+
+
+sizes = st.tuples(st.integers(1, 40), st.integers(1, 40))
+
+
+@settings(max_examples=40, deadline=None)
+@given(src=sizes, out=sizes, k=st.integers(1, 7), seed=st.integers(0, 2**32 - 1),
+       half=st.booleans())
+def test_upsample_argmax_any_size(host_lib: Path, src, out, k, seed, half) -> None:
+    """Any (K, h, w) -> (H, W), up or down: labels equal the float32 mirror bit for bit."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((k, *src)) * 3).astype(np.float16 if half else np.float32)
+    got = HostKernels(host_lib).upsample_argmax(logits, out)
+    np.testing.assert_array_equal(got, upsample_argmax_f32(logits, *out))
+
+
+@settings(max_examples=30, deadline=None)
+@given(src=sizes, out=sizes, channels=st.sampled_from([3, 4]), pad=st.integers(0, 9),
+       seed=st.integers(0, 2**32 - 1))
+def test_preprocess_any_size_and_pitch(host_lib: Path, src, out, channels, pad, seed) -> None:
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 256, (*src, channels), dtype=np.uint8)
+    got = HostKernels(host_lib).preprocess(padded(frame, pad, rng), out, NORM)
+    np.testing.assert_allclose(got, preprocess_packed_ref(frame, out, NORM), rtol=1e-5,
+                               atol=2e-5)

@@ -314,3 +314,11 @@ def test_build_and_load_tiny_engine(tiny_model: Path) -> None:
     assert backend.infer(x).shape == (1, 5, 16, 24)
     assert rec.precision == "fp32"
     backend.close()
+
+
+def test_build_auto_precision_reads_the_onnx(tiny_model: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    int8 = add_input_qdq(tiny_model)
+    assert main(["build", str(int8), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "precision int8 (2 Q/DQ nodes" in out and "tiny.int8.trt.engine" in out
