@@ -333,3 +333,23 @@ def test_inproc_with_a_shared_context():
         np.testing.assert_array_equal(msg.labels, make_labels(0))
     assert not ctx.closed
     ctx.term()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_subscriber_survives_a_publisher_restart(transport):
+    pub = Publisher(endpoint_for(transport), class_table=TABLE)
+    ep = pub.bound_endpoints[0]
+    with Subscriber(ep, timeout=5) as sub:
+        wait_subscribed(pub)
+        for seq in range(3):
+            publish(pub, "front", seq, make_labels(seq))
+        assert [sub.receive().seq for _ in range(3)] == [0, 1, 2]
+        pub.close()
+        with Publisher(ep, class_table=TABLE) as again:  # same address, seq from 0 again
+            # ZeroMQ reconnects by itself; the new connection is attached (and the
+            # subscriptions re-sent) while the subscriber is being read, as in real use.
+            wait_until(lambda: sub.receive(0.02) is None and again.stats().subscriptions >= 3)
+            publish(again, "front", 0, make_labels(0))
+            msg = sub.receive()
+            assert msg.seq == 0 and msg.publisher == again.publisher_id and msg.lost == 0
+        assert sub.stats.restarts == 1 and sub.stats.lost == 0

@@ -86,6 +86,15 @@ def test_subscribe_json_lines(live_publisher, capsys):
     assert last["top_classes"][0]["fraction"] == 0.5
 
 
+def test_subscribe_latest_only_and_camera_filter(live_publisher, capsys):
+    assert main(["subscribe", live_publisher, "--latest-only", "--count", "2",
+                 "--camera", "front", "--timeout", "10"]) == 0
+    assert len([ln for ln in capsys.readouterr().out.splitlines() if " seq " in ln]) == 2
+    assert main(["subscribe", live_publisher, "--camera", "rear", "--timeout", "0.5"]) == 1
+    assert main(["subscribe", live_publisher, "--camera", "bad id"]) == 2
+    assert "camera id 'bad id' is invalid" in capsys.readouterr().err
+
+
 def test_subscribe_times_out_and_rejects_bad_endpoints(capsys):
     ep = f"ipc:///tmp/segstream-nobody-{uuid.uuid4().hex[:8]}.sock"
     assert main(["subscribe", ep, "--timeout", "0.3"]) == 1
