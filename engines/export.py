@@ -10,9 +10,11 @@
   ``argmax=True`` output ``labels``: (N, H, W) uint8 class ids. In-graph that is a
   bilinear Resize (``half_pixel``, i.e. ``align_corners=False``) to the input size, ArgMax
   over the classes (int64, first maximum on ties, like torch) and a Cast to uint8. ORT
-  runs all three on CPU. TensorRT 10+ parses ArgMax as a TopK layer (its int64 output is
-  handled by the parser) and supports Cast to UINT8 and UINT8 network outputs, so the
-  same file builds an engine whose output binding is uint8. K must be <= 256.
+  runs all three on CPU. The onnx-tensorrt operator table for TensorRT 10 lists ArgMax
+  (FP32/FP16 input), Cast to/from INT64 and UINT8, and UINT8 as a network input/output
+  type only, which is how it is used here (the Cast is the last node), so the same file
+  builds an engine with a uint8 output binding. TensorRT 8.x has no UINT8 and needs the
+  logits export. K must be <= 256. (Checked against the documentation, not on a GPU.)
 * ``fp16=True``: weights and activations in float16 with float32 I/O through Cast nodes
   (see :mod:`engines.onnx_fp16`), for TensorRT strongly typed networks.
 

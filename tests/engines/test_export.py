@@ -204,3 +204,29 @@ def test_export_command_checks_on_real_frames(model, tmp_path, capsys, camvid):
     assert rc == 0, text
     # two random inputs plus four CamVid frames, all at the export size
     assert text.count("(1, 3, 64, 96)") == 6
+
+
+def test_fp16_converter_refuses_what_it_cannot_convert():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engines.onnx_fp16 import Fp16ConversionError, convert_to_fp16
+
+    def graph(inputs, weight):
+        w = numpy_helper.from_array(np.full((2, 3, 1, 1), weight, np.float32), "w")
+        node = helper.make_node("Conv", ["input", "w"], ["logits"])
+        g = helper.make_graph(
+            [node], "g",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 4, 4]) for n in inputs],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 4, 4])], [w])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    ok = convert_to_fp16(graph(["input"], 0.5))
+    assert [n.op_type for n in ok.graph.node] == ["Cast", "Conv", "Cast"]
+    x = np.ones((1, 3, 4, 4), np.float32)
+    got = ort.InferenceSession(ok.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+    assert got.dtype == np.float32 and np.allclose(got, 1.5)
+    with pytest.raises(Fp16ConversionError, match="expected one graph input"):
+        convert_to_fp16(graph(["input", "extra"], 0.5))
+    with pytest.raises(Fp16ConversionError, match="exceed the float16 range"):
+        convert_to_fp16(graph(["input"], 1e6))
