@@ -39,9 +39,13 @@ class Segmenter:
     @classmethod
     def from_path(cls, model: str | Path, backend: str | None = None, *,
                   threads: int | None = None, letterbox: bool = False,
-                  **options: object) -> Segmenter:
-        return cls(create_backend(model, backend, threads=threads, **options),
-                   letterbox=letterbox)
+                  **options: object) -> Segmenter | GpuFusedSegmenter:
+        """Load a model. TensorRT engines with logits output and no letterbox get the
+        fused CUDA pre/post-processing path (:class:`GpuFusedSegmenter`)."""
+        be = create_backend(model, backend, threads=threads, **options)
+        if be.name == "tensorrt" and be.spec.output == "logits" and not letterbox:
+            return GpuFusedSegmenter(be)
+        return cls(be, letterbox=letterbox)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         return self.run(frame)[0]
@@ -59,4 +63,34 @@ class Segmenter:
         return labels, StageNs(t1 - t0, t2 - t1, t3 - t2)
 
     def close(self) -> None:
+        self.backend.close()
+
+
+class GpuFusedSegmenter:
+    """TensorRT with the fused CUDA kernels: uint8 frame in, uint8 labels out.
+
+    Pre-processing, inference and upsample+argmax all run on the GPU
+    (:class:`engines.trt.pipeline.GpuSegmenter`), so only uint8 crosses PCIe. The three
+    stages are one GPU submission: their total is reported as ``infer``, ``pre`` and
+    ``post`` are 0 (use Nsight Systems for the split).
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        from engines.trt.pipeline import GpuSegmenter
+
+        self.backend = backend
+        self.spec: ModelSpec = backend.spec
+        self._gpu = GpuSegmenter(backend)  # type: ignore[arg-type]
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        return self.run(frame)[0]
+
+    def run(self, frame: np.ndarray) -> tuple[np.ndarray, StageNs]:
+        """(H, W, 3) uint8 BGR -> ((H, W) uint8 labels, stage durations)."""
+        t0 = time.perf_counter_ns()
+        labels = self._gpu.segment(np.ascontiguousarray(frame), "bgr")  # synchronised
+        return labels, StageNs(0, time.perf_counter_ns() - t0, 0)
+
+    def close(self) -> None:
+        self._gpu.close()
         self.backend.close()
