@@ -21,9 +21,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 def user_errors() -> tuple[type[BaseException], ...]:
     """USER_ERRORS plus the stream-side ones (imported lazily: GStreamer, ZeroMQ)."""
     from stream.publish import PublishError
+    from stream.security import SecurityError
     from stream.sources import SourceError
 
-    return (*USER_ERRORS, SourceError, PublishError)
+    return (*USER_ERRORS, SourceError, PublishError, SecurityError)
 
 
 def report_errors(func: Callable[[Any], int]) -> Callable[[Any], int]:
