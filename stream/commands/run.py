@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sndhwm", type=int, default=4,
                    help="messages queued per subscriber before it drops (default 4)")
     p.add_argument("--curve-keys", metavar="DIR",
-                   help="enable CURVE: folder from `segstream keygen` (server key + allowed_clients/)")
+                   help="enable CURVE: folder from `segstream keygen` "
+                        "(server key + allowed_clients/)")
     p.add_argument("--stall-timeout", type=float, default=3.0,
                    help="seconds without a frame before a source is rebuilt (default 3)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
