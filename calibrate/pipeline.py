@@ -66,6 +66,8 @@ class CalibrateJob:
         eval_images, eval_labels: a labelled split (CamVid ``val`` + ``valannot``), or the
             ``data`` folder and its label maps (see :func:`resolve_eval`).
         eval_samples: labelled frames used (None: all).
+        agreement_data: unlabelled frames (folder or video) for FP32/INT8 label agreement;
+            None: the calibration frames. agreement_samples: how many, evenly spaced.
         max_drop: allowed mIoU drop in points; larger drops trigger the float fallback.
         min_agreement: without labels, the fallback keeps INT8/FP32 agreement above this %.
         sensitivity_budget: candidates measured exactly in the sensitivity search.
@@ -80,6 +82,8 @@ class CalibrateJob:
     samples: int = 100
     quant: QuantConfig = field(default_factory=QuantConfig)
     methods: tuple[str, ...] = ()
+    agreement_data: Path | None = None
+    agreement_samples: int = 50
     eval_images: Path | None = None
     eval_labels: Path | None = None
     eval_samples: int | None = None
@@ -129,10 +133,12 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
     labelled: list[LabelledFrame] = []
     if job.eval_images is not None and job.eval_labels is not None:
         labelled = read_labelled(job.eval_images, job.eval_labels, job.eval_samples)
+    agree = (read_frames(job.agreement_data, job.agreement_samples) if job.agreement_data
+             else [calib[i] for i in evenly_spaced(len(calib), job.agreement_samples)])
     with tempfile.TemporaryDirectory(prefix="segstream-calib-") as tmp_name:
         tmp = Path(tmp_name)
         prepped = preprocess_graph(fm.path, tmp / "prepped.onnx")
-        ev = _Evaluator(fm, labelled, calib, job)
+        ev = _Evaluator(fm, labelled, agree, job)
         trials: dict[str, tuple[QuantConfig, Path, Path, Scores]] = {}
         for method in job.methods or (job.quant.method,):
             quant = replace(job.quant, method=method)
@@ -169,6 +175,7 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
             fp32=ev.fp32_scores, int8_first=int8_first[0], int8=int8_final[0],
             agreement_eval=int8_final[1], agreement_data=int8_final[2],
             agreement_frames=len(ev.agree_frames),
+            agreement_source=str(job.agreement_data or job.data),
             speed_fp32=speed_fp32, speed_int8=speed_int8, fallback=fallback,
             max_drop=objective.max_drop if objective else None, qdq=summarize_qdq(final),
             tensorrt_issues=tuple(tensorrt_issues(final)),
@@ -186,10 +193,9 @@ class _Evaluator:
     """Caches FP32 predictions and scores INT8 candidates against them."""
 
     def __init__(self, fm: FloatModel, labelled: list[LabelledFrame],
-                 calib: list[NamedFrame], job: CalibrateJob) -> None:
+                 agree_frames: list[NamedFrame], job: CalibrateJob) -> None:
         self.fm, self.labelled, self.job = fm, labelled, job
-        # Agreement on unlabelled frames: the calibration frames (at most 50).
-        self.agree_frames = [calib[i] for i in evenly_spaced(len(calib), 50)]
+        self.agree_frames = agree_frames  # unlabelled: FP32/INT8 label agreement
         sub = evenly_spaced(len(labelled) or len(self.agree_frames), job.sensitivity_samples)
         self.subset = sub
         self.fp32_eval = self._predict(fm.path, labelled, "FP32 eval")

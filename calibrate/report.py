@@ -36,8 +36,9 @@ class CalibrationReport:
     int8_first: SegScores | None = None  # before any fallback
     int8: SegScores | None = None  # the written model
     agreement_eval: float | None = None  # % pixels, on the labelled frames
-    agreement_data: float | None = None  # % pixels, on the calibration frames
+    agreement_data: float | None = None  # % pixels, on unlabelled frames
     agreement_frames: int = 0
+    agreement_source: str | None = None
     speed_fp32: Speed | None = None
     speed_int8: Speed | None = None
     fallback: FallbackResult | None = None
@@ -129,8 +130,8 @@ class CalibrationReport:
             lines.append(f"| label agreement % (labelled frames) | 100 | "
                          f"{self.agreement_eval:.2f} | |")
         if self.agreement_data is not None:
-            lines.append(f"| label agreement % ({self.agreement_frames} calibration frames) "
-                         f"| 100 | {self.agreement_data:.2f} | |")
+            lines.append(f"| label agreement % ({self.agreement_frames} frames of "
+                         f"`{self.agreement_source}`) | 100 | {self.agreement_data:.2f} | |")
         if self.speed_fp32 and self.speed_int8:
             lines.append(f"| CPU ms/frame, median ({self.speed_int8.threads} threads, "
                          f"{self.speed_int8.runs} runs) | {self.speed_fp32.median_ms:.2f} | "

@@ -13,8 +13,9 @@ EPILOG = """examples:
   segstream calibrate engines/models/camvid_default.onnx --data ../shared/camvid/train \\
       --samples 100 --method auto --eval-data ../shared/camvid --split val
 
-  # calibrate on a drive video; no labels: report FP32/INT8 label agreement only
-  segstream calibrate model.onnx --data drive.mp4 --samples 200 --method entropy
+  # calibrate on a drive video; no labels: report FP32/INT8 label agreement on another one
+  segstream calibrate model.onnx --data drive.mp4 --samples 200 --method entropy \
+      --agreement-data drive2.mp4
 
   # fastest INT8 for ONNX Runtime on this CPU (not for TensorRT)
   segstream calibrate model.onnx --data ../shared/camvid/train --profile ort-cpu \
@@ -70,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="labelled dataset in CamVid layout (SPLIT/ and SPLITannot/)")
     ev.add_argument("--split", default="val", help="split of --eval-data (default val)")
     ev.add_argument("--eval-samples", type=int, help="labelled frames used (default all)")
+    ev.add_argument("--agreement-data", type=Path,
+                    help="unlabelled frames (folder or video) for FP32/INT8 label agreement "
+                         "(default: the --data frames)")
+    ev.add_argument("--agreement-samples", type=int, default=50,
+                    help="frames used for agreement, evenly spaced (50)")
     ev.add_argument("--threads", type=int, help="ONNX Runtime threads (default: cores, max 4)")
     ev.add_argument("--speed-runs", type=int, default=30, help="timed runs per model (30)")
     fb = p.add_argument_group("sensitivity fallback")
@@ -95,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from calibrate.pipeline import CalibrateJob, report_md_path, resolve_eval, run_calibration
     from calibrate.quantize import QuantConfig, QuantizeError
 
-    for name in ("samples", "sensitivity_budget", "sensitivity_samples", "speed_runs"):
+    for name in ("samples", "sensitivity_budget", "sensitivity_samples", "speed_runs",
+                 "agreement_samples"):
         if getattr(args, name) <= 0:
             print(f"error: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
             return 2
@@ -114,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
                               percentile=args.percentile, profile=args.profile,
                               weight_qdq_pair=args.weight_qdq_pair),
             eval_images=eval_images, eval_labels=eval_labels, eval_samples=args.eval_samples,
+            agreement_data=args.agreement_data, agreement_samples=args.agreement_samples,
             max_drop=None if args.no_fallback else args.max_drop,
             min_agreement=None if args.no_fallback else args.min_agreement,
             sensitivity_budget=args.sensitivity_budget,

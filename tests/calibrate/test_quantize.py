@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -160,10 +161,18 @@ def test_fallback_keeps_the_culprit_layer_in_float(frames_dir: Path, tmp_path: P
 def test_no_labels_reports_agreement_and_min_agreement_fallback(frames_dir: Path,
                                                                 tmp_path: Path) -> None:
     model = make_offset_model(tmp_path / "m", offset=1000.0, name="offset")
+    video = tmp_path / "drive.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (128, 96))
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+        writer.write(synthetic_frame(rng))
+    writer.release()
     job = CalibrateJob(model=model, data=frames_dir, samples=8, min_agreement=97.0,
+                       agreement_data=video, agreement_samples=6,
                        sensitivity_samples=8, speed_runs=2, progress=False)
     report = run_calibration(job)
     assert report.fp32 is None and report.eval_frames == 0
+    assert report.agreement_frames == 6 and report.agreement_source == str(video)
     assert report.fallback is not None and report.fallback.met
     assert report.agreement_data >= 97.0 and "classifier" in report.kept_float
 
