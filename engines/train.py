@@ -84,6 +84,7 @@ class TrainConfig:
     amp: bool = True
     resume: bool = False
     max_steps_per_epoch: int | None = None  # for smoke tests; None = full epochs
+    stop_after: int | None = None  # stop after this epoch (schedule still ends at epochs)
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -360,6 +361,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                 f.write(json.dumps(record) + "\n")
         if info.distributed:
             dist.barrier()
+        if cfg.stop_after is not None and epoch + 1 >= cfg.stop_after:
+            break
     if info.distributed:
         dist.destroy_process_group()
     return best_path if best_path.is_file() else last_path
@@ -429,6 +432,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="disable CUDA AMP")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                   help="stop after this epoch, keeping the --epochs schedule (continue "
+                        "later with --resume)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -442,7 +448,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         train_split=args.train_split, val_split=args.val_split or None,
         val_every=args.val_every, input_size=args.input_size, seed=args.seed,
         threads=args.threads, workers=args.workers, amp=args.amp, resume=args.resume,
-        max_steps_per_epoch=args.max_steps_per_epoch, name=args.name,
+        max_steps_per_epoch=args.max_steps_per_epoch, stop_after=args.stop_after,
+        name=args.name,
     )
 
 

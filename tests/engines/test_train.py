@@ -134,6 +134,18 @@ def test_resume_reproduces_uninterrupted_run(tiny_data: Path, tmp_path: Path,
     assert _log(straight)[-1]["loss"] == _log(interrupted)[-1]["loss"]
 
 
+def test_stop_after_then_resume_matches_straight_run(tiny_data: Path, tmp_path: Path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_config(tiny_data, straight, epochs=2), progress=False)
+    train(tiny_config(tiny_data, split, epochs=2, stop_after=1), progress=False)
+    assert len(_log(split)) == 1
+    train(tiny_config(tiny_data, split, epochs=2, resume=True), progress=False)
+    a = torch.load(straight / "last.pt", weights_only=False)["model"]
+    b = torch.load(split / "last.pt", weights_only=False)["model"]
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=0, atol=0, msg=k)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no checkpoint .*last\.pt"):
         train(tiny_config(tiny_data, tmp_path / "new", resume=True), progress=False)
