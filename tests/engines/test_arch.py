@@ -50,8 +50,8 @@ def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
 def test_registry_has_both_families():
     families = {get_entry(n).family for n in MODELS}
     assert families == {"realtime", "classic"}
-    for name in ("ddrnet23-slim", "bisenetv2", "unet", "deeplabv3plus", "fpn", "linknet",
-                 "pspnet"):
+    for name in ("ddrnet23-slim", "pidnet-s", "bisenetv2", "unet", "deeplabv3plus", "fpn",
+                 "linknet", "pspnet"):
         assert name in MODELS
 
 
