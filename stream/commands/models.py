@@ -12,7 +12,8 @@ EPILOG = """examples:
 
 Columns: registry name (use it with `segstream train --model NAME`), family, parameters
 (millions, at default options and the given --classes), output stride s (logits are
-(N, K, H/s, W/s); 1 = the model upsamples itself), description.
+(N, K, H/s, W/s); 1 = the model upsamples itself), description. --json adds each
+model's constructor options and defaults (e.g. encoder, width, aux, upsample).
 """
 
 
@@ -29,15 +30,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def describe(name: str, num_classes: int) -> dict:
-    """Registry entry + parameter count and output stride of a default-built model."""
+    """Registry entry + parameter count and output stride of a default-built model, and
+    the constructor options with their defaults (``segstream train --arch-options``)."""
+    import inspect
+
     from engines.registry import build_model, get_entry
 
     entry = get_entry(name)
+    options = {k: p.default for k, p in inspect.signature(entry.factory).parameters.items()
+               if k != "num_classes" and p.default is not inspect.Parameter.empty}
     model = build_model(name, num_classes)
     params = sum(p.numel() for p in model.parameters())
     return {"name": name, "family": entry.family, "params": params,
             "output_stride": int(getattr(model, "output_stride", 1)),
-            "description": entry.description}
+            "options": options, "description": entry.description}
 
 
 def run(args: argparse.Namespace) -> int:

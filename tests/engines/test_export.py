@@ -190,6 +190,8 @@ def test_models_command_lists_registry(capsys):
     for r in rows:
         assert r["params"] > 0 and r["output_stride"] in (1, 2, 4, 8, 16, 32)
         assert r["family"] in ("realtime", "classic") and r["description"]
+    unet = next(r for r in rows if r["name"] == "unet")
+    assert unet["options"]["encoder"] == "resnet18" and unet["options"]["aux"] is False
     assert cli_main(["models", "--family", "realtime"]) == 0
     text = capsys.readouterr().out
     assert "ddrnet23-slim" in text and "unet" not in text
