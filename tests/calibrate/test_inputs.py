@@ -164,3 +164,15 @@ def test_min_agreement_with_labels_is_rejected(frames_dir: Path, seg_model: Path
     assert rc == 2 and "--min-agreement is the fallback target without labels" in err
     rc, err = _run_cli(capsys, str(seg_model), "--data", str(frames_dir), "--samples", "0")
     assert rc == 2 and "--samples must be > 0" in err
+
+
+@pytest.mark.camvid
+def test_camvid_val_layout_reads_frames_and_void_labels(camvid: Path) -> None:
+    from calibrate.data import camvid_split
+
+    images, labels = camvid_split(camvid, "val")
+    frames = read_labelled(images, labels, 3)
+    assert len(frames) == 3
+    for f in frames:
+        assert f.image.shape == (360, 480, 3) and f.label.shape == (360, 480)
+        assert f.label.dtype == np.uint8 and int(f.label.max()) <= 11  # 11 = void
