@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL_FILE = "camvid_default.onnx"
+DEFAULT_MODEL_FILE = "camvid_fastscnn.onnx"
 
 
 class NoModelError(FileNotFoundError):
@@ -20,7 +20,7 @@ def shipped_models() -> list[Path]:
 def default_model_path() -> Path:
     """The model ``segstream run`` uses when ``--model`` is omitted.
 
-    ``engines/models/camvid_default.onnx`` when present, else the only shipped FP32 model.
+    ``engines/models/camvid_fastscnn.onnx`` when present, else the only shipped FP32 model.
     """
     preferred = MODELS_DIR / DEFAULT_MODEL_FILE
     if preferred.is_file():

@@ -13,8 +13,8 @@ from stream.commands._common import report_errors
 EPILOG = """examples:
   segstream bench                                   # shipped model, ONNX Runtime, 360x480
   segstream bench --resolution 360x480 --resolution 720x1280 --compare
-  segstream bench --model engines/models/camvid_default.onnx \\
-                  --model engines/models/camvid_default.int8.onnx     # FP32 vs INT8
+  segstream bench --model engines/models/camvid_fastscnn.onnx \\
+                  --model engines/models/camvid_fastscnn.int8.onnx     # FP32 vs INT8
   segstream bench --model camvid.engine --backend tensorrt          # on a Jetson / GPU
   segstream bench --json bench.json --plot bench.png --markdown bench.md
 

@@ -10,7 +10,7 @@ AUTO_METHODS = ("minmax", "percentile")
 
 EPILOG = """examples:
   # CamVid model: calibrate on train frames, report FP32 vs INT8 on val, keep mIoU drop <= 0.5
-  segstream calibrate engines/models/camvid_default.onnx --data ../shared/camvid/train \\
+  segstream calibrate engines/models/camvid_fastscnn.onnx --data ../shared/camvid/train \\
       --samples 100 --method auto --eval-data ../shared/camvid --split val
 
   # calibrate on a drive video; no labels: report FP32/INT8 label agreement on another one

@@ -74,7 +74,7 @@ if grep -E "^SKIPPED .*tests/gpu" "$OUT_DIR/pytest.log" >/dev/null; then
 fi
 
 if [[ $BENCH -eq 1 && -f stream/commands/bench.py ]]; then
-    MODEL=${SEGSTREAM_GPU_MODEL:-engines/models/camvid_default.onnx}
+    MODEL=${SEGSTREAM_GPU_MODEL:-engines/models/camvid_fastscnn.onnx}
     if [[ ! -f "$MODEL" ]]; then
         MODEL="$OUT_DIR/tiny/tiny.onnx"
         "$PY" -c "from tests.tinymodel import make_tiny_model; make_tiny_model('$OUT_DIR/tiny', input_size=(360, 480), num_classes=11)"

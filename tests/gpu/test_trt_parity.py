@@ -50,7 +50,7 @@ def frames(n: int = 8) -> list[np.ndarray]:
 def models(tmp: Path) -> list[Path]:
     paths = [make_tiny_model(tmp / "tiny", input_size=(360, 480), num_classes=11)]
     env = os.environ.get("SEGSTREAM_GPU_MODEL")
-    shipped = Path(__file__).resolve().parents[2] / "engines" / "models" / "camvid_default.onnx"
+    shipped = Path(__file__).resolve().parents[2] / "engines" / "models" / "camvid_fastscnn.onnx"
     for extra in (Path(env) if env else None, shipped):
         if extra is not None and extra.is_file():
             paths.append(extra)
