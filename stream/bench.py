@@ -50,7 +50,7 @@ class BenchOptions:
     source_fps: int = 0  # 0: 1.5x the bare engine rate (30..240), so the engine is the limit
     encoding: str = "zstd"
     threads: int | None = None
-    compare_frames: int = 150
+    compare_frames: int = 600
 
 
 @dataclass(frozen=True)
