@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.arch._blocks import init_weights
 from engines.registry import register
 
 
@@ -158,17 +159,7 @@ class FastSCNN(nn.Module):
                 nn.Sequential(_conv_bn_relu(c64, 32, 3), nn.Conv2d(32, num_classes, 1)),
                 nn.Sequential(_conv_bn_relu(c128, 32, 3), nn.Conv2d(32, num_classes, 1)),
             ])
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         size = x.shape[-2:]

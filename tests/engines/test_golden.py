@@ -1,0 +1,62 @@
+"""Golden label maps of every shipped model (regenerate: scripts/make_golden.py).
+
+The stream's full CPU path (pre-processing -> ONNX Runtime -> bilinear upsample + argmax)
+is re-run on the script's fixed synthetic frames and compared with the committed PNGs.
+Tolerances follow precision: ONNX Runtime may pick other SIMD kernels on another CPU,
+which moves logits by ~1e-5 and can flip a near-tie argmax on a boundary pixel; FP32
+keeps >= 99.9 % identical labels, INT8 (integer rounding of activations) >= 99.5 %.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.zoo import shipped_models
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("make_golden", ROOT / "scripts" / "make_golden.py")
+make_golden = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_golden)
+
+MODELS = shipped_models()
+MIN_IDENTICAL = {"fp32": 0.999, "int8": 0.995}
+
+
+def _precision(model: Path) -> str:
+    return "int8" if ".int8" in model.name else "fp32"
+
+
+@pytest.mark.skipif(not MODELS, reason="no shipped model in engines/models")
+@pytest.mark.parametrize("model", MODELS, ids=[m.stem for m in MODELS])
+def test_golden_label_maps(model: Path) -> None:
+    maps = make_golden.label_maps(model)
+    for name, labels in maps.items():
+        path = make_golden.golden_path(model, name)
+        assert path.is_file(), f"{path} missing: run scripts/make_golden.py and commit it"
+        golden = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert golden.shape == labels.shape
+        assert labels.dtype == np.uint8
+        identical = float((golden == labels).mean())
+        need = MIN_IDENTICAL[_precision(model)]
+        assert identical >= need, f"{model.name} on {name}: {identical:.4%} identical < {need:.1%}"
+
+
+@pytest.mark.skipif(not MODELS, reason="no shipped model in engines/models")
+def test_every_golden_belongs_to_a_shipped_model() -> None:
+    stems = {m.stem for m in MODELS}
+    for png in (ROOT / "tests" / "golden").glob("*.png"):
+        assert png.name.split("__")[0] in stems, f"stale golden {png.name}: delete it"
+
+
+def test_golden_frames_are_deterministic() -> None:
+    a, b = make_golden.synthetic_frames(), make_golden.synthetic_frames()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k])
+    assert not np.array_equal(make_golden.synthetic_frames(1)["street360x480"],
+                              a["street360x480"])
