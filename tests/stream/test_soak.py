@@ -7,10 +7,15 @@ Not part of the normal suite (marker ``soak``). Run it with
 It prints the figures (published, received, lost, RSS over time) and checks that memory
 stays flat after the warm-up, the fast subscriber loses no sequence number, and the
 slow subscriber does not slow the pipeline down.
+
+The subscribers run in their own processes, as in service: a subscriber that dies (for
+example on a libzmq abort) is reported with its exit code instead of taking the pipeline
+down with it, and the pipeline process's RSS is not mixed with theirs.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import threading
 import time
@@ -35,16 +40,18 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _subscriber(endpoint: str, stop: threading.Event, delay: float, out: dict) -> None:
+def _subscriber(endpoint: str, stop: mp.Event, delay: float, out: mp.Queue) -> None:
+    """Subscriber process: receive until ``stop``, then put its figures on ``out``."""
     seqs = []
     with Subscriber(endpoint, timeout=0.2) as sub:
+        out.put({"ready": delay})
         while not stop.is_set():
             msg = sub.receive(0.2)
             if isinstance(msg, LabelMessage):
                 seqs.append(msg.seq)
                 if delay:
                     time.sleep(delay)
-        out.update(received=len(seqs), lost=sub.stats.lost, seqs=seqs)
+        out.put({"delay": delay, "received": len(seqs), "lost": sub.stats.lost, "seqs": seqs})
 
 
 def test_soak(tiny_model):
@@ -59,10 +66,11 @@ def test_soak(tiny_model):
         sources=(SourceConfig("test://smpte?width=480&height=360&fps=30", "soak"),),
         model=str(model), stats_interval=0, duration=seconds,
         publish=PublishConfig((endpoint,), encoding="zstd"))
-    stop = threading.Event()
-    fast, slow, rss = {}, {}, []
-    subs = [threading.Thread(target=_subscriber, args=(endpoint, stop, d, o), daemon=True)
-            for d, o in ((0.0, fast), (0.5, slow))]
+    ctx = mp.get_context("spawn")
+    stop, results = ctx.Event(), ctx.Queue()
+    rss = []
+    subs = [ctx.Process(target=_subscriber, args=(endpoint, stop, d, results), daemon=True)
+            for d in (0.0, 0.5)]
     box = {}
 
     def run() -> None:
@@ -74,13 +82,21 @@ def test_soak(tiny_model):
     time.sleep(1.0)
     for s in subs:
         s.start()
+    for _ in subs:  # spawned interpreters take a few seconds to import
+        assert "ready" in results.get(timeout=120)
     t0 = time.monotonic()
     while pipe.is_alive():
         rss.append((time.monotonic() - t0, _rss_mib()))
         pipe.join(min(5.0, max(1.0, seconds / 50)))
     stop.set()
+    got = {}
+    for _ in subs:
+        r = results.get(timeout=60)
+        got[r["delay"]] = r
     for s in subs:
         s.join(10)
+    assert all(s.exitcode == 0 for s in subs), f"subscriber exit codes {[s.exitcode for s in subs]}"
+    fast, slow = got[0.0], got[0.5]
     result = box["result"]
     after_warmup = [m for t, m in rss if t > max(10.0, seconds * 0.1)] or [rss[-1][1]]
     growth = max(after_warmup) - min(after_warmup)
