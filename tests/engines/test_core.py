@@ -104,6 +104,18 @@ def test_postprocess_matches_reference(k, h, w, H, W):
     assert np.array_equal(got, upsample_argmax_ref(logits, H, W))
 
 
+def test_postprocess_ties_pick_lowest_class_and_many_classes():
+    plane = np.random.default_rng(5).standard_normal((6, 7)).astype(np.float32)
+    logits = np.stack([plane - 1, plane, plane, plane - 2, plane])  # 1, 2, 4 tie
+    assert np.all(Postprocessor(SPEC)(logits, (13, 17)) == 1)
+    assert np.all(Postprocessor(SPEC)(np.zeros((4, 6, 7), np.float32), (13, 17)) == 0)
+    # 256 classes: the largest id that fits a uint8 label map.
+    many = np.random.default_rng(6).standard_normal((256, 5, 6)).astype(np.float32)
+    many[255, 2, 3] = 50.0
+    got = Postprocessor(SPEC)(many, (20, 24))
+    assert np.array_equal(got, upsample_argmax_ref(many, 20, 24)) and got.max() == 255
+
+
 def test_postprocess_labels_are_resized_nearest():
     labels = np.arange(4, dtype=np.uint8).reshape(2, 2)
     out = Postprocessor(SPEC)(labels, (4, 4))
