@@ -75,6 +75,9 @@ class CalibrateJob:
         out: INT8 model path; report: report path stem (``.json`` and ``.md`` are added).
         threads: ONNX Runtime threads for evaluation and timing.
         speed_runs: timed runs per model.
+        reference: the FP32 model the INT8 one is scored against (mIoU drop, agreement,
+            speed); None: ``model`` itself. Give the original model when ``model`` is a
+            quantization-aware fine-tune of it, so the drop is the deployed one.
     """
 
     model: Path
@@ -96,6 +99,7 @@ class CalibrateJob:
     threads: int | None = None
     speed_runs: int = 30
     progress: bool = True
+    reference: Path | None = None
 
     @property
     def out_path(self) -> Path:
@@ -125,9 +129,10 @@ def resolve_eval(labels: Path | None, eval_data: Path | None, split: str,
 def run_calibration(job: CalibrateJob) -> CalibrationReport:
     """Do the whole run; see the module docstring for what is written."""
     fm = load_float_model(job.model)
+    ref = _reference_model(fm, job.reference)
     out = job.out_path
-    if out.resolve() == fm.path.resolve():
-        raise CalibrationDataError(f"--out {out} would overwrite the FP32 model")
+    if out.resolve() in (fm.path.resolve(), ref.path.resolve()):
+        raise CalibrationDataError(f"--out {out} would overwrite an FP32 model")
     # Read every input before the slow work so that bad data fails in seconds.
     calib = read_frames(job.data, job.samples)
     labelled: list[LabelledFrame] = []
@@ -138,7 +143,7 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
     with tempfile.TemporaryDirectory(prefix="segstream-calib-") as tmp_name:
         tmp = Path(tmp_name)
         prepped = preprocess_graph(fm.path, tmp / "prepped.onnx")
-        ev = _Evaluator(fm, labelled, agree, job)
+        ev = _Evaluator(ref, labelled, agree, job)
         trials: dict[str, tuple[QuantConfig, Path, Path, Scores]] = {}
         for method in job.methods or (job.quant.method,):
             quant = replace(job.quant, method=method)
@@ -162,11 +167,12 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
         elif objective is not None:
             fallback = FallbackResult((), (), round(ev.objective_score(first), 3), True, ())
         int8_final = int8_first if final is first else ev.scores(final)
-        speed_fp32, speed_int8 = compare_speed([fm.path, final], fm.spec, calib[0].image,
+        speed_fp32, speed_int8 = compare_speed([ref.path, final], fm.spec, calib[0].image,
                                                threads=job.threads, runs=job.speed_runs,
                                                progress=job.progress)
         report = CalibrationReport(
             model=str(fm.path), int8_model=str(out), method=best,
+            reference_model=str(ref.path) if ref is not fm else None,
             method_trials={m: _trial_json(t[3]) for m, t in trials.items()},
             per_channel=job.quant.per_channel, profile=job.quant.profile,
             calibration_source=str(job.data),
@@ -183,6 +189,21 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
         )
         _write_outputs(fm, final, out, report, job.report_stem)
     return report
+
+
+def _reference_model(fm: FloatModel, reference: Path | None) -> FloatModel:
+    """The FP32 baseline: ``fm`` itself, or another model with the same interface."""
+    if reference is None or reference.resolve() == fm.path.resolve():
+        return fm
+    ref = load_float_model(reference)
+    same = ("num_classes", "input_size", "mean", "std")
+    diff = [k for k in same if getattr(ref.spec, k) != getattr(fm.spec, k)]
+    if diff or ref.input_name != fm.input_name:
+        raise CalibrationDataError(
+            f"--reference {reference} does not match {fm.path} "
+            f"({', '.join(diff) or 'input name'} differ); the reference must be the FP32 "
+            "model this one was fine-tuned from")
+    return ref
 
 
 # (mIoU scores on the labelled split, agreement there %, agreement on calibration frames %)

@@ -47,6 +47,7 @@ class CalibrationReport:
     tensorrt_issues: tuple[str, ...] = ()  # static rule check, see calibrate.checks
     method_trials: dict[str, dict[str, float | None]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    reference_model: str | None = None  # FP32 baseline when not ``model`` (QAT fine-tunes)
 
     @property
     def miou_drop(self) -> float | None:
@@ -95,6 +96,7 @@ class CalibrationReport:
             "calibration_source": self.calibration_source,
             "eval_source": self.eval_source,
             "fp32_val_miou": None if self.fp32 is None else round(self.fp32.miou / 100.0, 5),
+            "fp32_reference": self.reference_model,
             "miou_drop_points": self.miou_drop,
             "agreement_pct": self.agreement_eval if self.agreement_eval is not None
             else self.agreement_data,
@@ -114,6 +116,9 @@ class CalibrationReport:
             f"- profile: {self.profile} ({self.layout}); calibration method: {self.method}",
             f"- calibration: {self.calibration_frames} frames from `{self.calibration_source}`",
         ]
+        if self.reference_model:
+            lines.append(f"- FP32 column: the reference `{self.reference_model}` (the model "
+                         "this one was fine-tuned from)")
         if self.eval_source:
             lines.append(f"- evaluation: {self.eval_frames} labelled frames from "
                          f"`{self.eval_source}` (void ignored)")

@@ -42,6 +42,7 @@ from engines.data.readers import IGNORE, SplitData, open_split
 from engines.data.torch_dataset import EvalDataset, TrainDataset
 from engines.losses import CLASS_WEIGHTINGS, SegLoss, class_weights
 from engines.metrics import ConfusionMatrix, SegMetrics
+from engines.quant_sim import enable_fake_quant
 from engines.registry import build_model
 from engines.spec import ModelSpec
 
@@ -86,6 +87,8 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # for smoke tests; None = full epochs
     stop_after: int | None = None  # stop after this epoch (schedule still ends at epochs)
     name: str | None = None
+    init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning)
+    qat: bool = False  # simulate INT8 in every conv (engines.quant_sim) while training
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -230,6 +233,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     spec = build_spec(cfg, train_data, input_size)
 
     model = build_model(cfg.model, train_data.num_classes, **cfg.arch_options).to(info.device)
+    if cfg.init_from and not cfg.resume:
+        _load_init_weights(model, cfg, train_data.num_classes, info.device)
+    if cfg.qat:
+        enable_fake_quant(model)
     if info.distributed and info.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     w = class_weights(cfg.class_weight, train_data.labels, train_data.num_classes)
@@ -368,6 +375,23 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     return best_path if best_path.is_file() else last_path
 
 
+def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
+                       device: torch.device) -> None:
+    """Start from the weights of another run's checkpoint (same architecture and classes)."""
+    path = Path(cfg.init_from)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from: no checkpoint {path}")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    if ckpt.get("arch") != cfg.model or ckpt.get("num_classes") != num_classes:
+        raise ValueError(f"--init-from: {path} is a {ckpt.get('arch')!r} model with "
+                         f"{ckpt.get('num_classes')} classes; this run trains {cfg.model!r} "
+                         f"with {num_classes}")
+    if dict(ckpt.get("arch_options", {})) != dict(cfg.arch_options):
+        raise ValueError(f"--init-from: {path} was built with --arch-options "
+                         f"{json.dumps(ckpt.get('arch_options', {}))}; pass the same")
+    model.load_state_dict(ckpt["model"])
+
+
 def load_checkpoint_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module,
                                                                           ModelSpec]:
     """Rebuild the network of a training checkpoint in eval mode, with its spec."""
@@ -435,6 +459,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
                    help="stop after this epoch, keeping the --epochs schedule (continue "
                         "later with --resume)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (fine-tuning; same --model, "
+                        "classes and --arch-options)")
+    p.add_argument("--qat", action="store_true",
+                   help="quantization-aware fine-tuning: simulate INT8 (symmetric, "
+                        "per-channel weights) in every conv; use with --init-from, then "
+                        "export and `segstream calibrate --reference FP32.onnx`")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -449,7 +480,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         val_every=args.val_every, input_size=args.input_size, seed=args.seed,
         threads=args.threads, workers=args.workers, amp=args.amp, resume=args.resume,
         max_steps_per_epoch=args.max_steps_per_epoch, stop_after=args.stop_after,
-        name=args.name,
+        name=args.name, init_from=args.init_from, qat=args.qat,
     )
 
 

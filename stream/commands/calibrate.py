@@ -21,6 +21,11 @@ EPILOG = """examples:
   segstream calibrate model.onnx --data ../shared/camvid/train --profile ort-cpu \
       --eval-data ../shared/camvid
 
+  # after quantization-aware fine-tuning (segstream train --qat, then segstream export):
+  # quantize the fine-tune, score it against the original FP32 model
+  segstream calibrate runs/qat/model.onnx --reference engines/models/camvid_fastscnn.onnx \
+      --data ../shared/camvid/train --method auto --eval-data ../shared/camvid
+
   # frames with their own label maps, per-tensor weights, custom output
   segstream calibrate model.onnx --data frames/ --labels frames_annot/ --no-per-channel \\
       --out build/model.int8.onnx
@@ -76,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "(default: the --data frames)")
     ev.add_argument("--agreement-samples", type=int, default=50,
                     help="frames used for agreement, evenly spaced (50)")
+    ev.add_argument("--reference", type=Path, metavar="FP32.onnx",
+                    help="FP32 model to score the INT8 one against (default: MODEL); give the "
+                         "original when MODEL is a `segstream train --qat` fine-tune of it")
     ev.add_argument("--threads", type=int, help="ONNX Runtime threads (default: cores, max 4)")
     ev.add_argument("--speed-runs", type=int, default=30, help="timed runs per model (30)")
     fb = p.add_argument_group("sensitivity fallback")
@@ -128,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             sensitivity_samples=args.sensitivity_samples,
             out=args.out, report=args.report, threads=args.threads,
             speed_runs=args.speed_runs, progress=not args.no_progress,
+            reference=args.reference,
         )
         report = run_calibration(job)
     except (CalibrationDataError, QuantizeError) as e:

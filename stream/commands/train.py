@@ -13,11 +13,15 @@ EPILOG = """examples:
   segstream train --model fastscnn --data ../shared/camvid --out runs/shipped --resume
   # multi-GPU with DDP
   torchrun --nproc_per_node 4 -m engines.train --model fastscnn --data DATA --out runs/x
+  # quantization-aware fine-tuning of a trained model, before INT8 calibration
+  segstream train --model fastscnn --data ../shared/camvid --out runs/qat --qat \
+      --init-from runs/shipped/last.pt --arch-options '{"aux": true}' --epochs 8 \
+      --lr 2e-4 --warmup-epochs 0 --class-weight sqrt-mfb --threads 2
   # your own data: images/ + masks/ + classes.txt
   segstream train --model fastscnn --data my_dataset --val-split '' --out runs/mine
 
 Checkpoints: <out>/last.pt every epoch, <out>/best.pt by validation mIoU; one JSON line
-per epoch in <out>/log.jsonl. Export with engines.export.export_onnx.
+per epoch in <out>/log.jsonl. Export with `segstream export <out>/last.pt`.
 """
 
 

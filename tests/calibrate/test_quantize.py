@@ -230,3 +230,31 @@ def test_method_auto_keeps_the_better_calibration(seg_model: Path, frames_dir: P
     assert report["method"] == max(trials, key=lambda m: trials[m]["miou"])
     assert report["int8"]["miou"] == trials[report["method"]]["miou"]
     assert report["fallback"] is None
+
+
+def test_reference_model_is_the_fp32_baseline(frames_dir: Path, tmp_path: Path) -> None:
+    """A QAT fine-tune is scored against the model it came from, not against itself."""
+    from dataclasses import replace
+
+    from calibrate.data import CalibrationDataError
+
+    ref = make_offset_model(tmp_path / "ref", name="ref")
+    tuned = make_offset_model(tmp_path / "tuned", name="tuned", seed=4)  # other weights
+    labels = write_fp32_labels(ref, frames_dir, tmp_path / "labels")
+    job = CalibrateJob(model=tuned, reference=ref, data=frames_dir, samples=8,
+                       eval_images=frames_dir, eval_labels=labels, max_drop=None,
+                       speed_runs=2, progress=False)
+    report = run_calibration(job)
+    assert report.fp32.miou == 100.0  # the reference's own predictions are the labels
+    assert report.reference_model == str(ref)
+    plain = run_calibration(replace(job, model=ref, reference=None,
+                                    out=tmp_path / "plain.int8.onnx"))
+    assert plain.reference_model is None
+    assert report.agreement_eval < plain.agreement_eval - 5  # tuned differs from ref
+    assert report.miou_drop > plain.miou_drop
+    assert "FP32 column: the reference" in report.to_markdown()
+    meta = ModelSpec.load(job.out_path.with_suffix(".json")).metrics["quantization"]
+    assert meta["fp32_reference"] == str(ref)
+    other = make_offset_model(tmp_path / "k5", num_classes=5, name="k5")
+    with pytest.raises(CalibrationDataError, match=r"--reference .*\(num_classes differ\)"):
+        run_calibration(replace(job, reference=other))

@@ -222,3 +222,30 @@ def test_fastscnn_shapes_and_export_friendliness() -> None:
     aux = build_model("fastscnn", 5, aux=True).train()
     outs = aux(torch.zeros(2, 3, 64, 96))
     assert [tuple(o.shape) for o in outs] == [(2, 5, 8, 12), (2, 5, 8, 12), (2, 5, 2, 3)]
+
+
+def test_qat_fine_tune_starts_from_the_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    train(tiny_config(tiny_data, base, epochs=4), progress=False)
+    qat = tmp_path / "qat"
+    train(tiny_config(tiny_data, qat, epochs=1, lr=1e-3, init_from=str(base / "last.pt"),
+                      qat=True), progress=False)
+    scratch = tmp_path / "scratch"
+    train(tiny_config(tiny_data, scratch, epochs=1, qat=True), progress=False)
+    # Fine-tuning starts where the base run ended, far below a run from scratch.
+    assert _log(qat)[0]["loss"] < 0.8 * _log(scratch)[0]["loss"]
+    ckpt = torch.load(qat / "last.pt", weights_only=False)
+    assert ckpt["config"]["qat"] is True and ckpt["config"]["init_from"].endswith("last.pt")
+    model, _ = load_checkpoint_model(qat / "last.pt")  # a plain float checkpoint
+    assert not any(hasattr(m, "_segstream_act_range") for m in model.modules())
+
+
+def test_init_from_must_match_the_architecture(tiny_data: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    train(tiny_config(tiny_data, base, epochs=1), progress=False)
+    with pytest.raises(ValueError, match="--arch-options"):
+        train(tiny_config(tiny_data, tmp_path / "x", epochs=1, init_from=str(base / "last.pt"),
+                          arch_options={"width": 0.5, "aux": True}), progress=False)
+    with pytest.raises(FileNotFoundError, match="--init-from"):
+        train(tiny_config(tiny_data, tmp_path / "y", init_from=str(tmp_path / "no.pt")),
+              progress=False)
