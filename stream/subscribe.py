@@ -132,8 +132,10 @@ class Subscriber:
         curve: CURVE client keys, required when the publisher uses CURVE.
         rcvhwm: receive queue length in messages (default 2 if latest_only else 100).
         max_pixels: largest label map accepted.
-        heartbeat_ms: ZMTP heartbeat interval; a silent publisher is dropped after 3x
-            this and ZeroMQ reconnects.
+        heartbeat_ms: TCP keepalive interval (rounded to whole seconds, at least 1): a
+            publisher host that vanished is dropped after about 4x this and ZeroMQ
+            reconnects (a publisher that exits closes the connection and is noticed at
+            once). 0: keepalive off.
         context: share a ZeroMQ context (``inproc://`` needs the publisher's).
     """
 
@@ -162,8 +164,17 @@ class Subscriber:
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.RCVHWM, (2 if latest_only else 100) if rcvhwm is None else rcvhwm)
             if heartbeat_ms > 0:
-                s.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-                s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * heartbeat_ms)
+                # Dead-publisher detection by TCP keepalive, not ZMTP heartbeats: a slow
+                # reader fills its receive queue, libzmq stops reading the connection, its
+                # own heartbeat timeout then fires on a live publisher, and the reconnect
+                # that follows aborts libzmq (4.3.x, "Assertion failed: _input_stopped",
+                # zeromq/libzmq#3937; tests/stream/test_pubsub.py reproduces it). The
+                # kernel keeps answering keepalives however slowly the application reads.
+                idle = max(1, round(heartbeat_ms / 1000))
+                s.setsockopt(zmq.TCP_KEEPALIVE, 1)
+                s.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle)
+                s.setsockopt(zmq.TCP_KEEPALIVE_INTVL, idle)
+                s.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
             if curve is not None:
                 configure_client(s, curve)
             s.setsockopt(zmq.SUBSCRIBE, TOPIC_CLASS_TABLE.encode())

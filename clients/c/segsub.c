@@ -33,7 +33,7 @@
 #define MAX_CAMERAS 16
 #define MAX_FRAMES 3          /* frames kept per message; more are counted and dropped */
 #define POLL_SLICE_MS 500     /* longest wait before re-checking signals and timeouts */
-#define HEARTBEAT_IVL_MS 2000 /* as the publisher: a silent peer is dropped after 6 s */
+#define KEEPALIVE_S 2 /* TCP keepalive: a vanished publisher host is dropped after ~8 s */
 #define LOG_EVERY_REJECT 1000 /* log each of the first 1000 rejects, then 1 in 1000 */
 
 enum exit_status { EXIT_OK = 0, EXIT_SETUP = 1, EXIT_USAGE = 2, EXIT_TIMEOUT = 3,
@@ -159,14 +159,19 @@ static int subscribe(void *sock, const char *prefix, const char *camera)
     return zmq_setsockopt(sock, ZMQ_SUBSCRIBE, topic, (size_t)n);
 }
 
-/* A SUB socket with heartbeats, subscribed per the options and connected. */
+/* A SUB socket with TCP keepalive, subscribed per the options and connected.
+ * Keepalive rather than ZMTP heartbeats on the SUB side: a reader that falls behind
+ * fills its queue, libzmq stops reading, its heartbeat timeout fires on a live publisher
+ * and the reconnect aborts libzmq 4.3.x ("_input_stopped", see docs/wire-format.md). */
 static void *open_socket(void *ctx, const struct options *opt)
 {
-    int linger = 0, ivl = HEARTBEAT_IVL_MS, hb_timeout = 3 * HEARTBEAT_IVL_MS;
+    int linger = 0, on = 1, idle = KEEPALIVE_S, cnt = 3;
     void *sock = zmq_socket(ctx, ZMQ_SUB);
     if (sock == NULL || zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger)
-        || zmq_setsockopt(sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl)
-        || zmq_setsockopt(sock, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout)
+        || zmq_setsockopt(sock, ZMQ_TCP_KEEPALIVE, &on, sizeof on)
+        || zmq_setsockopt(sock, ZMQ_TCP_KEEPALIVE_IDLE, &idle, sizeof idle)
+        || zmq_setsockopt(sock, ZMQ_TCP_KEEPALIVE_INTVL, &idle, sizeof idle)
+        || zmq_setsockopt(sock, ZMQ_TCP_KEEPALIVE_CNT, &cnt, sizeof cnt)
         || subscribe(sock, "cls/", "")) {
         fprintf(stderr, "segsub: cannot create a ZeroMQ SUB socket: %s\n", zmq_strerror(errno));
         goto fail;

@@ -353,3 +353,38 @@ def test_subscriber_survives_a_publisher_restart(transport):
             msg = sub.receive()
             assert msg.seq == 0 and msg.publisher == again.publisher_id and msg.lost == 0
         assert sub.stats.restarts == 1 and sub.stats.lost == 0
+
+
+def _slow_reader(endpoint: str, seconds: float, out) -> None:
+    """Subscriber process that sleeps 0.2 s per message (a small queue, fast keepalive)."""
+    n = 0
+    with Subscriber(endpoint, timeout=0.2, heartbeat_ms=50, rcvhwm=4) as sub:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            if isinstance(sub.receive(0.2), LabelMessage):
+                n += 1
+                time.sleep(0.2)
+    out.put(n)
+
+
+def test_slow_reader_with_a_full_queue_survives():
+    """A reader slower than the stream stops libzmq's input for long stretches. With ZMTP
+    heartbeats on the SUB socket that timed the live publisher out, and the reconnect
+    aborted the reader's process within ~1 s (libzmq 4.3.5, ``_input_stopped``
+    assertion). The reader lives in its own process so that an abort fails this test."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    endpoint, got = ipc_endpoint(), ctx.Queue()
+    reader = ctx.Process(target=_slow_reader, args=(endpoint, 4.0, got), daemon=True)
+    labels = np.random.default_rng(0).integers(0, 11, (360, 480), dtype=np.uint8)
+    with Publisher(endpoint, class_table=TABLE) as pub:
+        reader.start()
+        seq = 0
+        while reader.is_alive() and seq < 3000:
+            publish(pub, "cam", seq, labels)
+            seq += 1
+            time.sleep(0.01)
+        reader.join(30)
+    assert reader.exitcode == 0, f"slow reader died with exit code {reader.exitcode}"
+    assert got.get(timeout=5) >= 5
