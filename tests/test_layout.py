@@ -5,10 +5,10 @@ kept a folder of launch files, never a Python package (ROS 2 owns ``import launc
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("stream", "engines", "calibrate")
