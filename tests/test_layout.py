@@ -8,7 +8,8 @@ import ast
 from pathlib import Path
 
 import pytest
-import tomllib
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (JetPack 6 has 3.10)
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("stream", "engines", "calibrate")
