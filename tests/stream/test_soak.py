@@ -30,6 +30,7 @@ from stream.subscribe import LabelMessage, Subscriber
 from tests.stream._media import require_gst
 
 pytestmark = pytest.mark.soak
+SECONDS = float(os.environ.get("SEGSTREAM_SOAK_SECONDS", "600"))
 
 
 def _rss_mib() -> float:
@@ -54,9 +55,10 @@ def _subscriber(endpoint: str, stop: mp.Event, delay: float, out: mp.Queue) -> N
         out.put({"delay": delay, "received": len(seqs), "lost": sub.stats.lost, "seqs": seqs})
 
 
+@pytest.mark.timeout(SECONDS + 300)  # the suite's 300 s limit would end a 600 s soak
 def test_soak(tiny_model):
     require_gst()
-    seconds = float(os.environ.get("SEGSTREAM_SOAK_SECONDS", "600"))
+    seconds = SECONDS
     try:
         model = default_model_path()
     except NoModelError:
