@@ -9,8 +9,14 @@
 
 Malformed or wrong-version messages are logged, counted in ``rejected`` and skipped.
 Per camera, gaps in ``seq`` that the source did not report as its own drops (the header's
-``dropped`` counter) are counted as ``lost``: messages ZeroMQ dropped because this
-subscriber fell behind its ``sndhwm`` queue, or that the network lost on reconnect.
+``dropped`` counter) are counted as ``lost``: maps this subscriber's own queue dropped
+because the application read slower than they came (also counted in ``overflow``),
+maps the publisher dropped for it, or that the network lost on reconnect.
+
+A reader thread (:mod:`stream.sub_pump`) keeps the socket drained whatever the
+application's pace, so libzmq never stops reading the connection (which, with a slow
+reader and a connection that then ends, aborts libzmq 4.3.x); the backlog is bounded by
+``rcvhwm``.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from stream.security import CurveClientConfig, configure_client
+from stream.sub_pump import SocketPump
 from stream.wire import (
     DEFAULT_MAX_PIXELS,
     TOPIC_CLASS_TABLE,
@@ -42,10 +48,9 @@ from stream.wire import (
 )
 
 log = logging.getLogger("segstream.subscribe")
-_MAX_DRAIN = 1000  # latest_only: most messages read in one drain
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-_DRAIN_GRACE_MS = 1  # latest_only: wait this long for more while draining a backlog
+_SOCKET_HWM = 1000  # libzmq's own queue: the reader thread keeps it near empty
 
 
 class SubscribeError(RuntimeError):
@@ -112,6 +117,7 @@ class SubscriberStats:
     rejected: int = 0
     skipped: int = 0  # received but superseded (latest_only)
     lost: int = 0
+    overflow: int = 0  # dropped from this subscriber's queue: the application fell behind
     restarts: int = 0  # publisher restarted or seq went backwards
     handshake_failures: int = 0  # security handshakes the publisher refused / failed
     lost_by_camera: dict[str, int] = field(default_factory=dict)
@@ -130,7 +136,8 @@ class Subscriber:
         timeout: seconds ``receive()`` waits by default, and iteration waits before
             raising :class:`SubscribeTimeoutError`; None waits forever.
         curve: CURVE client keys, required when the publisher uses CURVE.
-        rcvhwm: receive queue length in messages (default 2 if latest_only else 100).
+        rcvhwm: most label maps waiting to be read (default 2 if latest_only else 100);
+            beyond it the oldest is dropped and counted in ``overflow``.
         max_pixels: largest label map accepted.
         heartbeat_ms: TCP keepalive interval (rounded to whole seconds, at least 1): a
             publisher host that vanished is dropped after about 4x this and ZeroMQ
@@ -162,14 +169,12 @@ class Subscriber:
         try:
             s = self._sock
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.RCVHWM, (2 if latest_only else 100) if rcvhwm is None else rcvhwm)
+            s.setsockopt(zmq.RCVHWM, _SOCKET_HWM)
             if heartbeat_ms > 0:
-                # Dead-publisher detection by TCP keepalive, not ZMTP heartbeats: a slow
-                # reader fills its receive queue, libzmq stops reading the connection, its
-                # own heartbeat timeout then fires on a live publisher, and the reconnect
-                # that follows aborts libzmq (4.3.x, "Assertion failed: _input_stopped",
-                # zeromq/libzmq#3937; tests/stream/test_pubsub.py reproduces it). The
-                # kernel keeps answering keepalives however slowly the application reads.
+                # Dead-publisher detection by TCP keepalive, not ZMTP heartbeat timeouts:
+                # the kernel answers keepalives however busy this process is, while a
+                # heartbeat timeout fires on a live publisher whenever reading stalls, and
+                # that reconnect can abort libzmq 4.3.x (see stream.sub_pump).
                 idle = max(1, round(heartbeat_ms / 1000))
                 s.setsockopt(zmq.TCP_KEEPALIVE, 1)
                 s.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle)
@@ -187,6 +192,10 @@ class Subscriber:
             except zmq.ZMQError as e:
                 raise SubscribeError(f"cannot connect to {endpoint!r}: {e.strerror}; expected "
                                      "e.g. tcp://host:5555 or ipc:///path") from None
+            self._pump = SocketPump(
+                s, self._monitor, label_topic=TOPIC_LABELS.encode(),
+                max_labels=(2 if latest_only else 100) if rcvhwm is None else rcvhwm,
+                on_monitor_event=self._on_monitor_event)
         except BaseException:
             self._close_sockets()
             raise
@@ -201,13 +210,16 @@ class Subscriber:
         forever = timeout is None or math.isinf(timeout)
         deadline = None if forever else time.monotonic() + timeout
         while not self._pending:
-            wait = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
-            if self._sock.poll(int(min(wait, 0.5) * 1000), zmq.POLLIN):
-                self._read()
-            else:
-                self._check_handshakes()
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            batch, overflowed = self._pump.take(wait, everything=self.latest_only)
+            self.stats.overflow = self._pump.overflow
+            if batch:
+                self._process(batch, overflowed)
+            elif self._pump.error is not None:
+                raise SubscribeError(f"{self.endpoint}: the reader thread stopped: "
+                                     f"{self._pump.error}")
+            elif deadline is not None and time.monotonic() >= deadline:
+                return None
         return self._pending.popleft()
 
     def __iter__(self) -> Iterator[LabelMessage | SourceEvent]:
@@ -221,20 +233,10 @@ class Subscriber:
                     f"running and reachable (and, with CURVE, are the keys right)?{why}")
             yield msg
 
-    def _read(self) -> None:
-        """Receive one message (or, latest_only, everything waiting) into ``_pending``."""
-        batch: list[list[zmq.Frame]] = []
-        while len(batch) < _MAX_DRAIN:
-            try:
-                batch.append(self._sock.recv_multipart(zmq.NOBLOCK, copy=False))
-            except zmq.Again:
-                # A backlog is being drained: ZeroMQ's I/O thread refills the queue from
-                # the kernel buffers within microseconds, so wait briefly for more.
-                if len(batch) > 1 and self._sock.poll(_DRAIN_GRACE_MS, zmq.POLLIN):
-                    continue
-                break
-            if not self.latest_only:
-                break
+    def _process(self, batch: list[list[zmq.Frame]], overflowed: dict[bytes, int]) -> None:
+        """Decode received messages into ``_pending`` (latest_only: the newest map per
+        camera of the batch, the others counted as skipped). ``overflowed``: per topic,
+        maps this subscriber's queue dropped before these (not counted as lost)."""
         newest: dict[str, tuple[LabelsHeader, memoryview, int]] = {}
         for frames in batch:
             parts = [f.buffer for f in frames]
@@ -250,7 +252,8 @@ class Subscriber:
                     self.stats.events += 1
                     self._pending.append(header)
             elif self.cameras is None or header.camera in self.cameras:
-                lost = self._track(header)
+                known = overflowed.pop((TOPIC_LABELS + header.camera).encode(), 0)
+                lost = self._track(header, known)
                 if header.camera in newest:
                     self.stats.skipped += 1
                     lost += newest[header.camera][2]
@@ -272,8 +275,11 @@ class Subscriber:
                 class_table=self.class_tables.get(header.class_table), t_receive_ns=t_wall,
                 t_receive_mono_ns=t_mono, payload_bytes=payload.nbytes, lost=lost))
 
-    def _track(self, h: LabelsHeader) -> int:
-        """Update the camera's sequence state; returns messages lost before ``h``."""
+    def _track(self, h: LabelsHeader, known: int = 0) -> int:
+        """Update the camera's sequence state; returns messages lost before ``h``.
+
+        ``known``: maps of this camera this subscriber dropped itself since the last one.
+        """
         prev = self._tracks.get(h.camera)
         self._tracks[h.camera] = _Track(h.publisher, h.seq, h.dropped)
         if prev is None:
@@ -282,32 +288,26 @@ class Subscriber:
             self.stats.restarts += 1
             log.info("%s: stream restarted (seq %d -> %d)", h.camera, prev.seq, h.seq)
             return 0
-        lost = max(0, (h.seq - prev.seq - 1) - max(0, h.dropped - prev.dropped))
+        lost = max(0, (h.seq - prev.seq - 1) - max(0, h.dropped - prev.dropped) - known)
         if lost:
             self.stats.lost += lost
             by_cam = self.stats.lost_by_camera
             by_cam[h.camera] = by_cam.get(h.camera, 0) + lost
         return lost
 
-    def _check_handshakes(self) -> None:
-        """Count failed security handshakes and explain the first of each kind."""
-        while True:
-            try:
-                ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            kind = ev["event"]
-            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                text = (f"the publisher refused this client's CURVE key (ZAP status "
-                        f"{ev['value']}): add its public .key file to the publisher's "
-                        "allowed_clients/ folder")
-            else:
-                text = ("the security handshake failed: use CURVE keys exactly when the "
-                        "publisher does, with --curve-server-key set to its server.key")
-            self.stats.handshake_failures += 1
-            if text != self._handshake_error:
-                log.warning("%s: %s", self.endpoint, text)
-            self._handshake_error = text
+    def _on_monitor_event(self, ev: dict) -> None:
+        """(Reader thread) count a failed security handshake; explain each new kind."""
+        if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            text = (f"the publisher refused this client's CURVE key (ZAP status "
+                    f"{ev['value']}): add its public .key file to the publisher's "
+                    "allowed_clients/ folder")
+        else:
+            text = ("the security handshake failed: use CURVE keys exactly when the "
+                    "publisher does, with --curve-server-key set to its server.key")
+        self.stats.handshake_failures += 1
+        if text != self._handshake_error:
+            log.warning("%s: %s", self.endpoint, text)
+        self._handshake_error = text
 
     def _reject(self, err: WireError) -> None:
         self.stats.rejected += 1
@@ -319,6 +319,9 @@ class Subscriber:
     # ------------------------------------------------------------------ lifetime
 
     def _close_sockets(self) -> None:
+        pump = getattr(self, "_pump", None)
+        if pump is not None:
+            pump.close()  # the sockets are the reader thread's until it has stopped
         monitor = getattr(self, "_monitor", None)
         if monitor is not None:
             self._sock.disable_monitor()

@@ -1,0 +1,152 @@
+"""The subscriber's reader thread: keeps a SUB socket drained into a bounded inbox.
+
+Why a thread: when an application reads slower than the stream, a plain SUB socket's
+receive queue fills and libzmq stops reading the connection. If the connection then ends
+while input is stopped (the publisher's heartbeat times the silent reader out, the
+publisher restarts, a client-side heartbeat fires), libzmq 4.3.x aborts the whole
+process (``Assertion failed: _input_stopped`` or ``!_io_error`` in
+``stream_engine_base.cpp``, cf. zeromq/libzmq#3937). Draining the socket continuously on
+a thread of its own means libzmq's input never stops; the backlog a slow reader builds
+lives here instead, bounded: beyond ``max_labels`` waiting label maps the oldest one is
+dropped (counted in ``overflow``). Class tables and source events are never dropped.
+
+Only this thread touches the SUB and monitor sockets until :meth:`SocketPump.close`
+returns; the caller closes them afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+log = logging.getLogger("segstream.subscribe")
+_POLL_MS = 50  # how often the thread looks at its stop flag
+_MAX_BATCH = 256  # messages moved per wake-up before the inbox lock is taken
+
+
+class SocketPump:
+    """Reads ``sock`` (and its ``monitor``) on a daemon thread into an ordered inbox.
+
+    Args:
+        sock: a connected SUB socket; label maps are the messages whose first frame
+            starts with ``label_topic``.
+        monitor: the socket's monitor PAIR socket, or None.
+        max_labels: most label maps kept waiting (>= 1).
+        label_topic: topic prefix of droppable messages (``seg/``).
+        on_monitor_event: called on this thread with each decoded monitor event.
+    """
+
+    def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None, *, max_labels: int,
+                 label_topic: bytes,
+                 on_monitor_event: Callable[[dict], None] | None = None) -> None:
+        if max_labels < 1:
+            raise ValueError(f"max_labels must be >= 1, got {max_labels}")
+        self._sock, self._monitor = sock, monitor
+        self.max_labels = max_labels
+        self._label_topic = label_topic
+        self._on_monitor_event = on_monitor_event
+        self._inbox: deque[tuple[bool, list[zmq.Frame]]] = deque()  # (is_label, frames)
+        self._labels = 0  # label maps in the inbox
+        self._dropped: dict[bytes, int] = {}  # topic -> maps dropped since the last take
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self.overflow = 0  # label maps dropped because the reader fell behind
+        self.error: BaseException | None = None  # what ended the thread, if not close()
+        self._thread = threading.Thread(target=self._run, name="segstream-subscriber",
+                                        daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ reader thread
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(_POLL_MS))
+                if self._monitor is not None and self._monitor in ready:
+                    self._drain_monitor()
+                if self._sock in ready:
+                    self._drain_socket()
+        except zmq.ZMQError as e:
+            if not self._stop.is_set():
+                self.error = e
+                log.error("subscriber reader thread stopped: %s", e)
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _drain_socket(self) -> None:
+        batch = []
+        while len(batch) < _MAX_BATCH:
+            try:
+                batch.append(self._sock.recv_multipart(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                break
+        with self._cond:
+            for frames in batch:
+                self._push(frames)
+            self._cond.notify_all()
+
+    def _push(self, frames: list[zmq.Frame]) -> None:
+        is_label = bytes(frames[0].buffer[:len(self._label_topic)]) == self._label_topic
+        if is_label:
+            if self._labels >= self.max_labels:
+                for i, (label, old) in enumerate(self._inbox):
+                    if label:
+                        del self._inbox[i]
+                        topic = bytes(old[0].buffer)
+                        self._dropped[topic] = self._dropped.get(topic, 0) + 1
+                        break
+                self._labels -= 1
+                self.overflow += 1
+            self._labels += 1
+        self._inbox.append((is_label, frames))
+
+    def _drain_monitor(self) -> None:
+        while True:
+            try:
+                ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if self._on_monitor_event is not None:
+                self._on_monitor_event(ev)
+
+    # ------------------------------------------------------------------ caller side
+
+    def take(self, timeout: float | None,
+             everything: bool) -> tuple[list[list[zmq.Frame]], dict[bytes, int]]:
+        """The oldest waiting message (``everything``: all of them), in arrival order, and
+        per topic the label maps dropped since the last call (all older than any message
+        of that topic still waiting, so they precede the ones returned).
+
+        Waits up to ``timeout`` s (None: forever) for one; returns no message if none
+        came or the reader thread has ended.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._inbox:
+                left = None if deadline is None else deadline - time.monotonic()
+                if not self._thread.is_alive() or (left is not None and left <= 0):
+                    return [], {}
+                self._cond.wait(_POLL_MS / 1000 if left is None else min(left, 1.0))
+            items = list(self._inbox) if everything else [self._inbox.popleft()]
+            if everything:
+                self._inbox.clear()
+            self._labels -= sum(label for label, _ in items)
+            dropped, self._dropped = self._dropped, {}
+        return [frames for _, frames in items], dropped
+
+    def close(self) -> None:
+        """Stop the thread and wait for it; the sockets are the caller's to close."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5.0)
