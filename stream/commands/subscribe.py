@@ -144,7 +144,7 @@ class _Report:
             out.append(f"[{cam}] {times.fps():.1f} msg/s | {lat_text} | received "
                        f"{times.frames} | lost {sub.stats.lost_by_camera.get(cam, 0)}")
         out.append(f"[all] rejected {sub.stats.rejected} | skipped {sub.stats.skipped} | "
-                   f"publisher restarts {sub.stats.restarts}")
+                   f"overflow {sub.stats.overflow} | publisher restarts {sub.stats.restarts}")
         return out
 
     def emit(self, sub: Any) -> None:
