@@ -160,6 +160,7 @@ class Subscriber:
         self.stats = SubscriberStats()
         self.class_tables: dict[str, ClassTable] = {}
         self._tracks: dict[str, _Track] = {}
+        self._overflowed: dict[bytes, int] = {}  # topic -> maps dropped here, not yet seen
         self._pending: deque[LabelMessage | SourceEvent] = deque()
         self._decoder = PayloadDecoder()
         self._handshake_error = ""
@@ -236,7 +237,10 @@ class Subscriber:
     def _process(self, batch: list[list[zmq.Frame]], overflowed: dict[bytes, int]) -> None:
         """Decode received messages into ``_pending`` (latest_only: the newest map per
         camera of the batch, the others counted as skipped). ``overflowed``: per topic,
-        maps this subscriber's queue dropped before these (not counted as lost)."""
+        maps this subscriber's queue dropped before these (not counted as lost; kept until
+        a map of that camera comes, since a batch may hold only class tables or events)."""
+        for topic, n in overflowed.items():
+            self._overflowed[topic] = self._overflowed.get(topic, 0) + n
         newest: dict[str, tuple[LabelsHeader, memoryview, int]] = {}
         for frames in batch:
             parts = [f.buffer for f in frames]
@@ -252,7 +256,7 @@ class Subscriber:
                     self.stats.events += 1
                     self._pending.append(header)
             elif self.cameras is None or header.camera in self.cameras:
-                known = overflowed.pop((TOPIC_LABELS + header.camera).encode(), 0)
+                known = self._overflowed.pop((TOPIC_LABELS + header.camera).encode(), 0)
                 lost = self._track(header, known)
                 if header.camera in newest:
                     self.stats.skipped += 1

@@ -422,3 +422,33 @@ def test_reader_thread_bounds_the_backlog_and_keeps_events():
         sub.close(linger=0)
         pub.close(linger=0)
         ctx.term()
+
+
+def test_slow_reader_counts_its_own_drops_as_overflow_not_lost():
+    """Maps the subscriber's queue dropped are not transport losses, also when the read
+    that follows the drops returns a class table (re-sent here every 50 ms)."""
+    with Publisher(ipc_endpoint(), class_table=TABLE, class_table_interval=0.05) as pub, \
+            Subscriber(pub.bound_endpoints[0], rcvhwm=5, timeout=2) as sub:
+        wait_subscribed(pub)
+        stop = threading.Event()
+
+        def produce() -> None:
+            seq = 0
+            while not stop.is_set():
+                publish(pub, "front", seq, make_labels(seq))
+                seq += 1
+                time.sleep(0.002)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        try:
+            seqs = []
+            for _ in range(30):  # ~25x slower than the producer
+                seqs.append(sub.receive().seq)
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            t.join()
+    assert seqs == sorted(seqs) and seqs[-1] - seqs[0] > 3 * len(seqs)
+    assert sub.stats.overflow > 100
+    assert sub.stats.lost == pub.stats().dropped, (sub.stats, pub.stats())
