@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """examples:
-  # the shipped CamVid model (about 90 min on 2 CPU cores)
+  # the shipped CamVid model (val mIoU 67.3 %; about 80 min on 2 CPU cores)
   segstream train --model fastscnn --data ../shared/camvid --out runs/shipped \\
-      --epochs 70 --batch-size 8 --crop 360x480 --lr 4e-3 --threads 2 \\
-      --arch-options '{"aux": true}'
+      --epochs 110 --batch-size 8 --crop 360x480 --lr 4e-3 --class-weight sqrt-mfb \\
+      --arch-options '{"aux": true}' --val-every 10 --threads 2
   # continue an interrupted run (optionally with a different --epochs)
   segstream train --model fastscnn --data ../shared/camvid --out runs/shipped --resume
   # multi-GPU with DDP
