@@ -145,6 +145,10 @@ class SocketPump:
             dropped, self._dropped = self._dropped, {}
         return [frames for _, frames in items], dropped
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self) -> None:
         """Stop the thread and wait for it; the sockets are the caller's to close."""
         self._stop.set()

@@ -9,9 +9,10 @@
 
 Malformed or wrong-version messages are logged, counted in ``rejected`` and skipped.
 Per camera, gaps in ``seq`` that the source did not report as its own drops (the header's
-``dropped`` counter) are counted as ``lost``: maps this subscriber's own queue dropped
-because the application read slower than they came (also counted in ``overflow``),
-maps the publisher dropped for it, or that the network lost on reconnect.
+``dropped`` counter) are counted as ``lost``: maps the publisher dropped for this
+subscriber, or that the network lost on reconnect. Maps this subscriber's own queue
+dropped because the application read slower than they came are counted apart, in
+``overflow``.
 
 A reader thread (:mod:`stream.sub_pump`) keeps the socket drained whatever the
 application's pace, so libzmq never stops reading the connection (which, with a slow
@@ -219,6 +220,8 @@ class Subscriber:
             elif self._pump.error is not None:
                 raise SubscribeError(f"{self.endpoint}: the reader thread stopped: "
                                      f"{self._pump.error}")
+            elif not self._pump.running:
+                raise SubscribeError(f"{self.endpoint}: the subscriber is closed")
             elif deadline is not None and time.monotonic() >= deadline:
                 return None
         return self._pending.popleft()

@@ -13,7 +13,7 @@ import zmq
 
 from engines.spec import CAMVID_CLASSES
 from stream.publish import Publisher, PublishError
-from stream.subscribe import LabelMessage, Subscriber, SubscribeTimeoutError
+from stream.subscribe import LabelMessage, SubscribeError, Subscriber, SubscribeTimeoutError
 from stream.wire import (
     ENCODINGS,
     ClassTable,
@@ -452,3 +452,10 @@ def test_slow_reader_counts_its_own_drops_as_overflow_not_lost():
     assert seqs == sorted(seqs) and seqs[-1] - seqs[0] > 3 * len(seqs)
     assert sub.stats.overflow > 100
     assert sub.stats.lost == pub.stats().dropped, (sub.stats, pub.stats())
+
+
+def test_receive_after_close_is_an_error_not_a_hang():
+    sub = Subscriber(ipc_endpoint())
+    sub.close()
+    with pytest.raises(SubscribeError, match="closed"):
+        sub.receive(timeout=None)
