@@ -40,9 +40,13 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 def fake_quant_act(x: torch.Tensor, amax: float) -> torch.Tensor:
-    """(N, C, H, W) activation -> rounded to the int8 steps of the range [-amax, amax]."""
-    return torch.fake_quantize_per_tensor_affine(x, max(amax, 1e-12) / QMAX, 0,
-                                                 QMIN, QMAX)
+    """(N, C, H, W) activation -> rounded to the int8 steps of the range [-amax, amax].
+
+    Rounds in float32 and returns ``x``'s dtype (float16 activations under CUDA AMP).
+    """
+    q = torch.fake_quantize_per_tensor_affine(x.float(), max(amax, 1e-12) / QMAX, 0,
+                                              QMIN, QMAX)
+    return q.to(x.dtype)
 
 
 @dataclass

@@ -88,3 +88,11 @@ def test_ranges_follow_training_batches_and_freeze_in_eval() -> None:
 def test_model_without_convolutions_is_refused() -> None:
     with pytest.raises(ValueError, match="no Conv2d"):
         enable_fake_quant(nn.Sequential(nn.ReLU()))
+
+
+def test_half_precision_activations_keep_their_dtype() -> None:
+    x = torch.linspace(-1.0, 1.0, 33).half()
+    got = fake_quant_act(x, 1.0)
+    assert got.dtype == torch.float16
+    np.testing.assert_allclose(got.float().numpy(), _int8_ref(x.float().numpy(),
+                                                              np.float32(1 / 127)), atol=1e-3)
