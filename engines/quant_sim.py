@@ -39,25 +39,28 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, QMIN, QMAX)
 
 
-def fake_quant_act(x: torch.Tensor, amax: float) -> torch.Tensor:
+def fake_quant_act(x: torch.Tensor, amax: float | torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) activation -> rounded to the int8 steps of the range [-amax, amax].
 
+    ``amax`` may be a 0-d tensor on ``x``'s device (no host sync in the training loop).
     Rounds in float32 and returns ``x``'s dtype (float16 activations under CUDA AMP).
     """
-    q = torch.fake_quantize_per_tensor_affine(x.float(), max(amax, 1e-12) / QMAX, 0,
-                                              QMIN, QMAX)
+    a = torch.as_tensor(amax, dtype=torch.float32, device=x.device).clamp_min(1e-12)
+    zero = torch.zeros((), dtype=torch.int32, device=x.device)
+    q = torch.fake_quantize_per_tensor_affine(x.float(), a / QMAX, zero, QMIN, QMAX)
     return q.to(x.dtype)
 
 
 @dataclass
 class _ActRange:
-    """Moving-average ``max|x|`` of one convolution's input (float, not a buffer)."""
+    """Moving-average ``max|x|`` of one convolution's input: a 0-d float32 tensor on the
+    input's device, kept off the host so a GPU step needs no sync (not a buffer)."""
 
     momentum: float
-    amax: float | None = None
+    amax: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor) -> None:
-        m = float(x.detach().abs().amax())
+        m = x.detach().abs().amax().float()
         self.amax = m if self.amax is None else self.momentum * self.amax + \
             (1.0 - self.momentum) * m
 
