@@ -8,7 +8,7 @@ SOURCE ?= test://smpte?width=480&height=360&fps=30
 PUBLISH ?= tcp://*:5555
 ARGS ?=
 
-.PHONY: setup run test lint bench gpu-checks clean
+.PHONY: setup run test test-py310 kernels lint bench gpu-checks clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,14 @@ run: setup
 
 test: setup
 	@bash scripts/test.sh
+
+# Only the Python 3.10 runtime-only leg (no torch), which `make test` runs last.
+test-py310: setup
+	@bash scripts/test_py310.sh
+
+# Rebuild the precompiled CUDA kernels (engines/cuda/prebuilt) after editing engines/cuda.
+kernels:
+	$(BIN)/python scripts/build_kernels.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -24,6 +24,7 @@ provider can make the ``"tensorrt"`` profile slower than FP32; TensorRT fuses th
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
@@ -201,14 +202,37 @@ def preprocess_graph(src: Path, dst: Path) -> Path:
     return dst
 
 
+# ``quantize_static(calibration_cache_path=...)`` is new in ONNX Runtime 1.24; the newest
+# release for Python 3.10 (JetPack 6) is 1.23.2, which cannot store calibration ranges.
+CAN_CACHE_RANGES = "calibration_cache_path" in inspect.signature(quantize_static).parameters
+# Without it, the reader of the first call per cache path is kept and rewound for the later
+# calls: the same frames and method give the same ranges, only the time is spent again.
+_READERS: dict[Path, CalibrationDataReader] = {}
+
+
 def quantize_to(prepped: Path, out: Path, config: QuantConfig, *,
                 reader: CalibrationDataReader | None, cache: Path) -> Path:
     """Quantize the pre-processed FP32 graph ``prepped`` to a Q/DQ INT8 model at ``out``.
 
     Calibration ranges are stored in ``cache``; a later call with the same cache and method
     reuses them (the sensitivity search re-quantizes many times without re-calibrating).
+    On ONNX Runtime < 1.24 (:data:`CAN_CACHE_RANGES` False) a later call calibrates again
+    on the first call's frames instead, with the same result.
     The file is written atomically: ``out`` is either complete or untouched.
     """
+    cache_args: dict[str, object] = {}
+    if CAN_CACHE_RANGES:
+        cache_args["calibration_cache_path"] = str(cache)
+    elif reader is not None:
+        for old in [p for p in _READERS if not p.parent.is_dir()]:  # finished jobs' temp dirs
+            del _READERS[old]
+        _READERS[Path(cache)] = reader
+    else:
+        reader = _READERS.get(Path(cache))
+        if reader is None:
+            raise QuantizeError(f"no calibration ranges for {cache}: this ONNX Runtime cannot "
+                                "cache them, so the first quantize_to() per cache needs a reader")
+        reader.rewind()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=out.parent, prefix=f".{out.stem}.")
     os.close(fd)
@@ -227,7 +251,7 @@ def quantize_to(prepped: Path, out: Path, config: QuantConfig, *,
                 calibrate_method=METHODS[config.method],
                 nodes_to_exclude=list(config.nodes_to_exclude) or None,
                 extra_options=extra,
-                calibration_cache_path=str(cache),
+                **cache_args,  # type: ignore[arg-type]
             )
         os.replace(tmp, out)
     finally:

@@ -2,10 +2,12 @@
 
 Two executors share one set of array-level operations (:class:`KernelOps`):
 
-* :class:`CudaKernels` runs the kernels on the GPU through pycuda. The ``.cu`` sources
-  are compiled at run time (``SourceModule``, cached by pycuda) or loaded from an
-  ahead-of-time ``.cubin`` / ``.ptx`` (``nvcc -arch=sm_87 -cubin engines/cuda/all.cu``).
-  pycuda is imported lazily, so this module imports on machines without CUDA.
+* :class:`CudaKernels` runs the kernels on the GPU through pycuda. It loads the
+  precompiled images shipped in ``engines/cuda/prebuilt`` (cubins per architecture plus a
+  PTX for newer GPUs, built by ``scripts/build_kernels.py``, see :func:`load_prebuilt`), so
+  no nvcc is needed at run time; only when none fits or loads does it compile the sources
+  with nvcc (``SourceModule``). pycuda is imported lazily, so this module imports on
+  machines without CUDA.
 * :class:`HostKernels` runs the *same* kernel source compiled by g++ through
   ``engines/cuda/hostshim.h`` (one loop iteration per CUDA thread). It exists to verify
   the kernels' arithmetic on machines without a GPU; it is far too slow for production.
@@ -22,9 +24,13 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
+import logging
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +43,17 @@ from engines.kernel_refs import Normalization
 KERNEL_DIR = Path(__file__).resolve().parent / "cuda"
 KERNEL_FILES = ("segstream_cuda.cuh", "preprocess.cu", "postprocess.cu", "colorize.cu")
 BLOCK = (32, 8)  # threads per block (x, y): one warp per row segment, 256 threads
+
+# Precompiled images shipped as package data (scripts/build_kernels.py writes them).
+PREBUILT_DIR = KERNEL_DIR / "prebuilt"
+MANIFEST = "manifest.json"
+# Turing T4, Ampere A100 / RTX 30, Jetson Orin, Ada L4 / RTX 40, Hopper, Blackwell.
+PREBUILT_ARCHS: tuple[str, ...] = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90",
+                                   "sm_100", "sm_120")
+PREBUILT_PTX = "compute_75"  # JIT-compiled by the driver on GPUs without a cubin above
+NVCC_FLAGS = ("-O3",)
+
+log = logging.getLogger(__name__)
 
 # Kernel name -> argument types ("P" pointer, "i" int32, "f" float32), in order.
 SIGNATURES: dict[str, str] = {
@@ -223,6 +240,165 @@ def _check_palette(palette_rgb: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# Precompiled kernel images (no nvcc at run time)
+# ---------------------------------------------------------------------------------------
+
+
+def _arch_cc(arch: str) -> tuple[int, int]:
+    """``"sm_87"`` / ``"compute_75"`` -> (8, 7) / (7, 5); ``"sm_100"`` -> (10, 0)."""
+    m = re.fullmatch(r"(?:sm|compute)_(\d+)(\d)", arch)
+    if not m:
+        raise ValueError(f"not a CUDA architecture: {arch!r} (expected e.g. sm_87)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def nvcc_version(nvcc: str = "nvcc") -> str:
+    """``"13.0.88"`` from ``nvcc --version``.
+
+    Raises:
+        KernelError: nvcc not found or its output not understood.
+    """
+    exe = shutil.which(nvcc)
+    if exe is None:
+        raise KernelError(f"{nvcc} not found: install the CUDA toolkit (or put it on PATH)")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout
+    m = re.search(r"release [\d.]+, V([\d.]+)", out)
+    if not m:
+        raise KernelError(f"cannot read the version from `{exe} --version`: {out.strip()!r}")
+    return m.group(1)
+
+
+def build_prebuilt(out_dir: str | Path = PREBUILT_DIR, *, nvcc: str = "nvcc",
+                   archs: Sequence[str] = PREBUILT_ARCHS,
+                   ptx_arch: str | None = PREBUILT_PTX) -> Path:
+    """Compile :func:`cuda_source` into one cubin per arch plus a PTX, and a manifest.
+
+    The manifest (``manifest.json``) records the :func:`kernel_digest` of the sources, the
+    nvcc version and flags, and each image's file, kind, architecture and sha256; the
+    loader refuses images whose digest no longer matches the sources.
+
+    Returns:
+        The manifest path.
+    Raises:
+        KernelError: nvcc missing or a compilation failed (its output included).
+    """
+    exe = shutil.which(nvcc)
+    version = nvcc_version(nvcc)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = []
+    with tempfile.TemporaryDirectory(prefix="segstream-kernels-") as tmp:
+        src = Path(tmp) / "segstream_all.cu"
+        src.write_text(cuda_source())
+        jobs = [(a, "cubin", f"segstream_{a.replace('_', '')}.cubin") for a in archs]
+        if ptx_arch:
+            jobs.append((ptx_arch, "ptx", f"segstream_{ptx_arch.replace('_', '')}.ptx"))
+        for arch, kind, name in jobs:
+            _arch_cc(arch)
+            cmd = [str(exe), f"-arch={arch}", f"-{kind}", *NVCC_FLAGS, "-Werror",
+                   "all-warnings", "-I", str(KERNEL_DIR), "-o", str(Path(tmp) / name), str(src)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise KernelError(f"nvcc failed for {arch}:\n{' '.join(cmd)}\n{proc.stderr}")
+            data = (Path(tmp) / name).read_bytes()
+            (out / name).write_bytes(data)
+            images.append({"file": name, "kind": kind, "arch": arch,
+                           "sha256": hashlib.sha256(data).hexdigest()})
+    manifest = {"kernel_digest": kernel_digest(), "nvcc": version,
+                "flags": list(NVCC_FLAGS), "images": images}
+    path = out / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def read_manifest(directory: str | Path = PREBUILT_DIR) -> dict[str, Any]:
+    """The prebuilt manifest, checked to match the current kernel sources.
+
+    Raises:
+        KernelError: no manifest, malformed, or built from other sources (stale).
+    """
+    path = Path(directory) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        images = manifest["images"]
+        digest = manifest["kernel_digest"]
+        for im in images:
+            _arch_cc(im["arch"])
+            if im["kind"] not in ("cubin", "ptx"):
+                raise ValueError(f"unknown image kind {im['kind']!r}")
+    except FileNotFoundError:
+        raise KernelError(f"no precompiled kernels ({path} missing); build them with "
+                          "python scripts/build_kernels.py") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise KernelError(f"{path} is unreadable or malformed ({e}); rebuild it with "
+                          "python scripts/build_kernels.py") from None
+    if digest != kernel_digest():
+        raise KernelError(f"precompiled kernels in {path.parent} are stale (built from other "
+                          "sources than engines/cuda/*.cu); rebuild them with "
+                          "python scripts/build_kernels.py")
+    return manifest
+
+
+def select_images(manifest: dict[str, Any], cc: tuple[int, int]) -> list[dict[str, Any]]:
+    """Images that can run on a GPU of compute capability ``cc``, best first.
+
+    A cubin runs on its own major architecture at the same or a higher minor revision
+    (an sm_86 cubin runs on sm_87 and sm_89); the exact match comes first. A PTX runs on
+    any GPU of its architecture or newer (the driver JIT-compiles it; the driver must be at
+    least as new as the nvcc that wrote it).
+    """
+    cubins, ptx = [], []
+    for im in manifest["images"]:
+        major, minor = _arch_cc(im["arch"])
+        if im["kind"] == "cubin" and major == cc[0] and minor <= cc[1]:
+            cubins.append((minor, im))
+        elif im["kind"] == "ptx" and (major, minor) <= tuple(cc):
+            ptx.append(((major, minor), im))
+    return ([im for _, im in sorted(cubins, key=lambda t: -t[0])]
+            + [im for _, im in sorted(ptx, key=lambda t: t[0], reverse=True)])
+
+
+def load_prebuilt(cuda: Any, cc: tuple[int, int],
+                  directory: str | Path = PREBUILT_DIR) -> tuple[Any, str]:
+    """Load the best precompiled image for ``cc`` through ``cuda.module_from_buffer``.
+
+    Args:
+        cuda: ``pycuda.driver`` (a context current).
+        cc: the device's compute capability.
+    Returns:
+        (module, a description of the image that loaded).
+    Raises:
+        KernelError: no manifest / stale, no image for this GPU, or the driver refused every
+            candidate (each reason listed).
+    """
+    manifest = read_manifest(directory)
+    candidates = select_images(manifest, cc)
+    if not candidates:
+        raise KernelError(f"no precompiled kernel image for sm_{cc[0]}{cc[1]} in {directory} "
+                          f"(has {', '.join(im['arch'] for im in manifest['images'])})")
+    driver_error = getattr(cuda, "Error", RuntimeError)
+    reasons = []
+    for im in candidates:
+        path = Path(directory) / im["file"]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            reasons.append(f"{im['file']}: {e}")
+            continue
+        if hashlib.sha256(data).hexdigest() != im["sha256"]:
+            reasons.append(f"{im['file']}: sha256 does not match the manifest")
+            continue
+        try:
+            module = cuda.module_from_buffer(data)
+        except driver_error as e:
+            reasons.append(f"{im['file']}: the driver refused it ({e})")
+            continue
+        return module, f"{im['file']} (nvcc {manifest['nvcc']})"
+    raise KernelError(f"no precompiled kernel image loaded for sm_{cc[0]}{cc[1]}: "
+                      + "; ".join(reasons))
+
+
+# ---------------------------------------------------------------------------------------
 # GPU executor (pycuda)
 # ---------------------------------------------------------------------------------------
 
@@ -232,35 +408,80 @@ class CudaKernels(KernelOps):
 
     Args:
         module_path: an ahead-of-time ``.cubin`` / ``.ptx`` / ``.fatbin`` built from
-            :func:`cuda_source`; ``None`` compiles the sources with nvcc at run time
-            (pycuda caches the result per source and GPU architecture).
-        options: extra nvcc options for run-time compilation.
+            :func:`cuda_source`, loaded as is.
+        options: nvcc options for the run-time compile fallback.
+        prebuilt: folder of precompiled images (default: the ones shipped in the package).
+        compile_fallback: compile with nvcc when no precompiled image loads.
+
+    Without ``module_path``: the precompiled image for this GPU (:func:`load_prebuilt`),
+    else a run-time nvcc compile (pycuda caches it), else :class:`KernelError` naming every
+    reason. ``origin`` says which one loaded.
 
     Uses ``pycuda.autoprimaryctx``: the device's primary context, shared with TensorRT
     and the CUDA runtime, so device pointers pass freely between them.
+
+    Raises:
+        KernelError: pycuda missing, no CUDA context, or the kernels could not be loaded.
     """
 
     def __init__(self, module_path: str | Path | None = None,
-                 options: Sequence[str] = ("-O3",)) -> None:
+                 options: Sequence[str] = NVCC_FLAGS, *,
+                 prebuilt: str | Path | None = PREBUILT_DIR,
+                 compile_fallback: bool = True) -> None:
         try:
-            import pycuda.autoprimaryctx  # noqa: F401  (creates/retains the primary context)
             import pycuda.driver as cuda
         except ImportError as e:
             raise KernelError(f"pycuda is not installed ({e}): the CUDA kernels need a CUDA "
                               "machine with `pip install 'segstream[gpu]'`") from e
-        self._cuda = cuda
-        if module_path is not None:
-            self.module = cuda.module_from_file(str(module_path))
-        else:
-            from pycuda.compiler import SourceModule
+        try:
+            import pycuda.autoprimaryctx  # noqa: F401  (creates/retains the primary context)
 
-            self.module = SourceModule(cuda_source(), no_extern_c=True,
-                                       include_dirs=[str(KERNEL_DIR)], options=list(options))
+            cc = tuple(cuda.Context.get_device().compute_capability())
+        except (ImportError, cuda.Error) as e:
+            raise KernelError(f"no usable CUDA context for the kernels ({e}); check the "
+                              "NVIDIA driver") from e
+        self._cuda = cuda
+        self.module, self.origin = self._load(cuda, (int(cc[0]), int(cc[1])), module_path,
+                                              options, prebuilt, compile_fallback)
         self._funcs = {}
-        for name, sig in SIGNATURES.items():
-            fn = self.module.get_function(name)
-            fn.prepare(sig)
-            self._funcs[name] = fn
+        try:
+            for name, sig in SIGNATURES.items():
+                fn = self.module.get_function(name)
+                fn.prepare(sig)
+                self._funcs[name] = fn
+        except cuda.Error as e:
+            raise KernelError(f"kernel {name} missing from {self.origin} ({e}); rebuild the "
+                              "images with python scripts/build_kernels.py") from e
+        log.info("CUDA kernels: %s", self.origin)
+
+    @staticmethod
+    def _load(cuda: Any, cc: tuple[int, int], module_path: str | Path | None,
+              options: Sequence[str], prebuilt: str | Path | None,
+              compile_fallback: bool) -> tuple[Any, str]:
+        if module_path is not None:
+            try:
+                return cuda.module_from_file(str(module_path)), str(module_path)
+            except cuda.Error as e:
+                raise KernelError(f"cannot load kernels from {module_path} ({e}); build it "
+                                  f"for sm_{cc[0]}{cc[1]}") from e
+        reasons = []
+        if prebuilt is not None:
+            try:
+                return load_prebuilt(cuda, cc, prebuilt)
+            except KernelError as e:
+                reasons.append(str(e))
+        if compile_fallback:
+            try:
+                from pycuda.compiler import SourceModule
+
+                module = SourceModule(cuda_source(), no_extern_c=True,
+                                      include_dirs=[str(KERNEL_DIR)], options=list(options))
+                log.warning("CUDA kernels compiled at run time with nvcc (%s)", reasons[0]
+                            if reasons else "no precompiled images")
+                return module, f"run-time nvcc compile for sm_{cc[0]}{cc[1]}"
+            except Exception as e:  # CompileError, nvcc missing (OSError/ExecError), driver
+                reasons.append(f"run-time compile failed: {type(e).__name__}: {e}")
+        raise KernelError("cannot load the CUDA kernels: " + "; ".join(reasons))
 
     def launch_async(self, name: str, grid: tuple[int, int], block: tuple[int, int],
                      stream: Any, args: Sequence[Any]) -> None:

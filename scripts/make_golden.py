@@ -1,13 +1,15 @@
 """Regenerate the golden label maps of the shipped models (tests/golden/).
 
-    .venv/bin/python scripts/make_golden.py
+    .venv/bin/python scripts/make_golden.py [MODEL_STEM ...]
 
 Each shipped model (``engines/models/*.onnx``) segments two fixed synthetic street-like
 frames (drawn with NumPy from a fixed seed, no dataset needed) through the stream's own
 path: ``Preprocessor`` -> ONNX Runtime -> ``Postprocessor``. The label maps are written as
 8-bit PNGs ``tests/golden/<model stem>__<frame>.png``. ``tests/engines/test_golden.py``
 recomputes them and compares. Re-run this script only when a model or the pre/post
-processing changes on purpose, and say why in the commit.
+processing changes on purpose, and say why in the commit. ``tests/golden/isa.json`` records
+the CPU integer-kernel family each map was made on (:func:`int8_isa`), because INT8
+kernels round differently on AVX2 and VNNI CPUs.
 """
 
 from __future__ import annotations
@@ -48,6 +50,23 @@ def synthetic_frames(seed: int = SEED) -> dict[str, np.ndarray]:
     return {"street360x480": small, "street720x960": big}
 
 
+ISA_FILE = GOLDEN / "isa.json"
+
+
+def int8_isa() -> str:
+    """The integer SIMD family ONNX Runtime's int8 kernels use on this CPU: ``vnni``
+    (AVX-512 VNNI / AVX-VNNI), ``avx2``, or the machine name elsewhere (ARM...)."""
+    import platform
+
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    if "vnni" in flags:
+        return "vnni"
+    return "avx2" if " avx2" in flags else platform.machine()
+
+
 def golden_path(model: Path, frame: str) -> Path:
     return GOLDEN / f"{model.stem}__{frame}.png"
 
@@ -65,15 +84,23 @@ def label_maps(model: Path) -> dict[str, np.ndarray]:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
+    import json
+
     from engines.zoo import shipped_models
 
     GOLDEN.mkdir(parents=True, exist_ok=True)
+    only = set(sys.argv[1:])  # model stems to regenerate (default: all)
+    isa = json.loads(ISA_FILE.read_text()) if ISA_FILE.is_file() else {}
     for model in shipped_models():
+        if only and model.stem not in only:
+            continue
         for name, labels in label_maps(model).items():
             out = golden_path(model, name)
             cv2.imwrite(str(out), labels)
+            isa[out.name] = int8_isa()
             classes = np.unique(labels).tolist()
             print(f"wrote {out.relative_to(ROOT)} {labels.shape} classes {classes}")
+    ISA_FILE.write_text(json.dumps(dict(sorted(isa.items())), indent=1) + "\n")
     return 0
 
 

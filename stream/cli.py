@@ -2,6 +2,10 @@
 
 Each command module defines ``register(subparsers)``, which adds its parser and sets
 ``func`` (``args -> int`` exit code) as the parser default.
+
+Registering every command must not import torch: a runtime install (Jetson, the ``gpu``
+extra) has none. Only train, export, models and QAT need it; without it they still appear
+in ``--help`` and exit 2 with the install command.
 """
 
 from __future__ import annotations
@@ -54,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_unknown_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

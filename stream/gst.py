@@ -101,24 +101,30 @@ def sample_to_bgr(sample: Any) -> np.ndarray:
     if not ok:
         raise ValueError("could not map the GStreamer buffer for reading")
     try:
-        data = mapinfo.data  # bytes: PyGObject copies the mapped memory out
+        # Plain PyGObject hands out a bytes copy of the mapped memory; gst-python's overrides
+        # (python3-gst-1.0, common on Jetson) a memoryview of the mapping itself, released by
+        # unmap. Either way the pixels are copied out here, before unmapping.
+        image = _copy_bgr(mapinfo.data, w, h, stride, offset)
     finally:
         buf.unmap(mapinfo)
-    need = offset + (h - 1) * stride + w * 3
-    if len(data) < need:
-        raise ValueError(f"buffer of {len(data)} bytes is too small for {w}x{h} BGR "
-                         f"(stride {stride}, needs {need})")
-    flat = np.frombuffer(data, dtype=np.uint8)
-    if stride == w * 3:
-        image = flat[offset:offset + h * stride].reshape(h, w, 3)  # (H, W, 3), no copy
-    else:
-        # Rows 0..H-2 as a (H-1, stride) view cut to W*3 bytes; the last row separately,
-        # since a buffer need not carry the padding after it.
-        image = np.empty((h, w * 3), np.uint8)
-        last = offset + (h - 1) * stride
-        image[:-1] = flat[offset:last].reshape(h - 1, stride)[:, :w * 3]
-        image[-1] = flat[last:last + w * 3]
-        image = image.reshape(h, w, 3)  # (H, W, 3)
     image.flags.writeable = False
     return image
 
+
+def _copy_bgr(data: Any, w: int, h: int, stride: int, offset: int) -> np.ndarray:
+    """Mapped bytes (``bytes`` or a memoryview valid only until unmap) -> a fresh
+    (H, W, 3) uint8 array that owns its memory, row padding cut off."""
+    flat = np.frombuffer(data, dtype=np.uint8)
+    need = offset + (h - 1) * stride + w * 3
+    if flat.size < need:
+        raise ValueError(f"buffer of {flat.size} bytes is too small for {w}x{h} BGR "
+                         f"(stride {stride}, needs {need})")
+    if stride == w * 3:
+        return flat[offset:offset + h * stride].reshape(h, w, 3).copy()  # (H, W, 3)
+    # Rows 0..H-2 as a (H-1, stride) view cut to W*3 bytes; the last row separately,
+    # since a buffer need not carry the padding after it.
+    image = np.empty((h, w * 3), np.uint8)
+    last = offset + (h - 1) * stride
+    image[:-1] = flat[offset:last].reshape(h - 1, stride)[:, :w * 3]
+    image[-1] = flat[last:last + w * 3]
+    return image.reshape(h, w, 3)  # (H, W, 3)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from engines.backend import BackendError
-from engines.spec import ModelSpec
+from engines.spec import ModelSpec, ModelSpecError
 from engines.trt import compat
 from engines.trt.engine_info import EngineMismatchError, check_compatible, read_engine_record
 
@@ -74,16 +74,18 @@ class TensorRTBackend:
         try:
             trt = compat.import_tensorrt()
             cuda = compat.import_pycuda()
-        except compat.TensorRTImportError as e:
+            device = compat.device_identity(cuda)
+        except (compat.TensorRTImportError, compat.CudaContextError) as e:
             raise BackendError(str(e)) from e
         self._trt, self._cuda = trt, cuda
         try:
             record = read_engine_record(model_path)
-            gpu_name, cc = compat.device_identity(cuda)
-            check_compatible(record, tensorrt_version=trt.__version__, gpu_name=gpu_name,
-                             compute_capability=cc, engine_path=model_path, force=force)
-        except EngineMismatchError as e:
+            check_compatible(record, tensorrt_version=trt.__version__, gpu_name=device.name,
+                             compute_capability=device.compute_capability,
+                             engine_path=model_path, force=force, device=device)
+        except (EngineMismatchError, ModelSpecError) as e:
             raise BackendError(str(e)) from e
+        gpu_name = device.describe()
         self.record = record
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -103,6 +105,9 @@ class TensorRTBackend:
         self._context = self._engine.create_execution_context()
         self._copy_stream = cuda.Stream()  # H2D uploads
         self._compute_stream = cuda.Stream()  # inference, kernels, D2H
+        # Blocking-sync events: collect() sleeps in the driver instead of spinning a CPU core
+        # (on Jetson the CPU cores feed capture and publishing); no timing needed.
+        self._event_flags = cuda.event_flags.BLOCKING_SYNC | cuda.event_flags.DISABLE_TIMING
         self._pending: deque[Slot] = deque()
         self._next = 0
         self._slots: list[Slot] = []
@@ -135,11 +140,14 @@ class TensorRTBackend:
             host_out = cuda.pagelocked_empty(self._out_shape, self._out_dtype)
             self._slots.append(Slot(host_in, cuda.mem_alloc(host_in.nbytes),
                                     cuda.mem_alloc(host_out.nbytes), host_out,
-                                    cuda.Event(), cuda.Event()))
+                                    cuda.Event(self._event_flags),
+                                    cuda.Event(self._event_flags)))
         if self._use_graph:
             self._capture_graphs()
 
     def _capture_graphs(self) -> None:
+        """Capture one graph per slot; any failure (the driver's, or an exception TensorRT
+        raises inside capture) releases what was captured and runs without graphs."""
         from engines.trt.cudagraph import CudaGraph, CudaGraphError
 
         stream = self._compute_stream
@@ -152,13 +160,15 @@ class TensorRTBackend:
                 stream.synchronize()
                 slot.graph = CudaGraph(
                     stream.handle, lambda: self._context.execute_async_v3(stream.handle))
-        except CudaGraphError as e:
-            log.warning("CUDA graph capture failed, running without graphs: %s", e)
+        except Exception as e:  # TensorRT raises RuntimeError & co. inside capture too
+            log.warning("CUDA graph capture failed, running without graphs: %s: %s",
+                        type(e).__name__, e)
             self._use_graph = False
             for slot in self._slots:
                 if slot.graph is not None:
                     slot.graph.close()
                     slot.graph = None
+            stream.synchronize()
 
     def _bind(self, slot: Slot) -> None:
         self._context.set_tensor_address(self._in_name, int(slot.dev_in))

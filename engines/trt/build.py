@@ -24,6 +24,7 @@ from typing import Any
 
 import onnx
 
+from engines.onnx_portable import portable_model_bytes
 from engines.spec import ModelSpec, sidecar_path
 from engines.trt import compat
 from engines.trt.engine_info import (
@@ -340,30 +341,42 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None = None,
                  on_status: Callable[[str], None] = log.info) -> tuple[Path, EngineRecord]:
     """Build and write ``out_path`` (default ``model.trt.engine``) and its sidecar.
 
+    The engine and its sidecar are written first (missing folders created); the timing
+    cache is saved last, and a cache that cannot be read or written only costs a warning,
+    never the finished build.
+
     Returns:
         (engine path, its :class:`EngineRecord`).
     Raises:
         TensorRTImportError: no TensorRT >= 10 or pycuda.
-        BuildError: the parser rejected the graph (every error listed) or the build failed.
+        BuildError: the parser rejected the graph (every error listed), the build failed,
+            no CUDA device could be used, or the engine could not be written.
     """
     opts = opts or BuildOptions()
     prep = prepare_build(onnx_path, out_path, opts)
     trt = compat.import_tensorrt()
-    cuda = compat.import_pycuda()
-    gpu_name, cc = compat.device_identity(cuda)
+    try:
+        cuda = compat.import_pycuda()
+        device = compat.device_identity(cuda)
+    except compat.CudaContextError as e:
+        raise BuildError(str(e)) from e
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(compat.network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     on_status(f"parsing {prep.onnx_path} (strongly typed, {prep.precision.detected})")
-    if not parser.parse_from_file(str(prep.onnx_path)):
+    # ceil_mode AveragePools rewritten to PyTorch's meaning (engines/onnx_portable.py)
+    portable = portable_model_bytes(prep.onnx_path)
+    parsed = (parser.parse(portable, str(prep.onnx_path)) if portable is not None
+              else parser.parse_from_file(str(prep.onnx_path)))
+    if not parsed:
         errors = compat.parser_errors(parser)
         raise BuildError(f"TensorRT's ONNX parser rejected {prep.onnx_path} "
                          f"({len(errors)} errors):\n  " + "\n  ".join(errors))
     config = builder.create_builder_config()
     if opts.workspace_mib is not None:
         compat.set_workspace(trt, config, opts.workspace_mib)
-    cache = _load_timing_cache(config, opts.timing_cache, on_status)
+    cache = load_timing_cache(config, opts.timing_cache, on_status)
     if any(-1 in tuple(network.get_input(i).shape) for i in range(network.num_inputs)):
         profile = builder.create_optimization_profile()
         for s in prep.shapes:
@@ -372,7 +385,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None = None,
     monitor = _progress_monitor(trt)
     if monitor is not None:
         config.progress_monitor = monitor
-    on_status(f"building for {gpu_name} (sm_{cc[0]}{cc[1]}) with TensorRT {trt.__version__}; "
+    on_status(f"building for {device.describe()} with TensorRT {trt.__version__}; "
               + ", ".join(f"{s.name} {fmt_shape(s.min)}..{fmt_shape(s.max)}"
                           for s in prep.shapes))
     t0 = time.monotonic()
@@ -381,32 +394,81 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None = None,
         raise BuildError(f"TensorRT could not build {prep.onnx_path}; see the TensorRT log "
                          "above (rerun with --verbose for details)")
     on_status(f"built in {time.monotonic() - t0:.1f} s")
-    if opts.timing_cache is not None and cache is not None:
-        write_atomic(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
-        on_status(f"timing cache saved to {opts.timing_cache}")
-    write_atomic(prep.out_path, bytes(serialized))
+    try:
+        write_atomic(prep.out_path, bytes(serialized))
+    except OSError as e:
+        raise BuildError(f"cannot write the engine to {prep.out_path} ({e}); pass a writable "
+                         "--out") from e
     record = EngineRecord(
-        tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc,
+        tensorrt_version=trt.__version__, gpu_name=device.name,
+        compute_capability=device.compute_capability,
         precision=opts.precision, shapes=prep.shapes, source_onnx=prep.onnx_path.name,
         onnx_sha256=sha256_file(prep.onnx_path), engine_sha256=sha256_file(prep.out_path),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        workspace_mib=opts.workspace_mib)
+        workspace_mib=opts.workspace_mib, sm_count=device.sm_count,
+        total_memory_mib=device.total_memory_mib, integrated=device.integrated,
+        board=device.board, cuda_driver_version=device.cuda_driver_version)
     write_engine_sidecar(prep.out_path, prep.spec, record)
+    if opts.timing_cache is not None and cache is not None:
+        save_timing_cache(config.get_timing_cache(), opts.timing_cache, on_status)
     return prep.out_path, record
 
 
-def _load_timing_cache(config: Any, path: Path | None,
-                       on_status: Callable[[str], None]) -> Any:
-    """Attach a timing cache (from ``path`` when it exists), so rebuilds skip kernel timing."""
+def load_timing_cache(config: Any, path: Path | None,
+                      on_status: Callable[[str], None]) -> Any:
+    """Attach a timing cache (from ``path`` when it exists), so rebuilds skip kernel timing.
+
+    An unreadable, corrupt or mismatched (other GPU / TensorRT) cache file is replaced by a
+    fresh cache with a warning; the file itself is only overwritten after a successful
+    build. Returns the attached ``ITimingCache``, or None without ``path``.
+    """
     if path is None:
         return None
-    data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        on_status(f"timing cache {path} is from another GPU or TensorRT version; "
-                  "starting a fresh one")
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    elif data:
-        on_status(f"timing cache loaded from {path} ({len(data)} bytes)")
+    data = b""
+    if path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            _warn(on_status, f"cannot read timing cache {path} ({e}); starting a fresh one")
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+            # TensorRT returns None for bytes it cannot deserialise
+            ok = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+        except (TypeError, RuntimeError, ValueError) as e:
+            cache, ok = None, False
+            _warn(on_status, f"timing cache {path} is corrupt ({e}); starting a fresh one")
+        else:
+            if cache is None:
+                _warn(on_status, f"timing cache {path} is corrupt or truncated (TensorRT "
+                      "could not read it); starting a fresh one")
+            elif not ok:
+                _warn(on_status, f"timing cache {path} is from another GPU or TensorRT "
+                      "version; starting a fresh one")
+        if ok:
+            on_status(f"timing cache loaded from {path} ({len(data)} bytes)")
+            return cache
+    cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
+
+
+def save_timing_cache(cache: Any, path: Path, on_status: Callable[[str], None]) -> bool:
+    """Serialise ``cache`` to ``path`` (folders created); False with a warning on failure,
+    so a cache problem never loses the engine that was just built."""
+    try:
+        data = bytes(cache.serialize())
+        write_atomic(path, data)
+    except (OSError, RuntimeError, TypeError) as e:
+        _warn(on_status, f"timing cache not saved to {path} ({e}); the engine is fine, the "
+              "next build just times kernels again. Pick a writable --timing-cache, e.g. "
+              "~/.cache/segstream/trt.cache")
+        return False
+    on_status(f"timing cache saved to {path} ({len(data)} bytes)")
+    return True
+
+
+def _warn(on_status: Callable[[str], None], message: str) -> None:
+    log.warning("%s", message)
+    if on_status is not log.info:
+        on_status(f"warning: {message}")

@@ -16,7 +16,10 @@ Supported: TensorRT 10.x and 11.x Python bindings (``import tensorrt``).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
+
+from engines.trt.engine_info import DeviceIdentity
 
 MIN_MAJOR = 10
 GPU_ONLY_HINT = ("GPU-only: install TensorRT 10/11 and pycuda on a CUDA machine "
@@ -25,6 +28,10 @@ GPU_ONLY_HINT = ("GPU-only: install TensorRT 10/11 and pycuda on a CUDA machine 
 
 class TensorRTImportError(ImportError):
     """TensorRT (or pycuda) is not importable, or too old."""
+
+
+class CudaContextError(RuntimeError):
+    """No usable CUDA context/device (driver missing, no GPU, context creation failed)."""
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -55,12 +62,25 @@ def import_tensorrt() -> Any:
 
 
 def import_pycuda() -> Any:
-    """``pycuda.driver`` with the device's primary context current (shared with TensorRT)."""
+    """``pycuda.driver`` with the device's primary context current (shared with TensorRT).
+
+    Raises:
+        TensorRTImportError: pycuda is not installed.
+        CudaContextError: pycuda is there but no context could be made (no GPU or driver;
+            ``pycuda.autoprimaryctx`` raises the driver's error at import time).
+    """
     try:
-        import pycuda.autoprimaryctx  # noqa: F401  (retains and pushes the primary context)
         import pycuda.driver as cuda
     except ImportError as e:
         raise TensorRTImportError(f"pycuda not installed ({e}); {GPU_ONLY_HINT}") from e
+    try:
+        import pycuda.autoprimaryctx  # noqa: F401  (retains and pushes the primary context)
+    except ImportError as e:
+        raise TensorRTImportError(f"pycuda not usable ({e}); {GPU_ONLY_HINT}") from e
+    except cuda.Error as e:
+        raise CudaContextError(f"cannot create a CUDA context ({e}); check the NVIDIA driver "
+                               "(nvidia-smi, or tegrastats on Jetson) and CUDA_VISIBLE_DEVICES"
+                               ) from e
     return cuda
 
 
@@ -100,11 +120,44 @@ def set_workspace(trt: Any, config: Any, mib: int) -> None:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(mib) << 20)
 
 
-def device_identity(cuda: Any, ordinal: int = 0) -> tuple[str, tuple[int, int]]:
-    """(GPU name, (major, minor) compute capability) of CUDA device ``ordinal``."""
-    dev = cuda.Device(ordinal)
-    major, minor = dev.compute_capability()
-    return dev.name(), (int(major), int(minor))
+BOARD_MODEL_FILE = Path("/proc/device-tree/model")
+
+
+def board_model(path: Path | None = None) -> str | None:
+    """The Jetson board/module name (``"NVIDIA Jetson AGX Orin Developer Kit"``), or None
+    where the file does not exist (desktop GPUs)."""
+    try:
+        raw = (path or BOARD_MODEL_FILE).read_bytes()
+    except OSError:
+        return None
+    text = raw.rstrip(b"\0").decode("utf-8", "replace").strip()
+    return text or None
+
+
+def device_identity(cuda: Any) -> DeviceIdentity:
+    """Identity of the device of the *current* CUDA context (the one pycuda's primary
+    context made current, which TensorRT uses too), not blindly device 0.
+
+    Raises:
+        CudaContextError: no current context or the driver query failed.
+    """
+    error = getattr(cuda, "Error", RuntimeError)
+    try:
+        dev = cuda.Context.get_device()
+        major, minor = dev.compute_capability()
+        attr = cuda.device_attribute
+        sm_count = int(dev.get_attribute(attr.MULTIPROCESSOR_COUNT))
+        integrated = bool(dev.get_attribute(attr.INTEGRATED))
+        total_mib = int(dev.total_memory()) >> 20
+        driver = int(cuda.get_driver_version())  # e.g. 12060
+        name = str(dev.name())
+    except error as e:
+        raise CudaContextError(f"cannot query the current CUDA device ({e}); check the "
+                               "NVIDIA driver (nvidia-smi, or tegrastats on Jetson)") from e
+    return DeviceIdentity(name=name, compute_capability=(int(major), int(minor)),
+                          sm_count=sm_count, total_memory_mib=total_mib, integrated=integrated,
+                          board=board_model() if integrated else None,
+                          cuda_driver_version=f"{driver // 1000}.{driver % 1000 // 10}")
 
 
 def np_dtype(trt: Any, dtype: Any) -> Any:

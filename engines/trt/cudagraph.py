@@ -69,14 +69,25 @@ class CudaGraph:
                "cuStreamBeginCapture")
         try:
             result = enqueue()
-        finally:  # always leave capture mode, or the stream stays unusable
-            rc = lib.cuStreamEndCapture(stream, ctypes.byref(self._graph))
-        if result is False:
+        except BaseException as e:
+            # Leave capture mode (or the stream stays unusable) and free the partial graph;
+            # an error becomes a capture failure so callers fall back to plain launches.
+            lib.cuStreamEndCapture(stream, ctypes.byref(self._graph))
             self.close()
-            raise CudaGraphError("the enqueued work reported failure during capture")
-        _check(rc, "cuStreamEndCapture")
-        _check(lib.cuGraphInstantiateWithFlags(ctypes.byref(self._exec), self._graph, 0),
-               "cuGraphInstantiateWithFlags")
+            if not isinstance(e, Exception):
+                raise  # KeyboardInterrupt, SystemExit
+            raise CudaGraphError(f"the enqueued work raised during capture: "
+                                 f"{type(e).__name__}: {e}") from e
+        rc = lib.cuStreamEndCapture(stream, ctypes.byref(self._graph))
+        try:
+            if result is False:
+                raise CudaGraphError("the enqueued work reported failure during capture")
+            _check(rc, "cuStreamEndCapture")
+            _check(lib.cuGraphInstantiateWithFlags(ctypes.byref(self._exec), self._graph, 0),
+                   "cuGraphInstantiateWithFlags")
+        except CudaGraphError:
+            self.close()
+            raise
 
     def launch(self, stream_handle: int) -> None:
         """Queue one replay on the stream."""

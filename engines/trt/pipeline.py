@@ -10,11 +10,15 @@ Per frame, on the backend's streams (slot s of the double buffer)::
                     --D2H--> pinned labels (H, W) uint8
 
 Upload of frame N+1 (copy stream) overlaps inference and post-processing of frame N
-(compute stream). The kernels are the ones verified in ``tests/engines/test_cuda_kernels``.
+(compute stream). The kernels are the ones verified in ``tests/engines/test_cuda_kernels``,
+loaded precompiled from the package (:class:`engines.cuda_kernels.CudaKernels`). If they
+cannot be loaded (no image for this GPU, a driver that refuses them, and no nvcc), the
+segmenter logs a warning and runs the CPU pre/post-processing around the same engine.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from engines.backend import BackendError
-from engines.cuda_kernels import CudaKernels, grid_for
+from engines.cuda_kernels import CudaKernels, KernelError, grid_for
 from engines.kernel_refs import Normalization
 from engines.trt.backend import Slot, TensorRTBackend
 
 FORMATS = ("bgr", "bgrx", "nv12")
+MAX_CLASSES = 256  # labels are uint8
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,8 +50,10 @@ class GpuSegmenter:
     """Frames -> label maps with pre- and post-processing on the GPU.
 
     Args:
-        backend: a :class:`TensorRTBackend` whose engine outputs logits (N=1).
-        kernels: compiled kernels (default: compile ``engines/cuda`` at run time).
+        backend: a :class:`TensorRTBackend` whose engine outputs logits (N=1, K <= 256).
+        kernels: loaded kernels (default: :class:`CudaKernels`, the precompiled images,
+            nvcc as fallback); when they cannot be loaded, CPU pre/post-processing is used
+            with a warning (``uses_gpu_kernels`` is then False).
 
     ``submit(frame)`` / ``collect()`` keep two frames in flight; ``segment(frame)`` is
     the blocking form. Do not interleave with the backend's own ``submit``/``collect``.
@@ -63,15 +71,36 @@ class GpuSegmenter:
                 np.float32, np.float16):
             raise BackendError(f"engine I/O must be float32/float16, got "
                                f"{backend.input_dtype} -> {backend.output_dtype}")
+        k = backend.output_shape[1] if len(backend.output_shape) == 4 else 0
+        if not 1 <= k <= MAX_CLASSES:
+            raise BackendError(f"the engine outputs {backend.output_shape}: expected (1, K, h, w) "
+                               f"logits with 1 <= K <= {MAX_CLASSES} (uint8 labels)")
         self.backend = backend
-        self.kernels = kernels or CudaKernels()
+        self.kernels: CudaKernels | None = kernels
+        self._cpu: tuple[Any, Any] | None = None
+        if kernels is None:
+            try:
+                self.kernels = CudaKernels()
+            except KernelError as e:
+                from engines.postprocess import Postprocessor
+                from engines.preprocess import Preprocessor
+
+                log.warning("CUDA pre/post-processing kernels unavailable, running them on the "
+                            "CPU around the TensorRT engine (slower): %s", e)
+                self._cpu = (Preprocessor(backend.spec, dtype=backend.input_dtype),
+                             Postprocessor(backend.spec))
         self._cuda = backend.driver
         self._in_hw = (h, w)
         self._norm = Normalization.from_spec(backend.spec).kernel_args()
         self._pre_suffix = "f16" if backend.input_dtype == np.float16 else "f32"
         self._post_suffix = "f16" if backend.output_dtype == np.float16 else "f32"
         self._buffers: dict[int, _FrameBuffers] = {}
-        self._pending: deque[_FrameBuffers] = deque()
+        self._pending: deque[_FrameBuffers | tuple[int, int]] = deque()
+
+    @property
+    def uses_gpu_kernels(self) -> bool:
+        """False when the kernels could not be loaded and pre/post run on the CPU."""
+        return self._cpu is None
 
     def segment(self, frame: np.ndarray, fmt: str = "bgr") -> np.ndarray:
         """Blocking: one frame -> (H, W) uint8 labels at the frame's resolution."""
@@ -86,6 +115,10 @@ class GpuSegmenter:
                 (H * 3 / 2, W) uint8: the luma plane followed by the interleaved UV plane.
         """
         h, w = _frame_size(frame, fmt)
+        if self._cpu is not None:
+            self.backend.submit(self._cpu[0](_to_bgr(frame, fmt)))
+            self._pending.append((h, w))
+            return
         slot = self.backend.acquire_slot()
         buf = self._frame_buffers(slot, (h, w, fmt))
         copy_stream, compute = self.backend.streams
@@ -104,8 +137,12 @@ class GpuSegmenter:
         """Wait for the oldest frame; its (H, W) uint8 labels (a fresh array)."""
         if not self._pending:
             raise BackendError("collect() without a submitted frame")
+        item = self._pending.popleft()
+        if isinstance(item, tuple):  # CPU pre/post fallback
+            logits = self.backend.collect()[0]  # (K, h, w) float32
+            return self._cpu[1](logits, item)  # type: ignore[index]
         self.backend.pop_finished()
-        return self._pending.popleft().host_labels.copy()
+        return item.host_labels.copy()
 
     def close(self) -> None:
         while self._pending:
@@ -151,6 +188,17 @@ class GpuSegmenter:
         self.kernels.launch_async(f"seg_upsample_argmax_{self._post_suffix}", grid_for(w, h),
                                   self.kernels.block, stream,
                                   [int(slot.dev_out), k, lh, lw, int(buf.dev_labels), w, h, w])
+
+
+def _to_bgr(frame: np.ndarray, fmt: str) -> np.ndarray:
+    """A frame in any of FORMATS -> (H, W, 3) uint8 BGR (the CPU fallback's input)."""
+    import cv2
+
+    if fmt == "bgr":
+        return frame
+    if fmt == "bgrx":
+        return np.ascontiguousarray(frame[..., :3])
+    return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_YUV2BGR_NV12)
 
 
 def _frame_size(frame: np.ndarray, fmt: str) -> tuple[int, int]:

@@ -41,6 +41,24 @@ def report_errors(func: Callable[[Any], int]) -> Callable[[Any], int]:
     return wrapper
 
 
+TORCH_PACKAGES = ("torch", "torchvision")
+TORCH_INSTALL = ("install the training extra: pip install torch==2.13.0 (CPU) or the torch "
+                 "build for your platform (on Jetson: NVIDIA's JetPack wheel), then "
+                 "pip install 'segstream[train]'")
+
+
+def is_missing_torch(error: BaseException) -> bool:
+    """True when ``error`` is the ModuleNotFoundError of an absent torch (or torchvision)."""
+    name = getattr(error, "name", None) or ""
+    return isinstance(error, ModuleNotFoundError) and name.split(".")[0] in TORCH_PACKAGES
+
+
+def torch_missing_message(command: str) -> str:
+    """What a torch-only command prints when torch is not installed (exit code 2)."""
+    return (f"segstream {command}: error: this command needs torch, which is not installed; "
+            f"{TORCH_INSTALL}. Streaming, build, bench, calibrate and subscribe do not need it.")
+
+
 def setup_logging(verbose: int = 0) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(logging.DEBUG, level),

@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         opts = BuildOptions(precision=precision, shape=tuple(args.shape),
                             min_shape=tuple(args.min_shape), opt_shape=tuple(args.opt_shape),
                             max_shape=tuple(args.max_shape), workspace_mib=args.workspace,
-                            timing_cache=args.timing_cache, verbose=args.verbose >= 2)
+                            timing_cache=(args.timing_cache.expanduser() if args.timing_cache
+                                          else None), verbose=args.verbose >= 2)
         prep = prepare_build(args.model, args.out, opts)
     except (ValueError, BuildError) as e:
         return _fail(str(e))

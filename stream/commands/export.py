@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 EPILOG = """examples:
@@ -78,10 +79,18 @@ def _real_inputs(folder: str, spec: object, limit: int = 4) -> list:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from stream.commands._common import is_missing_torch, torch_missing_message
+
+    try:
+        from engines.export import CheckReport, ExportError, export_onnx
+        from engines.torch_backend import build_from_checkpoint, checkpoint_spec, load_checkpoint
+    except ModuleNotFoundError as e:
+        if not is_missing_torch(e):
+            raise
+        print(torch_missing_message("export"), file=sys.stderr)
+        return 2
     from engines.backend import BackendError
-    from engines.export import CheckReport, ExportError, export_onnx
     from engines.onnx_fp16 import Fp16ConversionError
-    from engines.torch_backend import build_from_checkpoint, checkpoint_spec, load_checkpoint
 
     prog = "segstream export: error:"
     try:

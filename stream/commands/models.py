@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 EPILOG = """examples:
   segstream models
@@ -47,6 +48,18 @@ def describe(name: str, num_classes: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stream.commands._common import is_missing_torch, torch_missing_message
+
+    try:
+        return _list_models(args)
+    except ModuleNotFoundError as e:
+        if not is_missing_torch(e):
+            raise
+        print(torch_missing_message("models"), file=sys.stderr)
+        return 2
+
+
+def _list_models(args: argparse.Namespace) -> int:
     from engines.registry import available_models, get_entry
 
     if args.classes < 1:

@@ -5,8 +5,10 @@
 #   tests/gpu/run_gpu_checks.sh --no-install fail instead of installing
 #   tests/gpu/run_gpu_checks.sh --no-bench   skip the benchmark
 #
-# 1. CPU shim + nvcc kernel tests (tests/engines/test_cuda_kernels.py)
-# 2. real kernel parity through pycuda vs NumPy (tests/gpu/test_gpu_kernels.py)
+# 1. CPU shim + nvcc kernel tests, precompiled images (tests/engines/test_cuda_kernels.py,
+#    test_prebuilt_kernels.py), build/guard robustness, torch-free commands
+# 2. real kernel parity through pycuda vs NumPy, on the shipped precompiled image
+#    (tests/gpu/test_gpu_kernels.py)
 # 3. TensorRT engines built from ONNX vs ONNX Runtime, >= 99.5 % identical labels at FP16,
 #    the all-GPU pipeline, double buffering, CUDA graphs, dynamic profiles
 #    (tests/gpu/test_trt_parity.py; SEGSTREAM_GPU_MODEL=path.onnx adds your model)
@@ -64,7 +66,8 @@ print(f"TensorRT {trt.__version__}, pycuda on {dev.name()} (sm_{''.join(map(str,
 PY
 
 status=0
-"$PY" -m pytest tests/engines/test_cuda_kernels.py tests/engines/test_trt.py tests/gpu \
+"$PY" -m pytest tests/engines/test_cuda_kernels.py tests/engines/test_prebuilt_kernels.py \
+    tests/engines/test_trt.py tests/engines/test_trt_guard.py tests/stream/test_torchless.py tests/gpu \
     -m "gpu or not gpu" -v -s -rs --junitxml "$OUT_DIR/junit.xml" 2>&1 | tee "$OUT_DIR/pytest.log" \
     || status=$?
 # A skip in the GPU tests here means the machine is not set up: treat it as a failure.

@@ -22,11 +22,31 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture(scope="module")
 def ops() -> CudaKernels:
     require_cuda()
-    return CudaKernels()
+    return CudaKernels(compile_fallback=False)  # the shipped precompiled image, no nvcc
 
 
 class TestCudaKernels(KernelParityCases):
-    """Every parity case, on the GPU (run-time compiled module)."""
+    """Every parity case, on the GPU (the precompiled image the package ships)."""
+
+
+def test_precompiled_image_loads_without_nvcc() -> None:
+    """What `segstream run` does: the shipped image for this GPU, no run-time compile."""
+    cuda = require_cuda()
+    major, minor = cuda.Context.get_device().compute_capability()
+    kern = CudaKernels(compile_fallback=False)
+    assert kern.origin.startswith("segstream_"), kern.origin
+    print(f"sm_{major}{minor}: loaded {kern.origin}")
+
+
+def test_run_time_compile_fallback() -> None:
+    require_cuda()
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed: the run-time compile fallback cannot be exercised")
+    kern = CudaKernels(prebuilt=None)
+    frame = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    np.testing.assert_allclose(kern.preprocess(frame, (29, 41), NORM),
+                               preprocess_packed_ref(frame, (29, 41), NORM), rtol=1e-5,
+                               atol=2e-5)
 
 
 def test_ahead_of_time_cubin(tmp_path: Path) -> None:
