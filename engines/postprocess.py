@@ -58,6 +58,9 @@ class Postprocessor:
         return _upsample_argmax_cv(np.ascontiguousarray(logits), out_h, out_w)
 
 
+_SMALL_OUTPUT = 64  # pixels; below this the running argmax's OpenCV ops are not used
+
+
 def _upsample_argmax_cv(logits: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """(K, h, w) float32 -> (out_h, out_w) uint8: running argmax over per-class upsamples.
 
@@ -70,6 +73,13 @@ def _upsample_argmax_cv(logits: np.ndarray, out_h: int, out_w: int) -> np.ndarra
     if (h, w) == (out_h, out_w):
         return logits.argmax(axis=0).astype(np.uint8)
     size = (out_w, out_h)
+    if out_h * out_w < _SMALL_OUTPUT:
+        # OpenCV takes a 1x1 array for a scalar in min/max/compare (a python int then
+        # becomes a 4x1 array and the result is garbage: class 255 for a 1x1 frame), so
+        # tiny outputs stack their few upsampled pixels and argmax them in NumPy instead.
+        planes = [cv2.resize(logits[c], size, interpolation=cv2.INTER_LINEAR).reshape(out_h, out_w)
+                  for c in range(k)]
+        return np.stack(planes).argmax(axis=0).astype(np.uint8)
     best = cv2.resize(logits[0], size, interpolation=cv2.INTER_LINEAR)  # (H, W) float32
     score = np.empty_like(best)
     better = np.empty((out_h, out_w), np.uint8)

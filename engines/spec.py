@@ -16,6 +16,7 @@ from typing import Any
 
 SIDECAR_VERSION = 1
 OUTPUT_KINDS = ("logits", "labels")
+MAX_CLASSES = 256  # label maps are uint8
 
 
 class ModelSpecError(ValueError):
@@ -29,6 +30,15 @@ class ClassInfo:
     id: int
     name: str
     color: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        color = self.color
+        if (not isinstance(color, tuple | list) or len(color) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255
+                           for v in color)):
+            shown = list(color) if isinstance(color, tuple | list) else color
+            raise ModelSpecError(f"class {self.id} ({self.name!r}): color must be 3 integers "
+                                 f"0..255 (R, G, B), got {shown!r}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,10 @@ class ModelSpec:
         ids = [c.id for c in self.classes]
         if ids != list(range(len(ids))) or not ids:
             raise ModelSpecError(f"class ids must be 0..K-1 in order, got {ids}")
+        if self.ignore_index is not None and (
+                not isinstance(self.ignore_index, int) or isinstance(self.ignore_index, bool)):
+            raise ModelSpecError(f"ignore_index must be an integer or null, got "
+                                 f"{self.ignore_index!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ModelSpecError("mean and std must have 3 entries, std > 0")
 
@@ -108,9 +122,12 @@ class ModelSpec:
             raise ModelSpecError(f"{source}: unknown keys {unknown}; valid keys: {sorted(known)}")
         try:
             classes = tuple(
-                ClassInfo(int(c["id"]), str(c["name"]), tuple(int(v) for v in c["color"]))
+                ClassInfo(int(c["id"]), str(c["name"]), tuple(_int(v) for v in c["color"]))
                 for c in d["classes"]
             )
+            if len(classes) > MAX_CLASSES:  # a spec built in code may (export checks it)
+                raise ModelSpecError(f"{len(classes)} classes; at most {MAX_CLASSES} fit a "
+                                     "uint8 label map")
             return cls(
                 name=str(d["name"]),
                 architecture=str(d["architecture"]),
@@ -146,6 +163,13 @@ class ModelSpec:
         except json.JSONDecodeError as e:
             raise ModelSpecError(f"{path}: not valid JSON ({e})") from None
         return cls.from_json(data, source=str(path))
+
+
+def _int(v: Any) -> int:
+    """A JSON integer (1.0 allowed, 1.5 and "1" not)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or int(v) != v:
+        raise ValueError(f"expected an integer, got {v!r}")
+    return int(v)
 
 
 def sidecar_path(model_path: str | Path) -> Path:

@@ -198,6 +198,8 @@ class BaseCapture(ABC):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._state = "starting"
+        self._state_detail = ""
+        self._failed_outside = False
         self._seq = 0
         self._reconnects = 0
         self._errors = 0
@@ -228,6 +230,11 @@ class BaseCapture(ABC):
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def state_detail(self) -> str:
+        """Why the capture is in its state (e.g. the error that made it ``failed``)."""
+        return self._state_detail
 
     @property
     def finished(self) -> bool:
@@ -278,6 +285,14 @@ class BaseCapture(ABC):
         """Ask the thread to stop without waiting (``close`` then waits)."""
         self._stop.set()
         self._mailbox.close()
+
+    def fail(self, detail: str) -> None:
+        """End the capture as ``failed`` from outside (e.g. the pipeline cannot serve its
+        frames): stop the thread without waiting, and keep the state at failed."""
+        self._count_error(detail)
+        self._failed_outside = True
+        self._set_state("failed", detail)
+        self.request_stop()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread and release the source; idempotent."""
@@ -342,7 +357,10 @@ class BaseCapture(ABC):
         if state not in STATES:
             raise ValueError(f"unknown capture state {state!r}")
         with self._lock:
+            if self._failed_outside and state != "failed":
+                return  # fail() was called: the capture thread's late changes do not count
             self._state = state
+            self._state_detail = detail
         log.info("%s: %s%s", self.camera_id, state, f" ({detail})" if detail else "")
         if self._on_state is not None:
             try:

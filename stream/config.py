@@ -8,8 +8,11 @@ naming the file, the key path (``sources[1].stall_timeout``) and the reason.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,30 @@ ENCODINGS = ("raw", "zstd", "rle")
 
 
 class ConfigError(ValueError):
-    """A bad launch file or option; the message names the file, key and reason."""
+    """A bad launch file or option. ``errors`` lists every problem found, each as
+    ``key.path: reason``; the message names the file (or what was checked) and all of them."""
+
+    def __init__(self, message: str = "", errors: Sequence[str] = (), where: str = "",
+                 hint: str = "") -> None:
+        self.errors = tuple(errors) or (message,)
+        self.where = where
+        head = f"{where}: " if where else ""
+        if len(self.errors) == 1:
+            text = head + self.errors[0]
+        else:
+            text = (f"{head}{len(self.errors)} errors:\n"
+                    + "\n".join(f"  {e}" for e in self.errors))
+        super().__init__(f"{text}\n{hint}" if hint else text)
+
+
+def _problems(found: list[tuple[str, str]]) -> None:
+    """Raise one ConfigError listing every ``(key, reason)`` found by a ``__post_init__``."""
+    if found:
+        raise ConfigError(errors=[f"{key}: {why}" if key else why for key, why in found])
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -35,10 +61,16 @@ class SourceConfig:
     max_retries: int = -1  # reconnect attempts; -1: forever
 
     def __post_init__(self) -> None:
+        found = []
         if not self.uri:
-            raise ValueError("uri must not be empty")
-        if self.stall_timeout <= 0:
-            raise ValueError(f"stall_timeout must be > 0, got {self.stall_timeout}")
+            found.append(("uri", "must not be empty"))
+        if not _finite(self.stall_timeout) or self.stall_timeout <= 0:
+            found.append(("stall_timeout", f"must be a number of seconds > 0, got "
+                                           f"{self.stall_timeout}"))
+        if self.max_retries < -1:
+            found.append(("max_retries", f"must be >= 0, or -1 to retry forever; got "
+                                         f"{self.max_retries}"))
+        _problems(found)
 
 
 @dataclass(frozen=True)
@@ -52,20 +84,29 @@ class PublishConfig:
     curve_keys: str | None = None  # folder from `segstream keygen`: enables CURVE
 
     def __post_init__(self) -> None:
+        found = []
         if self.encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {list(ENCODINGS)}, got {self.encoding!r}")
+            found.append(("encoding", f"must be one of {list(ENCODINGS)}, got "
+                                      f"{self.encoding!r}"))
         if not self.endpoints:
-            raise ValueError("at least one endpoint is needed, e.g. tcp://*:5555")
-        for ep in self.endpoints:
+            found.append(("endpoints", "at least one is needed, e.g. tcp://*:5555"))
+        for i, ep in enumerate(self.endpoints):
             if not ep.startswith(("tcp://", "ipc://", "inproc://")):
-                raise ValueError(f"endpoint {ep!r} must start with tcp://, ipc:// or inproc://")
+                found.append((f"endpoints[{i}]", f"endpoint {ep!r} must start with tcp://, "
+                                                 "ipc:// or inproc://"))
         if self.sndhwm < 1:
-            raise ValueError("sndhwm must be >= 1")
+            found.append(("sndhwm", f"must be >= 1, got {self.sndhwm}"))
+        if self.linger_ms < 0:
+            found.append(("linger_ms", f"must be >= 0, got {self.linger_ms}"))
+        _problems(found)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """A whole pipeline: sources -> engine -> publisher."""
+    """A whole pipeline: sources -> engine -> publisher.
+
+    Sources without an id get ``cam<position>`` here, as on the command line, so every
+    way of building a config names cameras the same way."""
 
     sources: tuple[SourceConfig, ...]
     model: str | None = None  # None: the shipped CamVid model
@@ -75,23 +116,45 @@ class PipelineConfig:
     publish: PublishConfig = field(default_factory=PublishConfig)
     stats_interval: float = 1.0  # seconds between status lines; 0 disables
     metrics_port: int | None = None  # Prometheus metrics on this port
+    metrics_bind: str = "127.0.0.1"  # address the metrics server listens on (0.0.0.0: all)
     max_frames: int = 0  # stop after this many published frames (0: run until stopped)
     duration: float = 0.0  # stop after this many seconds (0: run until stopped)
     version: int = LAUNCH_VERSION
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", with_default_ids(list(self.sources)))
+        found = []
         if not self.sources:
-            raise ValueError("at least one source is needed")
-        ids = [s.id for s in self.sources]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"source ids must be unique, got {ids}")
+            found.append(("sources", "at least one source is needed"))
+        first: dict[str, int] = {}
+        for i, s in enumerate(self.sources):
+            if s.id in first:
+                found.append((f"sources[{i}].id", f"{s.id!r} is already the id of "
+                                                  f"sources[{first[s.id]}] (unnamed sources "
+                                                  "are named cam<position>); ids must be unique"))
+            first.setdefault(s.id, i)
         if self.version != LAUNCH_VERSION:
-            raise ValueError(f"version must be {LAUNCH_VERSION}, got {self.version}")
+            found.append(("version", f"must be {LAUNCH_VERSION}, got {self.version}"))
         if self.backend not in (None, "onnxruntime", "torch", "tensorrt"):
-            raise ValueError(
-                f"backend must be onnxruntime, torch or tensorrt, got {self.backend!r}")
+            found.append(("backend", f"must be onnxruntime, torch or tensorrt, got "
+                                     f"{self.backend!r}"))
         if self.threads is not None and self.threads < 1:
-            raise ValueError("threads must be >= 1")
+            found.append(("threads", f"must be >= 1, got {self.threads}"))
+        if not _finite(self.stats_interval) or self.stats_interval < 0:
+            found.append(("stats_interval", f"must be seconds >= 0 (0: no status lines), got "
+                                            f"{self.stats_interval}"))
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            found.append(("metrics_port", f"must be a TCP port 1..65535, got "
+                                          f"{self.metrics_port}"))
+        if not self.metrics_bind or any(c.isspace() for c in self.metrics_bind):
+            found.append(("metrics_bind", f"must be an address to listen on, e.g. 127.0.0.1 "
+                                          f"or 0.0.0.0, got {self.metrics_bind!r}"))
+        if self.max_frames < 0:
+            found.append(("max_frames", f"must be >= 0 (0: no limit), got {self.max_frames}"))
+        if not _finite(self.duration) or self.duration < 0:
+            found.append(("duration", f"must be seconds >= 0 (0: no limit), got "
+                                      f"{self.duration}"))
+        _problems(found)
 
 
 def with_default_ids(sources: list[SourceConfig]) -> tuple[SourceConfig, ...]:
@@ -107,73 +170,274 @@ def parse_source_arg(text: str) -> SourceConfig:
     return SourceConfig(uri=uri, id=cam_id)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Construct dataclass ``cls`` from a mapping, rejecting unknown keys (recursive)."""
+_BAD = object()  # a value that failed validation (its errors are already recorded)
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _build(cls: type, data: Any, where: str, errors: list[str]) -> Any:
+    """Construct dataclass ``cls`` from a mapping, rejecting unknown keys (recursive).
+
+    Every problem is appended to ``errors`` as ``key.path: reason``; returns ``_BAD`` when
+    there was one, so that siblings are still checked and all errors are reported."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'top level'}: expected a mapping, got {type(data).__name__}")
+        errors.append(f"{where or 'top level'}: expected a mapping, got {type(data).__name__}")
+        return _BAD
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown key; valid keys: "
-                          f"{', '.join(fields)}")
+    n_errors = len(errors)
+    for name in sorted(set(data) - set(fields), key=str):
+        errors.append(f"{_key(where, str(name))}: unknown key; valid keys: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
-    missing = [n for n, f in fields.items() if n not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{where or 'top level'}: missing required key {missing[0]!r}")
+        if name in fields:
+            kwargs[name] = _coerce(hints[name], value, _key(where, name), errors)
+    for n, f in fields.items():
+        if (n not in kwargs and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING):
+            errors.append(f"{where or 'top level'}: missing required key {n!r}")
+    if len(errors) > n_errors:  # still check the good values here, to report every error
+        errors.extend(_key(where, e) for e in _own_problems(cls, kwargs))
+        return _BAD
     try:
         return cls(**kwargs)
+    except ConfigError as e:
+        errors.extend(_key(where, err) for err in e.errors)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or 'top level'}: {e}") from None
+        errors.append(f"{where or 'top level'}: {e}")
+    return _BAD
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
+def _own_problems(cls: type, kwargs: dict[str, Any]) -> list[str]:
+    """The errors ``cls.__post_init__`` finds in the valid ``kwargs`` when others are bad
+    or missing (those fields take their defaults, and errors about them are dropped)."""
+    obj = object.__new__(cls)
+    skip = set()
+    for f in dataclasses.fields(cls):
+        value = kwargs.get(f.name, _BAD)
+        if value is _BAD:
+            skip.add(f.name)
+            if f.default is not dataclasses.MISSING:
+                value = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                value = ()  # a required field (sources): empty, and its errors are dropped
+        object.__setattr__(obj, f.name, value)
+    try:
+        obj.__post_init__()
+    except ConfigError as e:
+        return [err for err in e.errors if re.split(r"[.\[:]", err, maxsplit=1)[0] not in skip]
+    except (TypeError, ValueError):
+        pass  # reported once the other errors are fixed
+    return []
+
+
+def _coerce(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
+        return _coerce(inner[0], value, where, errors)
     if origin is tuple:
         (item,) = typing.get_args(tp)[:1]
         if isinstance(value, str | dict) or not isinstance(value, list | tuple):
             value = [value]
-        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        items = tuple(_coerce(item, v, f"{where}[{i}]", errors) for i, v in enumerate(value))
+        return _BAD if any(v is _BAD for v in items) else items
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
+        return _build(tp, value, where, errors)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and (not isinstance(value, tp) or
                                           (tp is int and isinstance(value, bool))):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        errors.append(f"{where}: expected {tp.__name__}, got {value!r}")
+        return _BAD
     return value
 
 
-def config_from_dict(data: Any, *, source: str = "<dict>") -> PipelineConfig:
-    """Validate a parsed launch document; errors are prefixed with ``source``."""
+def config_from_dict(data: Any, *, source: str = "<dict>",
+                     errors: Sequence[str] = ()) -> PipelineConfig:
+    """Validate a parsed launch document; every error (plus ``errors`` found earlier, e.g.
+    duplicate keys) is reported at once, prefixed with ``source``."""
+    found = list(errors)
+    cfg = _build(PipelineConfig, data, "", found)
+    if found or cfg is _BAD:
+        raise ConfigError(errors=found, where=source)
+    return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that records duplicate mapping keys (which YAML silently lets
+    the last one win) in ``duplicates`` as ``key (lines A and B)``."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    self.duplicates.append(f"{key}: duplicate key (lines {seen[key]} and "
+                                           f"{line}); YAML would silently keep the last one")
+                else:
+                    seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+_STEP_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``--set KEY=VALUE`` (or ``--publish``): a key path into the launch document
+    and the YAML value put there before the document is validated.
+
+    Attributes:
+        key: the key path as written, e.g. ``sources[0].uri``.
+        steps: the path split into mapping keys (str) and list indices (int).
+        value: the value, read as YAML (``2.5`` a float, ``[a, b]`` a list, empty: null).
+        origin: the option as given, for error messages.
+    """
+
+    key: str
+    steps: tuple[str | int, ...]
+    value: Any
+    origin: str
+
+
+def parse_override(text: str) -> Override:
+    """``KEY=VALUE`` -> :class:`Override`; the value is YAML (a bare string stays a string).
+
+    Raises:
+        ConfigError: no ``=``, or a key that is not ``name``, ``name[i]`` and dots.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    steps: list[str | int] = []
+    for part in key.split(".") if sep else []:
+        m = _STEP_RE.fullmatch(part)
+        if not m:
+            steps = []
+            break
+        steps.append(m.group(1))
+        steps.extend(int(i) for i in re.findall(r"\d+", m.group(2)))
+    if not steps:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY a path such as "
+                          f"publish.encoding or sources[0].uri")
     try:
-        cfg = _build(PipelineConfig, data, "")
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    return dataclasses.replace(cfg, sources=with_default_ids(list(cfg.sources)))
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # e.g. "*" (a YAML alias): take the text as it is
+    return Override(key, tuple(steps), value, f"--set {text}")
 
 
-def load_launch(path: str | Path) -> PipelineConfig:
-    """Read and validate a launch file. Relative model paths resolve against the file."""
+def _path_text(steps: Sequence[str | int]) -> str:
+    return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).lstrip(".")
+
+
+def apply_overrides(data: Any, overrides: Sequence[Override]) -> tuple[Any, list[str]]:
+    """A copy of launch document ``data`` with every override applied, and the errors of
+    those that could not be (a path through a non-mapping, a list index past the end).
+
+    Missing mappings on the way are created; a list index may be one past the end to add
+    an entry (``sources[1].uri=...`` on a one-source file).
+    """
+    import copy
+
+    doc = {} if data is None else copy.deepcopy(data)
+    errors = []
+    for ov in overrides:
+        node: Any = doc
+        for depth, step in enumerate(ov.steps):
+            here = _path_text(ov.steps[:depth]) or "the top level"
+            last = depth == len(ov.steps) - 1
+            fresh: Any = ov.value if last else ({} if isinstance(ov.steps[depth + 1], str)
+                                               else [])
+            if isinstance(step, str):
+                if not isinstance(node, dict):
+                    errors.append(f"{ov.key}: {here} is not a mapping ({ov.origin})")
+                    break
+                if last or not isinstance(node.get(step), dict | list):
+                    node[step] = fresh if last or node.get(step) is None else node[step]
+                node = node[step]
+            else:
+                if not isinstance(node, list) or step > len(node):
+                    size = len(node) if isinstance(node, list) else 0
+                    what = (f"{here} has {size} entr{'y' if size == 1 else 'ies'}"
+                            if isinstance(node, list)
+                            else f"{here} is not a list")
+                    errors.append(f"{ov.key}: {what}; an index may be at most {size} "
+                                  f"(to add one) ({ov.origin})")
+                    break
+                if step == len(node):
+                    node.append(fresh)
+                elif last:
+                    node[step] = fresh
+                node = node[step]
+    return doc, errors
+
+
+def blame(errors: Sequence[str], overrides: Sequence[Override]) -> list[str]:
+    """Name the ``--set`` option behind each error whose key path it set."""
+    out = []
+    for err in errors:
+        key = err.split(":", 1)[0]
+        hit = next((ov for ov in reversed(overrides) if key == ov.key
+                    or key.startswith((ov.key + ".", ov.key + "["))), None)
+        out.append(f"{err} ({hit.origin})" if hit and hit.origin not in err else err)
+    return out
+
+
+def parse_launch(path: str | Path, overrides: Sequence[Override] = ()
+                 ) -> tuple[PipelineConfig | None, list[str], Any]:
+    """Read a launch file: (config or None, every error as ``key.path: reason``, the
+    parsed YAML document with ``overrides`` applied). Relative model paths resolve
+    against the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"launch file {path} not found (see launch/ for examples)")
+        return None, [f"launch file {path} not found (see launch/ for examples)"], None
+    loader = _UniqueKeyLoader(path.read_text())
     try:
-        data = yaml.safe_load(path.read_text())
+        data = loader.get_single_data()
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    cfg = config_from_dict(data, source=str(path))
+        return None, [f"not valid YAML: {e}"], None
+    finally:
+        loader.dispose()
+    errors = list(loader.duplicates)
+    if overrides:
+        data, errors2 = apply_overrides(data, overrides)
+        errors += errors2
+    cfg = _build(PipelineConfig, data, "", errors)
+    if errors or cfg is _BAD:
+        return None, blame(errors, overrides), data
     if cfg.model and not Path(cfg.model).is_absolute() and not Path(cfg.model).exists():
         candidate = path.parent / cfg.model
         if candidate.exists():
             cfg = dataclasses.replace(cfg, model=str(candidate))
+    return cfg, [], data
+
+
+def load_launch(path: str | Path) -> PipelineConfig:
+    """Read and validate a launch file (its shape and values; what needs the machine is
+    :func:`stream.validate.check_launch`).
+
+    Raises:
+        ConfigError: naming the file and listing every problem with its key path.
+    """
+    cfg, errors, _ = parse_launch(path)
+    if cfg is None:
+        if not Path(path).is_file():
+            raise ConfigError(errors[0])
+        raise ConfigError(errors=errors, where=str(path))
     return cfg

@@ -74,8 +74,9 @@ class PipelineCollector:
 
 @contextmanager
 def serve_metrics(port: int, pipeline: Any, captures: Sequence[Any], publisher: Any,
-                  addr: str = "0.0.0.0") -> Iterator[Any]:
-    """Serve ``/metrics`` on ``addr:port`` while the context is open."""
+                  addr: str = "127.0.0.1") -> Iterator[Any]:
+    """Serve ``/metrics`` on ``addr:port`` while the context is open (loopback by default:
+    the counters describe the vehicle's cameras; expose them with ``--metrics-bind``)."""
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError as e:

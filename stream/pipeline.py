@@ -14,6 +14,7 @@ and send; total = capture timestamp -> sent.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +60,18 @@ class EngineError(RuntimeError):
     """The engine raised or produced an invalid label map; nothing was published."""
 
 
+def frame_size_problem(height: int, width: int, max_pixels: int) -> str:
+    """Why a (height, width) frame cannot be segmented and published, or "" if it can."""
+    if height < 1 or width < 1:
+        return f"{width}x{height} frames are empty"
+    if max_pixels and height * width > max_pixels:
+        side = math.isqrt(max_pixels)
+        return (f"{width}x{height} frames ({height * width} pixels) are larger than the "
+                f"largest label map segstream publishes ({max_pixels} pixels, as "
+                f"{side}x{side}); ask the source for a smaller size, e.g. ?width=3840&height=2160")
+    return ""
+
+
 def check_labels(labels: np.ndarray, frame: Frame, num_classes: int) -> None:
     """Refuse to publish anything but a (H, W) uint8 map of valid class ids for ``frame``."""
     if labels.dtype != np.uint8 or labels.shape != frame.shape:
@@ -98,11 +111,16 @@ class Pipeline:
         segmenter: the engine stage.
         sink: the publisher stage.
         on_status: called with one status line per camera every ``stats_interval`` s.
+        max_pixels: largest frame served (0: any); a camera whose frames are larger (or
+            empty) is refused: its frames are skipped and ``on_refused(source, why)`` is
+            called once (the runner ends that capture as failed).
     """
 
     def __init__(self, sources: Sequence[FrameSource], segmenter: Segmenter, sink: LabelSink,
                  *, max_frames: int = 0, duration: float = 0.0, stats_interval: float = 1.0,
-                 on_status: Callable[[str], None] | None = None, poll_s: float = 0.001) -> None:
+                 on_status: Callable[[str], None] | None = None, poll_s: float = 0.001,
+                 max_pixels: int = 0,
+                 on_refused: Callable[[FrameSource, str], None] | None = None) -> None:
         if not sources:
             raise ValueError("a pipeline needs at least one source")
         self.sources = list(sources)
@@ -113,6 +131,9 @@ class Pipeline:
         self.stats_interval = stats_interval
         self.on_status = on_status
         self.poll_s = poll_s
+        self.max_pixels = max_pixels
+        self.on_refused = on_refused
+        self.refused: dict[str, str] = {}  # camera id -> why its frames are not served
         self.stats = {s.camera_id: CameraStats() for s in self.sources}
         self.num_classes = segmenter.spec.num_classes
         self._rr = 0
@@ -139,6 +160,15 @@ class Pipeline:
         """Run one frame through the engine and publish it."""
         cam = self.stats[src.camera_id]
         t_taken = time.monotonic_ns()
+        if src.camera_id in self.refused:
+            return
+        why = frame_size_problem(frame.shape[0], frame.shape[1], self.max_pixels)
+        if why:
+            self.refused[src.camera_id] = why
+            log.error("%s: %s", src.camera_id, why)
+            if self.on_refused is not None:
+                self.on_refused(src, why)
+            return
         try:
             labels, st = self.segmenter.run(frame.image)
         except Exception as e:  # any backend error: stop, publish nothing
@@ -146,7 +176,10 @@ class Pipeline:
         check_labels(labels, frame, self.num_classes)
         t_infer = time.time_ns()
         t0 = time.monotonic_ns()
-        self.sink.send(frame, labels, t_infer, src.dropped)
+        # Wire format 1.1 `dropped`: frames of this camera older than this one that will
+        # never be published (seqs start at 0 and this loop serves a camera in order), so
+        # a subscriber's loss formula is exact per pair, not off by in-flight drops.
+        self.sink.send(frame, labels, t_infer, max(0, frame.seq - cam.published))
         t_sent = time.monotonic_ns()
         times = cam.times
         times.add("capture", t_taken - frame.t_capture_mono)
@@ -184,8 +217,9 @@ class Pipeline:
                         log.info("all sources ended")
                         break
                     continue
+                before = self.stats[got[0].camera_id].published
                 self.process(*got)
-                published += 1
+                published += self.stats[got[0].camera_id].published - before
                 if self.max_frames and published >= self.max_frames:
                     break
         except EngineError as e:

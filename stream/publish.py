@@ -33,11 +33,14 @@ from zmq.utils.monitor import recv_monitor_message
 from engines.spec import ClassInfo, ModelSpec
 from stream.config import PublishConfig
 from stream.frames import Frame
+from stream.ipc_guard import live_ipc_owner
+from stream.peer_guard import PeerGuard, PeerLimits
 from stream.security import CurveConfig, start_server
 from stream.wire import (
     DEFAULT_MAX_PIXELS,
     INT64_MAX,
     TOPIC_CLASS_TABLE,
+    TOPIC_EVENT,
     ClassTable,
     LabelsHeader,
     ModelInfo,
@@ -50,6 +53,16 @@ from stream.wire import (
 )
 
 log = logging.getLogger("segstream.publish")
+
+# Largest message a peer may send us: a subscription is 1 byte + a topic of at most
+# "seg/" + a 64-character camera id, but libzmq applies the limit to handshake commands
+# too, and a CURVE INITIATE with its metadata is ~350 bytes. libzmq drops a connection
+# that sends more, before allocating it (a 256 MiB "subscription" otherwise costs ~20x
+# that in its trie).
+MAX_INBOUND_MESSAGE_BYTES = 1024
+_MAX_SUBSCRIPTIONS_PER_SERVICE = 1024  # bounds the time one service call holds the lock
+_GUARD_INTERVAL_S = 0.02
+DEFAULT_PEER_LIMITS = PeerLimits()
 
 _MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -86,6 +99,8 @@ class PublisherStats:
         subscriptions: subscription requests received.
         connections: transport connections open now (accepted minus disconnected).
         auth_failures: connections refused by the CURVE handshake / authenticator.
+        peers_cut: connections shut down for exceeding their inbound budget or the
+            connection cap (:mod:`stream.peer_guard`).
     """
 
     sent: int = 0
@@ -97,6 +112,7 @@ class PublisherStats:
     subscriptions: int = 0
     connections: int = 0
     auth_failures: int = 0
+    peers_cut: int = 0
 
 
 class Publisher:
@@ -114,6 +130,8 @@ class Publisher:
         curve: enable CURVE encryption + client allow-list (see ``stream/security.py``).
         class_table_interval: seconds between periodic class-table re-sends (0: never).
         heartbeat_ms: ZMTP heartbeat interval; a peer silent for 3x this is dropped.
+        peer_limits: per-connection inbound byte budget and connection cap
+            (:mod:`stream.peer_guard`); None disables them (not recommended on a network).
         context: share a ZeroMQ context (needed for ``inproc://`` subscribers in the same
             process); by default the publisher owns one. One CURVE publisher per context.
     """
@@ -124,7 +142,8 @@ class Publisher:
                  zstd_level: int = 1, sndhwm: int = 4, linger_ms: int = 200,
                  curve: CurveConfig | None = None, class_table_interval: float = 2.0,
                  heartbeat_ms: int = 2000, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 poll_s: float = 0.02, context: zmq.Context | None = None) -> None:
+                 poll_s: float = 0.02, context: zmq.Context | None = None,
+                 peer_limits: PeerLimits | None = DEFAULT_PEER_LIMITS) -> None:
         if isinstance(endpoints, str):
             endpoints = (endpoints,)
         if not endpoints:
@@ -152,6 +171,9 @@ class Publisher:
         self._closed = False
         self._counts = dict.fromkeys(PublisherStats.__dataclass_fields__, 0)
         self._cameras: set[str] = set()
+        self._states: dict[str, list] = {}  # camera -> its last source_state message
+        self._guard = PeerGuard(peer_limits) if peer_limits is not None else None
+        self._next_guard = 0.0
 
         self._own_ctx = context is None
         self._ctx = zmq.Context() if context is None else context
@@ -162,6 +184,8 @@ class Publisher:
             self._monitor = self._sock.get_monitor_socket(_MONITOR_EVENTS)
             bound = []
             for ep in self.endpoints:
+                if (busy := live_ipc_owner(ep)) is not None:
+                    raise PublishError(busy)
                 try:
                     self._sock.bind(ep)
                 except zmq.ZMQError as e:
@@ -194,6 +218,8 @@ class Publisher:
     def _configure(self, sndhwm: int, heartbeat_ms: int, curve: CurveConfig | None) -> None:
         s = self._sock
         s.setsockopt(zmq.SNDHWM, sndhwm)
+        s.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_MESSAGE_BYTES)
+        s.setsockopt(zmq.RCVHWM, 1000)  # per-peer queue of subscriptions not yet read
         s.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription reaches us (late joiners)
         s.setsockopt(zmq.LINGER, self._linger_ms)
         s.setsockopt(zmq.SNDTIMEO, 0)
@@ -282,13 +308,17 @@ class Publisher:
             if self._closed:
                 log.debug("publisher closed; event %s %s not sent", camera, state)
                 return False
-            ok = self._send(pack_event(event), "event")
+            parts = pack_event(event)
+            self._states[event.camera] = parts  # repeated to late joiners
+            ok = self._send(parts, "event")
             self._counts["events"] += ok
         return ok
 
     def stats(self) -> PublisherStats:
         with self._lock:
-            return PublisherStats(**self._counts)
+            counts = dict(self._counts)
+            counts["peers_cut"] = self._guard.cut if self._guard is not None else 0
+            return PublisherStats(**counts)
 
     # ------------------------------------------------------------------ internals
 
@@ -309,23 +339,37 @@ class Publisher:
         return False
 
     def _service(self) -> None:
-        """Handle subscriptions, periodic class tables and monitor events (lock held)."""
+        """Handle monitor events, subscriptions and periodic class tables (lock held)."""
+        self._service_monitor()
+        now = time.monotonic()
+        if self._guard is not None and now >= self._next_guard:
+            self._next_guard = now + _GUARD_INTERVAL_S
+            self._guard.check()
         send_table = False
-        while True:
+        states: set[str] = set()  # cameras whose current state a new subscriber needs
+        for _ in range(_MAX_SUBSCRIPTIONS_PER_SERVICE):
             try:
                 msg = self._sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             if msg[:1] == b"\x01":
                 self._counts["subscriptions"] += 1
-                if self._ct_topic.startswith(msg[1:]):
+                prefix = msg[1:]
+                if self._ct_topic.startswith(prefix):
                     send_table = True
-        now = time.monotonic()
+                if len(states) < len(self._states):
+                    states.update(c for c in self._states
+                                  if (TOPIC_EVENT + c).encode().startswith(prefix))
         if self._ct_interval > 0 and now >= self._next_ct:
             send_table = True
         if send_table:
             self._next_ct = now + self._ct_interval
             self._counts["class_tables"] += self._send(self._ct_parts, "class table")
+            states.update(self._states)  # periodic: every camera's state with the table
+        for camera in sorted(states):
+            self._counts["events"] += self._send(self._states[camera], "event")
+
+    def _service_monitor(self) -> None:
         while True:
             try:
                 ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
@@ -334,8 +378,12 @@ class Publisher:
             kind = ev["event"]
             if kind == zmq.EVENT_ACCEPTED:
                 self._counts["connections"] += 1
+                if self._guard is not None:
+                    self._guard.accepted(ev["value"])
             elif kind == zmq.EVENT_DISCONNECTED:
                 self._counts["connections"] = max(0, self._counts["connections"] - 1)
+                if self._guard is not None:
+                    self._guard.disconnected(ev["value"])
             else:  # refused clients retry every ~100 ms: log the first few only
                 self._counts["auth_failures"] += 1
                 n = self._counts["auth_failures"]

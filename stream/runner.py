@@ -12,9 +12,9 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from engines.segmenter import Segmenter
 from engines.zoo import resolve_model
@@ -24,10 +24,50 @@ from stream.config import PipelineConfig
 from stream.pipeline import Pipeline, PipelineResult
 from stream.publish import Publisher
 from stream.sources import parse_source
+from stream.validate import validate
 
 log = logging.getLogger("segstream.run")
 
-EXIT_OK, EXIT_ENGINE, EXIT_SETUP = 0, 1, 2
+EXIT_OK, EXIT_ENGINE, EXIT_SETUP, EXIT_SOURCE_LOST = 0, 1, 2, 3
+
+
+class _Ended(Protocol):
+    """What :func:`source_verdict` reads of a capture."""
+
+    camera_id: str
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def state_detail(self) -> str: ...
+
+
+def source_verdict(captures: Sequence[_Ended], published: Mapping[str, int]) -> tuple[int, str]:
+    """Exit code and reason for a run whose loop ended, judged by how its sources ended.
+
+    ``published``: label maps per camera. Only a run in which every source has ended is
+    judged; a stop by signal, ``duration`` or ``max_frames`` is a clean end whatever the
+    cameras do. Then: a source that failed before any of its frames was published is a
+    bad source (2: a user error that restarting will not fix); one that failed after
+    that was lost (3: worth a restart, e.g. systemd ``Restart=on-failure``); sources that
+    reached their end of stream are a clean end (0).
+    """
+    if not captures or any(c.state not in ("eos", "failed", "stopped") for c in captures):
+        return EXIT_OK, ""
+    failed = [c for c in captures if c.state == "failed"]
+    never = [c for c in failed if not published.get(c.camera_id)]
+    if never:
+        what = ("every source failed" if len(never) == len(captures)
+                else f"{len(never)} of {len(captures)} sources failed")
+        why = "; ".join(f"{c.camera_id}: {c.state_detail or 'failed'}" for c in never)
+        return EXIT_SETUP, (f"{what} before delivering a frame ({why}); check that each "
+                            "source plays, e.g. with `segstream probe`")
+    if failed:
+        why = "; ".join(f"{c.camera_id} after {published[c.camera_id]} label maps: "
+                        f"{c.state_detail or 'failed'}" for c in failed)
+        return EXIT_SOURCE_LOST, f"lost {len(failed)} of {len(captures)} sources ({why})"
+    return EXIT_OK, ""
 
 
 @contextmanager
@@ -52,15 +92,23 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
-                 out: TextIO = sys.stderr,
-                 on_ready: Callable[[Pipeline], None] | None = None) -> tuple[int, PipelineResult]:
+                 out: TextIO | None = None,
+                 on_ready: Callable[[Pipeline], None] | None = None,
+                 where: str = "") -> tuple[int, PipelineResult]:
     """Run ``cfg`` until stopped or finished. Returns (exit code, result).
 
-    Exit codes: 0 stopped or finished cleanly, 1 the engine failed (nothing invalid was
-    published), 2 the pipeline could not be set up (bad model, source or endpoint;
-    raised as exceptions by the callers' error handling instead when they prefer).
+    Raises ConfigError (all problems :func:`stream.validate.validate` finds, prefixed with
+    ``where``), or the model's and endpoints' errors, before any camera opens.
+
+    Exit codes: 0 stopped or finished cleanly (sources at their end of stream count as
+    finished), 1 the engine failed (nothing invalid was published), 2 the pipeline could
+    not be set up (bad model, source or endpoint, mostly raised as exceptions for the
+    callers' error handling; returned when no source ever delivered a frame), 3 every
+    source ended and one that had worked failed (see :func:`source_verdict`).
     """
     stop = stop or threading.Event()
+    out = out or sys.stderr
+    validate(cfg, where=where)  # every config problem at once, before anything opens
     model = resolve_model(cfg.model)
     with ExitStack() as stack:
         segmenter = Segmenter.from_path(model, cfg.backend, threads=cfg.threads,
@@ -81,13 +129,17 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
             cap = open_capture(spec, options=opts, on_state=on_state)
             stack.callback(cap.close)
             captures.append(cap)
+        by_id = {c.camera_id: c for c in captures}
         pipeline = Pipeline(captures, segmenter, publisher, max_frames=cfg.max_frames,
                             duration=cfg.duration, stats_interval=cfg.stats_interval,
-                            on_status=lambda line: print(line, file=out, flush=True))
+                            on_status=lambda line: print(line, file=out, flush=True),
+                            max_pixels=publisher.max_pixels,
+                            on_refused=lambda src, why: by_id[src.camera_id].fail(why))
         if cfg.metrics_port:
             from stream.metrics import serve_metrics
 
-            stack.enter_context(serve_metrics(cfg.metrics_port, pipeline, captures, publisher))
+            stack.enter_context(serve_metrics(cfg.metrics_port, pipeline, captures, publisher,
+                                              addr=cfg.metrics_bind))
         print(f"segstream: {model.name} ({segmenter.backend.name}, "
               f"{segmenter.spec.input_size[0]}x{segmenter.spec.input_size[1]}) -> "
               f"{', '.join(cfg.publish.endpoints)} [{cfg.publish.encoding}]", file=out, flush=True)
@@ -95,8 +147,12 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
             on_ready(pipeline)
         with stop_on_signals(stop):
             result = pipeline.run(stop)
+        published = {cam: st.published for cam, st in result.per_camera.items()}
+        code, why = (EXIT_ENGINE, "") if result.error else source_verdict(captures, published)
     print(summary(result), file=out, flush=True)
-    return (EXIT_ENGINE if result.error else EXIT_OK), result
+    if why:
+        print(f"segstream: error: {why}", file=out, flush=True)
+    return code, result
 
 
 def summary(result: PipelineResult) -> str:

@@ -8,7 +8,12 @@ process (``Assertion failed: _input_stopped`` or ``!_io_error`` in
 ``stream_engine_base.cpp``, cf. zeromq/libzmq#3937). Draining the socket continuously on
 a thread of its own means libzmq's input never stops; the backlog a slow reader builds
 lives here instead, bounded: beyond ``max_labels`` waiting label maps the oldest one is
-dropped (counted in ``overflow``). Class tables and source events are never dropped.
+dropped (counted in ``overflow``). The backlog is bounded in bytes too, whatever a
+(hostile) publisher sends: beyond ``max_bytes`` the oldest label maps go first, then the
+oldest other messages; a class table replaces a waiting one of the same topic, and at most
+``max_other`` class tables / events wait (the oldest beyond it is dropped, counted in
+``overflow_other``). Messages whose header frame exceeds ``max_header_bytes`` are dropped
+on arrival (``oversize``).
 
 Only this thread touches the SUB and monitor sockets until :meth:`SocketPump.close`
 returns; the caller closes them afterwards.
@@ -28,6 +33,8 @@ from zmq.utils.monitor import recv_monitor_message
 log = logging.getLogger("segstream.subscribe")
 _POLL_MS = 50  # how often the thread looks at its stop flag
 _MAX_BATCH = 256  # messages moved per wake-up before the inbox lock is taken
+DEFAULT_MAX_BACKLOG_BYTES = 256 << 20
+DEFAULT_MAX_OTHER = 1000
 
 
 class SocketPump:
@@ -39,14 +46,27 @@ class SocketPump:
         monitor: the socket's monitor PAIR socket, or None.
         max_labels: most label maps kept waiting (>= 1).
         label_topic: topic prefix of droppable messages (``seg/``).
+        max_bytes: most bytes (all frames) kept waiting.
+        max_other: most non-label messages (class tables, events) kept waiting.
+        max_header_bytes: frame 1 larger than this is dropped on arrival.
+        table_topic: topic prefix of class tables (a newer one replaces a waiting one).
         on_monitor_event: called on this thread with each decoded monitor event.
     """
 
     def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None, *, max_labels: int,
-                 label_topic: bytes,
+                 label_topic: bytes, max_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
+                 max_other: int = DEFAULT_MAX_OTHER, max_header_bytes: int = 1 << 20,
+                 table_topic: bytes = b"cls/",
                  on_monitor_event: Callable[[dict], None] | None = None) -> None:
-        if max_labels < 1:
-            raise ValueError(f"max_labels must be >= 1, got {max_labels}")
+        if max_labels < 1 or max_bytes < 1 or max_other < 1:
+            raise ValueError(f"max_labels, max_bytes and max_other must be >= 1, got "
+                             f"{max_labels}, {max_bytes}, {max_other}")
+        self.max_bytes, self.max_other = max_bytes, max_other
+        self._max_header = max_header_bytes
+        self._table_topic = table_topic
+        self._bytes = 0  # bytes of all messages in the inbox
+        self.overflow_other = 0  # class tables / events dropped (backlog full)
+        self.oversize = 0  # messages dropped on arrival (header frame too large)
         self._sock, self._monitor = sock, monitor
         self.max_labels = max_labels
         self._label_topic = label_topic
@@ -97,19 +117,52 @@ class SocketPump:
             self._cond.notify_all()
 
     def _push(self, frames: list[zmq.Frame]) -> None:
+        if len(frames) > 1 and len(frames[1].buffer) > self._max_header:
+            self.oversize += 1
+            return
         is_label = bytes(frames[0].buffer[:len(self._label_topic)]) == self._label_topic
+        size = sum(len(f.buffer) for f in frames)
         if is_label:
             if self._labels >= self.max_labels:
-                for i, (label, old) in enumerate(self._inbox):
-                    if label:
-                        del self._inbox[i]
-                        topic = bytes(old[0].buffer)
-                        self._dropped[topic] = self._dropped.get(topic, 0) + 1
-                        break
-                self._labels -= 1
-                self.overflow += 1
-            self._labels += 1
+                self._drop_oldest(label=True)
+        else:
+            topic = bytes(frames[0].buffer)
+            if topic.startswith(self._table_topic):
+                self._drop_same_topic(topic)
+            if len(self._inbox) - self._labels >= self.max_other:
+                self._drop_oldest(label=False)
+        while self._inbox and self._bytes + size > self.max_bytes:
+            self._drop_oldest(label=self._labels > 0)
+        self._labels += is_label
+        self._bytes += size
         self._inbox.append((is_label, frames))
+
+    def _remove(self, i: int) -> None:
+        label, frames = self._inbox[i]
+        del self._inbox[i]
+        self._bytes -= sum(len(f.buffer) for f in frames)
+        if label:
+            self._labels -= 1
+            self.overflow += 1
+            topic = bytes(frames[0].buffer)
+            self._dropped[topic] = self._dropped.get(topic, 0) + 1
+        else:
+            self.overflow_other += 1
+
+    def _drop_oldest(self, label: bool) -> None:
+        """Drop the oldest waiting label map (``label``) or other message."""
+        for i, (is_label, _) in enumerate(self._inbox):
+            if is_label == label:
+                self._remove(i)
+                return
+
+    def _drop_same_topic(self, topic: bytes) -> None:
+        """A newer class table replaces a waiting one of the same topic (not an overflow)."""
+        for i, (is_label, frames) in enumerate(self._inbox):
+            if not is_label and bytes(frames[0].buffer) == topic:
+                self._remove(i)
+                self.overflow_other -= 1
+                return
 
     def _drain_monitor(self) -> None:
         while True:
@@ -142,6 +195,7 @@ class SocketPump:
             if everything:
                 self._inbox.clear()
             self._labels -= sum(label for label, _ in items)
+            self._bytes -= sum(len(f.buffer) for _, frames in items for f in frames)
             dropped, self._dropped = self._dropped, {}
         return [frames for _, frames in items], dropped
 

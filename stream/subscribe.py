@@ -8,6 +8,8 @@
                 print(msg.camera, msg.state)
 
 Malformed or wrong-version messages are logged, counted in ``rejected`` and skipped.
+The publisher repeats every camera's current state (wire 1.1) so that late joiners learn
+it; a repeat of the state already seen is not yielded again.
 Per camera, gaps in ``seq`` that the source did not report as its own drops (the header's
 ``dropped`` counter) are counted as ``lost``: maps the publisher dropped for this
 subscriber, or that the network lost on reconnect. Maps this subscriber's own queue
@@ -33,9 +35,10 @@ import numpy as np
 import zmq
 
 from stream.security import CurveClientConfig, configure_client
-from stream.sub_pump import SocketPump
+from stream.sub_pump import DEFAULT_MAX_BACKLOG_BYTES, SocketPump
 from stream.wire import (
     DEFAULT_MAX_PIXELS,
+    MAX_HEADER_BYTES,
     TOPIC_CLASS_TABLE,
     TOPIC_EVENT,
     TOPIC_LABELS,
@@ -119,6 +122,8 @@ class SubscriberStats:
     skipped: int = 0  # received but superseded (latest_only)
     lost: int = 0
     overflow: int = 0  # dropped from this subscriber's queue: the application fell behind
+    overflow_other: int = 0  # class tables / events dropped from that queue (it was full)
+    oversize: int = 0  # messages refused on arrival: header frame over the limit
     restarts: int = 0  # publisher restarted or seq went backwards
     handshake_failures: int = 0  # security handshakes the publisher refused / failed
     lost_by_camera: dict[str, int] = field(default_factory=dict)
@@ -139,7 +144,12 @@ class Subscriber:
         curve: CURVE client keys, required when the publisher uses CURVE.
         rcvhwm: most label maps waiting to be read (default 2 if latest_only else 100);
             beyond it the oldest is dropped and counted in ``overflow``.
-        max_pixels: largest label map accepted.
+        max_pixels: largest label map accepted. Also bounds memory: ZeroMQ refuses any
+            frame larger than ``max(max_pixels, 1 MiB) + 64 KiB`` before allocating it.
+        max_backlog_bytes: most bytes of messages waiting to be read (default 256 MiB);
+            beyond it the oldest label maps are dropped (``overflow``), then the oldest
+            class tables / events (``overflow_other``). With ``rcvhwm`` and
+            ``max_pixels`` this bounds the subscriber's memory whatever a publisher sends.
         heartbeat_ms: TCP keepalive interval (rounded to whole seconds, at least 1): a
             publisher host that vanished is dropped after about 4x this and ZeroMQ
             reconnects (a publisher that exits closes the connection and is noticed at
@@ -151,7 +161,8 @@ class Subscriber:
                  latest_only: bool = False, timeout: float | None = None,
                  curve: CurveClientConfig | None = None, rcvhwm: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, heartbeat_ms: int = 2000,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None,
+                 max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES) -> None:
         self.endpoint = endpoint
         self.cameras = None if cameras is None else frozenset(check_camera_id(c)
                                                               for c in cameras)
@@ -160,6 +171,7 @@ class Subscriber:
         self.max_pixels = max_pixels
         self.stats = SubscriberStats()
         self.class_tables: dict[str, ClassTable] = {}
+        self._states: dict[str, SourceEvent] = {}  # camera -> its last state seen
         self._tracks: dict[str, _Track] = {}
         self._overflowed: dict[bytes, int] = {}  # topic -> maps dropped here, not yet seen
         self._pending: deque[LabelMessage | SourceEvent] = deque()
@@ -172,6 +184,7 @@ class Subscriber:
             s = self._sock
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.RCVHWM, _SOCKET_HWM)
+            s.setsockopt(zmq.MAXMSGSIZE, max(max_pixels, MAX_HEADER_BYTES) + (64 << 10))
             if heartbeat_ms > 0:
                 # Dead-publisher detection by TCP keepalive, not ZMTP heartbeat timeouts:
                 # the kernel answers keepalives however busy this process is, while a
@@ -197,6 +210,8 @@ class Subscriber:
             self._pump = SocketPump(
                 s, self._monitor, label_topic=TOPIC_LABELS.encode(),
                 max_labels=(2 if latest_only else 100) if rcvhwm is None else rcvhwm,
+                max_bytes=max_backlog_bytes, max_header_bytes=MAX_HEADER_BYTES,
+                table_topic=TOPIC_CLASS_TABLE.encode(),
                 on_monitor_event=self._on_monitor_event)
         except BaseException:
             self._close_sockets()
@@ -215,6 +230,8 @@ class Subscriber:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             batch, overflowed = self._pump.take(wait, everything=self.latest_only)
             self.stats.overflow = self._pump.overflow
+            self.stats.overflow_other = self._pump.overflow_other
+            self.stats.oversize = self._pump.oversize
             if batch:
                 self._process(batch, overflowed)
             elif self._pump.error is not None:
@@ -244,7 +261,8 @@ class Subscriber:
         a map of that camera comes, since a batch may hold only class tables or events)."""
         for topic, n in overflowed.items():
             self._overflowed[topic] = self._overflowed.get(topic, 0) + n
-        newest: dict[str, tuple[LabelsHeader, memoryview, int]] = {}
+        # camera -> (header, payload, own drops before it, lost before superseded maps)
+        newest: dict[str, tuple[LabelsHeader, memoryview, int, int]] = {}
         for frames in batch:
             parts = [f.buffer for f in frames]
             try:
@@ -255,23 +273,30 @@ class Subscriber:
             if isinstance(header, ClassTable):
                 self.class_tables[header.id] = header
             elif isinstance(header, SourceEvent):
+                if self._states.get(header.camera) == header:
+                    continue  # the publisher repeating a camera's current state
+                self._states[header.camera] = header
                 if self.cameras is None or header.camera in self.cameras:
                     self.stats.events += 1
                     self._pending.append(header)
             elif self.cameras is None or header.camera in self.cameras:
                 known = self._overflowed.pop((TOPIC_LABELS + header.camera).encode(), 0)
-                lost = self._track(header, known)
-                if header.camera in newest:
+                carried = 0
+                if header.camera in newest:  # superseded unread (latest_only): track only
+                    old, _, old_known, carried = newest[header.camera]
                     self.stats.skipped += 1
-                    lost += newest[header.camera][2]
-                newest[header.camera] = (header, parts[2], lost)
+                    carried += self._track(old, old_known)
+                newest[header.camera] = (header, parts[2], known, carried)
         t_mono, t_wall = time.monotonic_ns(), time.time_ns()
-        for header, payload, lost in newest.values():
+        for header, payload, known, carried in newest.values():
             try:
                 labels = self._decoder.decode(header, payload)
             except WireError as e:
+                # Not tracked: a corrupt message must not move the camera's sequence
+                # state (its gap then shows as one lost map, which it is).
                 self._reject(e)
                 continue
+            lost = carried + self._track(header, known)
             self.stats.received += 1
             self._pending.append(LabelMessage(
                 camera=header.camera, seq=header.seq, t_capture_ns=header.t_capture_ns,

@@ -1,4 +1,4 @@
-"""The segstream wire format, version 1: encode and validate ZeroMQ messages.
+"""The segstream wire format, version 1.1: encode and validate ZeroMQ messages.
 
 Every message is three ZeroMQ frames (see ``docs/wire-format.md`` for the full spec):
 
@@ -12,7 +12,8 @@ Label-map payload encodings (the map is (H, W) uint8, C order, row-major):
     rle   uint32 LE run count N, then N uint32 LE run lengths (each >= 1, summing to H*W),
           then N uint8 values. Runs follow the flattened map and may cross rows.
           Total 4 + 5*N bytes.
-    zstd  exactly one zstd frame whose header declares Frame_Content_Size = H*W.
+    zstd  exactly one zstd frame whose header declares Frame_Content_Size = H*W and, from
+          version 1.1 on (``"v_minor": 1``), carries a content checksum that decoders verify.
 
 Decoding checks everything a hostile or broken peer could get wrong and raises
 :class:`WireError` (never anything else) naming the field and the problem. This module
@@ -33,6 +34,7 @@ import zstandard
 from engines.spec import ClassInfo, ModelSpec
 
 WIRE_VERSION = 1
+WIRE_MINOR = 1  # 1.1: zstd checksums, exact `dropped`, camera-id rule, repeated states
 ENCODINGS = ("raw", "rle", "zstd")
 TOPIC_LABELS = "seg/"
 TOPIC_CLASS_TABLE = "cls/"
@@ -118,11 +120,13 @@ class LabelsHeader:
     shape: tuple[int, int]  # (H, W)
     encoding: str
     class_table: str
-    dropped: int  # frames dropped at the source so far
+    dropped: int  # frames of this camera with a smaller seq that were never published
     publisher: str = ""  # random id of the publishing process instance
+    minor: int = WIRE_MINOR  # wire minor version (absent on the wire: 0)
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": WIRE_VERSION, "type": "labels", "camera": self.camera, "seq": self.seq,
+        return {"v": WIRE_VERSION, "v_minor": self.minor, "type": "labels",
+                "camera": self.camera, "seq": self.seq,
                 "t_capture_ns": self.t_capture_ns, "t_capture_mono_ns": self.t_capture_mono_ns,
                 "t_infer_ns": self.t_infer_ns, "t_publish_ns": self.t_publish_ns,
                 "shape": list(self.shape), "dtype": "uint8", "encoding": self.encoding,
@@ -154,12 +158,30 @@ Header = LabelsHeader | ClassTable | SourceEvent
 
 
 def check_camera_id(camera: object) -> str:
-    """Camera ids are 1-64 printable characters without whitespace or ``/``."""
+    """Camera ids are 1-64 printable ASCII characters (0x21-0x7E) other than ``/``.
+
+    A decoding rule as well: a message naming any other camera id is rejected, so ids are
+    always safe to print, to use in file names and to match byte-wise.
+    """
     if (not isinstance(camera, str) or not 0 < len(camera) <= MAX_CAMERA_ID_CHARS
-            or any(ch == "/" or ch.isspace() or not ch.isprintable() for ch in camera)):
-        raise WireError(f"camera id {camera!r} is invalid: use 1-{MAX_CAMERA_ID_CHARS} "
-                        "printable characters without spaces or '/', e.g. 'front-left'")
+            or any(ch == "/" or not "!" <= ch <= "~" for ch in camera)):
+        raise WireError(f"camera id {camera!r:.80} is invalid: use 1-{MAX_CAMERA_ID_CHARS} "
+                        "printable ASCII characters without spaces or '/', e.g. 'front-left'")
     return camera
+
+
+def terminal_safe(text: str, limit: int = 200) -> str:
+    """``text`` from the network made safe to print on a terminal: control and other
+    non-printable characters (ANSI escapes, carriage returns, bidi overrides) become
+    ``\\xNN`` / ``\\uNNNN`` escapes; longer than ``limit`` characters is cut with '...'."""
+    out = []
+    for ch in text[:limit]:
+        if ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out) + ("..." if len(text) > limit else "")
 
 
 # ---------------------------------------------------------------------------- payloads
@@ -212,8 +234,13 @@ def _zstd_frame_end(buf: memoryview) -> int:
             return pos + (4 if has_checksum else 0)
 
 
-def zstd_decode(payload: Buffer, size: int, dctx: zstandard.ZstdDecompressor) -> np.ndarray:
-    """One zstd frame declaring ``size`` bytes -> flat (size,) uint8; bombs are refused."""
+def zstd_decode(payload: Buffer, size: int, dctx: zstandard.ZstdDecompressor, *,
+                require_checksum: bool = False) -> np.ndarray:
+    """One zstd frame declaring ``size`` bytes -> flat (size,) uint8; bombs are refused.
+
+    A content checksum, when present, is verified (a corrupted payload is an error, not a
+    wrong map); ``require_checksum`` (wire 1.1 messages) refuses frames without one.
+    """
     buf = memoryview(payload).cast("B")
     try:
         declared = zstandard.frame_content_size(buf)
@@ -223,6 +250,8 @@ def zstd_decode(payload: Buffer, size: int, dctx: zstandard.ZstdDecompressor) ->
             raise WireError(f"zstd frame declares {what}; shape needs exactly {size} bytes")
         if end != len(buf):
             raise WireError(f"zstd payload has {len(buf) - end} bytes after its frame")
+        if require_checksum and not buf[4] & 0x04:
+            raise WireError("zstd frame has no content checksum; wire format 1.1 requires one")
         out = dctx.decompress(buf, max_output_size=size)
     except zstandard.ZstdError as e:
         raise WireError(f"zstd payload is corrupt: {e}") from None
@@ -244,7 +273,8 @@ class PayloadEncoder:
         if not 1 <= zstd_level <= 22:
             raise ValueError(f"zstd_level must be 1..22 (1-3 are fast), got {zstd_level}")
         self.encoding = encoding
-        self._cctx = zstandard.ZstdCompressor(level=zstd_level, write_content_size=True)
+        self._cctx = zstandard.ZstdCompressor(level=zstd_level, write_content_size=True,
+                                              write_checksum=True)
 
     def encode(self, labels: np.ndarray) -> Buffer:
         labels = np.ascontiguousarray(labels)
@@ -272,7 +302,7 @@ class PayloadDecoder:
         elif header.encoding == "rle":
             flat = rle_decode(payload, size)
         else:
-            flat = zstd_decode(payload, size, self._dctx)
+            flat = zstd_decode(payload, size, self._dctx, require_checksum=header.minor >= 1)
         return flat.reshape(h, w)
 
 
@@ -289,7 +319,7 @@ def pack_labels(header: LabelsHeader, payload: Buffer) -> list[Buffer]:
 
 
 def class_table_json(table: ClassTable) -> dict[str, Any]:
-    return {"v": WIRE_VERSION, "type": "class_table", "id": table.id,
+    return {"v": WIRE_VERSION, "v_minor": WIRE_MINOR, "type": "class_table", "id": table.id,
             "classes": [{"id": c.id, "name": c.name, "color": list(c.color)}
                         for c in table.classes],
             "model": {"name": table.model.name, "architecture": table.model.architecture,
@@ -301,7 +331,8 @@ def pack_class_table(table: ClassTable) -> list[Buffer]:
 
 
 def pack_event(event: SourceEvent) -> list[Buffer]:
-    doc = {"v": WIRE_VERSION, "type": "source_state", "camera": event.camera,
+    doc = {"v": WIRE_VERSION, "v_minor": WIRE_MINOR, "type": "source_state",
+           "camera": event.camera,
            "state": event.state, "detail": event.detail, "t_ns": event.t_ns}
     return [(TOPIC_EVENT + event.camera).encode(), _dumps(doc), b""]
 
@@ -404,12 +435,13 @@ def _labels_header(doc: Mapping[str, Any], max_pixels: int) -> LabelsHeader:
     publisher = doc.get("publisher", "")
     if not isinstance(publisher, str):
         raise WireError("labels header key 'publisher' must be str")
+    minor = _uint(doc, "v_minor", w) if "v_minor" in doc else 0
     return LabelsHeader(
         camera=camera, seq=_uint(doc, "seq", w), t_capture_ns=_uint(doc, "t_capture_ns", w),
         t_capture_mono_ns=_uint(doc, "t_capture_mono_ns", w),
         t_infer_ns=_uint(doc, "t_infer_ns", w), t_publish_ns=_uint(doc, "t_publish_ns", w),
         shape=shape, encoding=encoding, class_table=_field(doc, "class_table", str, w),
-        dropped=_uint(doc, "dropped", w), publisher=publisher)
+        dropped=_uint(doc, "dropped", w), publisher=publisher, minor=minor)
 
 
 def _check_classes(classes: list[Any]) -> tuple[ClassInfo, ...]:

@@ -1,5 +1,5 @@
 /*
- * segwire.c - validate, decode and print segstream wire messages (version 1).
+ * segwire.c - validate, decode and print segstream wire messages (version 1.1; reads 1.0).
  * See segwire.h for the output format and docs/wire-format.md for the rules checked.
  * Headers are read by json_scan.c (see its documented limits).
  */
@@ -37,6 +37,7 @@ struct labels {
     char camera[ID_BYTES];
     size_t camera_len;
     int64_t seq, h, w;
+    int64_t minor; /* "v_minor", 0 when absent (1.0 publishers) */
     enum encoding enc;
 };
 
@@ -152,25 +153,21 @@ static size_t utf8_chars(const char *s, size_t n)
     return chars;
 }
 
-/* 1-64 printable characters without whitespace or '/'. Non-ASCII characters are not
- * classified (that needs Unicode tables) except C1 controls and U+00A0. */
+/* 1-64 printable ASCII characters (0x21-0x7E) other than '/' (wire 1.1 decoding rule). */
 int segwire_check_camera_id(const char *s, size_t n, struct segwire_err *e)
 {
     char shown[80];
-    size_t chars = utf8_chars(s, n);
-    int ok = chars >= 1 && chars <= MAX_ID_CHARS;
+    int ok = n >= 1 && n <= MAX_ID_CHARS;
     for (size_t i = 0; ok && i < n; i++) {
         unsigned c = (unsigned char)s[i];
-        if (c <= ' ' || c == '/' || c == 0x7F)
-            ok = 0;
-        if (c == 0xC2 && i + 1 < n && (unsigned char)s[i + 1] <= 0xA0)
+        if (c < 0x21 || c > 0x7E || c == '/')
             ok = 0;
     }
     if (ok)
         return 0;
     escape_into(shown, sizeof shown, s, n, 0);
-    return fail(e, "camera id '%s' is invalid: use 1-%d printable characters without spaces "
-                "or '/', e.g. 'front-left'", shown, MAX_ID_CHARS);
+    return fail(e, "camera id '%s' is invalid: use 1-%d printable ASCII characters without "
+                "spaces or '/', e.g. 'front-left'", shown, MAX_ID_CHARS);
 }
 
 static int parse_labels(struct json_span doc, long long max_pixels, struct labels *lab,
@@ -206,6 +203,9 @@ static int parse_labels(struct json_span doc, long long max_pixels, struct label
     if (json_object_get(doc, "publisher", &v) && v.kind != JSON_STRING)
         return fail(e, "labels header key 'publisher' must be string, got %s",
                     json_kind_name(v.kind));
+    lab->minor = 0;
+    if (json_object_get(doc, "v_minor", &v) && uint_member(doc, "v_minor", w, &lab->minor, e))
+        return -1;
     return uint_member(doc, "seq", w, &lab->seq, e) || uint_member(doc, "t_capture_ns", w, &t, e)
            || uint_member(doc, "t_capture_mono_ns", w, &t, e)
            || uint_member(doc, "t_infer_ns", w, &t, e) || uint_member(doc, "t_publish_ns", w, &t, e)
@@ -310,9 +310,11 @@ static int rle_decode(struct segwire *c, const uint8_t *src, size_t n, size_t si
     return 0;
 }
 
-/* Exactly one zstd frame declaring Frame_Content_Size = H*W; nothing after it. */
+/* Exactly one zstd frame declaring Frame_Content_Size = H*W; nothing after it; with a
+ * content checksum when require_checksum (wire 1.1). A checksum present is verified by
+ * ZSTD_decompressDCtx, so a corrupted payload is an error, not a wrong map. */
 static int zstd_decode(struct segwire *c, const uint8_t *src, size_t n, size_t size,
-                       struct segwire_err *e)
+                       int require_checksum, struct segwire_err *e)
 {
     unsigned long long declared = ZSTD_getFrameContentSize(src, n);
     if (declared == ZSTD_CONTENTSIZE_ERROR)
@@ -327,6 +329,9 @@ static int zstd_decode(struct segwire *c, const uint8_t *src, size_t n, size_t s
         return fail(e, "zstd payload is corrupt: %s", ZSTD_getErrorName(frame));
     if (frame != n)
         return fail(e, "zstd payload has %zu bytes after its frame", n - frame);
+    /* Frame_Header_Descriptor follows the 4-byte magic; bit 2: Content_Checksum_flag. */
+    if (require_checksum && (n < 5 || !(src[4] & 0x04)))
+        return fail(e, "zstd frame has no content checksum; wire format 1.1 requires one");
     if (reserve(c, size, e) != 0)
         return -1;
     size_t got = ZSTD_decompressDCtx(c->dctx, c->map, size, src, n);
@@ -353,7 +358,7 @@ static const uint8_t *decode_payload(struct segwire *c, const struct labels *lab
     case ENC_RLE:
         return rle_decode(c, src, n, size, e) == 0 ? c->map : NULL;
     case ENC_ZSTD:
-        return zstd_decode(c, src, n, size, e) == 0 ? c->map : NULL;
+        return zstd_decode(c, src, n, size, lab->minor >= 1, e) == 0 ? c->map : NULL;
     case ENC_COUNT:
         break;
     }

@@ -9,17 +9,22 @@ from stream.config import ENCODINGS, PipelineConfig, PublishConfig, parse_source
 from stream.config import with_default_ids as _ids
 from stream.sources import VALID_FORMS
 
-EPILOG = VALID_FORMS + """
+EPILOG = VALID_FORMS + r"""
 
 examples:
   segstream run --source 'test://smpte?width=480&height=360&fps=30'
-  segstream run --source front=rtsp://10.0.0.5/live --source rear=v4l2:///dev/video1 \\
+  segstream run --source front=rtsp://10.0.0.5/live --source rear=v4l2:///dev/video1 \
                 --publish tcp://*:5555 --encoding zstd
   segstream run --source 'drive.mp4?loop=1' --model my.onnx --threads 2 --publish ipc:///tmp/seg
   segstream run --source csi://0 --model camvid.engine          # TensorRT on a Jetson
 
-Ctrl-C or SIGTERM stops cleanly (exit 0). Exit 1: the engine failed (nothing invalid was
-published); exit 2: bad model, source, endpoint or option.
+exit status:
+  0  stopped by Ctrl-C / SIGTERM / --duration / --max-frames, or every source reached its end
+  1  the engine failed (nothing invalid was published)
+  2  bad model, source, endpoint or option, or a source failed before delivering any frame
+     (a text file named .mp4, an empty or truncated file, a camera this machine lacks)
+  3  every source ended and one that had delivered frames failed (retries used up,
+     a file broken mid-way): worth a restart (systemd Restart=on-failure)
 """
 
 
@@ -42,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stall-timeout", type=float, default=3.0,
                    help="seconds without a frame before a source is rebuilt (default 3)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDR",
+                   help="address of the metrics server (default 127.0.0.1, this host only; "
+                        "0.0.0.0 exposes it on every interface)")
     p.add_argument("--stats-interval", type=float, default=1.0,
                    help="seconds between status lines (0: none)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N label maps")
@@ -67,17 +75,14 @@ def run(args: argparse.Namespace) -> int:
     sources = _ids([parse_source_arg(s) for s in args.source])
     sources = tuple(type(s)(uri=s.uri, id=s.id, stall_timeout=args.stall_timeout)
                     for s in sources)
-    try:
-        cfg = PipelineConfig(
-            sources=sources, model=args.model, backend=args.backend, threads=args.threads,
-            letterbox=args.letterbox,
-            publish=PublishConfig(endpoints=tuple(args.publish or ("tcp://*:5555",)),
-                                  encoding=args.encoding, sndhwm=args.sndhwm,
-                                  curve_keys=args.curve_keys),
-            stats_interval=args.stats_interval, metrics_port=args.metrics_port,
-            max_frames=args.max_frames, duration=args.duration)
-    except ValueError as e:
-        print(f"segstream: error: {e}")
-        return 2
+    cfg = PipelineConfig(  # ConfigError (every problem) -> report_errors: exit 2
+        sources=sources, model=args.model, backend=args.backend, threads=args.threads,
+        letterbox=args.letterbox,
+        publish=PublishConfig(endpoints=tuple(args.publish or ("tcp://*:5555",)),
+                              encoding=args.encoding, sndhwm=args.sndhwm,
+                              curve_keys=args.curve_keys),
+        stats_interval=args.stats_interval, metrics_port=args.metrics_port,
+        metrics_bind=args.metrics_bind,
+        max_frames=args.max_frames, duration=args.duration)
     code, _ = run_pipeline(cfg)
     return code

@@ -14,7 +14,7 @@ import numpy as np
 
 from stream.commands._common import report_errors
 from stream.stats import StageTimes
-from stream.wire import ClassTable, SourceEvent
+from stream.wire import ClassTable, SourceEvent, terminal_safe
 
 DESCRIPTION = """Connect to a segstream publisher and print one line per label map: camera,
 sequence number, size, encoding, payload size, the three most frequent classes, and the
@@ -62,6 +62,12 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
                    help="the publisher's public key (server.key) to use CURVE encryption")
     p.add_argument("--curve-client-key", type=Path, metavar="FILE",
                    help="this client's key pair (client-NAME.key_secret)")
+    p.add_argument("--max-pixels", type=int, default=8192 * 8192, metavar="N",
+                   help="largest label map accepted; bigger frames are refused before they "
+                        "are read (default 8192*8192)")
+    p.add_argument("--max-backlog-mb", type=_positive, default=256, metavar="MB",
+                   help="most MiB of messages kept waiting when this client falls behind "
+                        "(default 256; the oldest maps are dropped beyond it)")
 
 
 def open_subscriber(args: argparse.Namespace, *, latest_only: bool = False) -> Any:
@@ -76,7 +82,8 @@ def open_subscriber(args: argparse.Namespace, *, latest_only: bool = False) -> A
     if args.curve_server_key is not None:
         curve = CurveClientConfig(args.curve_server_key, args.curve_client_key)
     return Subscriber(args.endpoint, cameras=args.camera, latest_only=latest_only,
-                      timeout=args.timeout, curve=curve)
+                      timeout=args.timeout, curve=curve, max_pixels=args.max_pixels,
+                      max_backlog_bytes=max(1, int(args.max_backlog_mb * (1 << 20))))
 
 
 def connection_errors() -> tuple[type[BaseException], ...]:
@@ -99,7 +106,7 @@ def top_classes(labels: np.ndarray, table: ClassTable | None, k: int = 3) -> lis
     """The ``k`` most frequent class ids with their names and pixel fractions."""
     counts = np.bincount(labels.reshape(-1), minlength=256)  # (256,)
     order = np.argsort(-counts, kind="stable")[:k]  # ties: lower id first
-    names = table.names if table else []
+    names = [terminal_safe(n, 40) for n in table.names] if table else []
     return [{"id": int(i), "name": names[i] if i < len(names) else f"class{i}",
              "fraction": round(float(counts[i]) / labels.size, 4)}
             for i in order if counts[i] > 0]
@@ -144,7 +151,10 @@ class _Report:
             out.append(f"[{cam}] {times.fps():.1f} msg/s | {lat_text} | received "
                        f"{times.frames} | lost {sub.stats.lost_by_camera.get(cam, 0)}")
         out.append(f"[all] rejected {sub.stats.rejected} | skipped {sub.stats.skipped} | "
-                   f"overflow {sub.stats.overflow} | publisher restarts {sub.stats.restarts}")
+                   f"overflow {sub.stats.overflow} | publisher restarts {sub.stats.restarts}"
+                   + (f" | oversize {sub.stats.oversize}" if sub.stats.oversize else "")
+                   + (f" | overflow other {sub.stats.overflow_other}"
+                      if sub.stats.overflow_other else ""))
         return out
 
     def emit(self, sub: Any) -> None:
@@ -181,7 +191,8 @@ def _event_line(ev: SourceEvent, as_json: bool) -> str:
     if as_json:
         return json.dumps({"type": "source_state", "camera": ev.camera, "state": ev.state,
                            "detail": ev.detail, "t_ns": ev.t_ns})
-    return f"{ev.camera:>10} event {ev.state}{': ' + ev.detail if ev.detail else ''}"
+    state, detail = terminal_safe(ev.state, 40), terminal_safe(ev.detail)
+    return f"{ev.camera:>10} event {state}{': ' + detail if detail else ''}"
 
 
 @report_errors

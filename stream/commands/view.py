@@ -14,7 +14,7 @@ import numpy as np
 from engines.postprocess import colorize
 from stream.commands._common import report_errors
 from stream.commands.subscribe import add_connection_args, connection_errors, open_subscriber
-from stream.wire import ClassTable
+from stream.wire import ClassTable, terminal_safe
 
 DESCRIPTION = """Colour received label maps with the class table's colours and draw a
 legend. Only label maps travel on the wire, so there is no camera image to overlay.
@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for msg in sub:
             if not isinstance(msg, LabelMessage):
-                print(f"[{msg.camera}] {msg.state}{': ' + msg.detail if msg.detail else ''}",
+                state, detail = terminal_safe(msg.state, 40), terminal_safe(msg.detail)
+                print(f"[{msg.camera}] {state}{': ' + detail if detail else ''}",
                       file=sys.stderr)
                 continue
             img = render(msg.labels, msg.class_table, legend=not args.no_legend)

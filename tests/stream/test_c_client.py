@@ -259,6 +259,12 @@ def zstd_frame(data: bytes, content_size: bool = True) -> bytes:
     return zstandard.ZstdCompressor(write_content_size=content_size).compress(data)
 
 
+def _flip_checksum(frame: object) -> bytes:
+    b = bytearray(bytes(frame))
+    b[-1] ^= 0xFF  # the last 4 bytes are the content checksum
+    return bytes(b)
+
+
 def malformed_cases() -> list[tuple[str, list[bytes], str]]:
     """(what, frames, text segsub's rejection must contain). Topics all match a
     subscription: ZeroMQ itself filters the others before they reach a client."""
@@ -279,6 +285,15 @@ def malformed_cases() -> list[tuple[str, list[bytes], str]]:
         ("type of another topic", labels_parts(type="class_table"), "does not match topic"),
         ("topic not the camera", labels_parts(topic=b"seg/rear"), "topic 'seg/rear'"),
         ("camera with a space", labels_parts(topic=b"seg/a b", camera="a b"), "camera id"),
+        ("camera not ASCII (1.1)", labels_parts(topic="seg/café".encode(), camera="café"),
+         "camera id"),
+        ("zstd without checksum in 1.1", labels_parts(
+            encoding="zstd", payload=zstandard.ZstdCompressor(write_content_size=True)
+            .compress(SMALL.tobytes())), "no content checksum"),
+        ("zstd checksum mismatch", labels_parts(
+            encoding="zstd", payload=_flip_checksum(PayloadEncoder("zstd").encode(SMALL))),
+         "corrupt"),
+        ("v_minor negative", labels_parts(v_minor=-1), "'v_minor' must be in 0..2^63-1"),
         ("camera with a lone surrogate", labels_parts(camera="\ud800"), "surrogate"),
         ("no seq", labels_parts(seq=DROP), "missing key 'seq'"),
         ("negative seq", labels_parts(seq=-1), "'seq' must be in 0..2^63-1"),
@@ -423,6 +438,10 @@ def test_agrees_with_the_python_decoder_on_corrupted_messages(segsub, tmp_path):
     seeds = [parts for _, parts, _ in malformed_cases()] + [table_parts(), event_parts()]
     seeds += [labels_parts(encoding=enc, labels=m, payload=bytes(PayloadEncoder(enc).encode(m)))
               for enc in ENCODINGS for m in sample_maps()[:6]]
+    # a 1.0 publisher: no v_minor, zstd frames without checksum (both decoders accept)
+    seeds += [labels_parts(encoding="zstd", labels=m, v_minor=DROP,
+                           payload=zstandard.ZstdCompressor().compress(m.tobytes()))
+              for m in sample_maps()[:3]]
     messages = [corrupt(seed, rng) if rng.random() < 0.7 else seed
                 for seed in (seeds[i] for i in rng.integers(0, len(seeds), 400))]
     printed_table: list[str] = []

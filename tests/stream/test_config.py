@@ -26,12 +26,13 @@ def test_expected_examples_are_shipped():
 
 @pytest.mark.parametrize("text,needle", [
     ("sources: [{uri: 'test://', fps: 3}]", "sources[0].fps: unknown key"),
-    ("sources: [{uri: 'test://'}]\npublish: {encoding: lz4}", "encoding must be one of"),
+    ("sources: [{uri: 'test://'}]\npublish: {encoding: lz4}", "publish.encoding: must be one of"),
     ("sources: [{uri: 'test://'}]\nthreads: two", "threads: expected int"),
     ("sources: [{uri: 'test://'}]\npublish: {endpoints: ['udp://x']}", "must start with tcp://"),
-    ("sources: [{uri: 'a', id: x}, {uri: 'b', id: x}]", "unique"),
+    ("sources: [{uri: 'a', id: x}, {uri: 'b', id: x}]",
+     "sources[1].id: 'x' is already the id of sources[0]"),
     ("model: m.onnx", "missing required key 'sources'"),
-    ("sources: [{uri: 'test://'}]\nversion: 2", "version must be 1"),
+    ("sources: [{uri: 'test://'}]\nversion: 2", "version: must be 1"),
     ("- just\n- a list", "expected a mapping"),
     ("sources: [{uri: 'test://'}\n", "not valid YAML"),
 ])

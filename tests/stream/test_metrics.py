@@ -24,6 +24,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening_addresses(port: int) -> list[str]:
+    """IPv4 addresses with a listening TCP socket on ``port`` (Linux /proc/net/tcp)."""
+    out = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if state == "0A" and int(p, 16) == port:
+                out.append(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+    return out
+
+
 def test_metrics_endpoint_reports_per_camera_figures(tiny_model):
     require_gst()
     port = _free_port()
@@ -52,9 +64,11 @@ def test_metrics_endpoint_reports_per_camera_figures(tiny_model):
                     and "segstream_latency_seconds" in body:
                 break
             time.sleep(0.2)
+        listening = _listening_addresses(port)
     finally:
         stop.set()
         t.join(15)
+    assert listening == ["127.0.0.1"], "the metrics port must bind loopback by default"
     assert 'segstream_source_up{camera="front"} 1.0' in body
     published = [ln for ln in body.splitlines()
                  if ln.startswith('segstream_frames_published_total{camera="front"}')]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -104,3 +105,31 @@ def test_status_lines_report_fps_and_drops(tiny_model):
     p.run()
     time.sleep(0)
     assert any("cam0" in ln and "dropped 3" in ln and "fps" in ln for ln in lines)
+
+
+def test_dropped_makes_the_loss_formula_exact_for_every_pair(tiny_model):
+    """Wire 1.1: a source that skips frames while the engine is busy (and drops more while
+    a map is in flight). For every pair of published maps of a camera,
+    (seq2 - seq1 - 1) - (dropped2 - dropped1) must be exactly 0 (nothing lost)."""
+
+    class SkippingSource(ListSource):
+        def __init__(self) -> None:
+            super().__init__("cam", 60)
+            self._rng = np.random.default_rng(7)
+
+        def latest(self, timeout: float) -> Frame | None:
+            self._seq += int(self._rng.integers(0, 4))  # 0-3 frames overwritten unread
+            self.dropped += 5  # and the mailbox keeps dropping newer ones meanwhile
+            return super().latest(timeout)
+
+    class DroppedSink(ListSink):
+        def send(self, frame, labels, t_infer_ns, dropped) -> None:
+            self.sent.append((frame.seq, dropped))
+
+    seg = Segmenter.from_path(tiny_model, threads=1)
+    sink = DroppedSink()
+    Pipeline([SkippingSource()], seg, sink, stats_interval=0).run()
+    assert len(sink.sent) > 10
+    assert sink.sent[0][1] == sink.sent[0][0]  # frames before the first one never published
+    for (s1, d1), (s2, d2) in itertools.pairwise(sink.sent):
+        assert (s2 - s1 - 1) - (d2 - d1) == 0

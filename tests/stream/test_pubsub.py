@@ -459,3 +459,37 @@ def test_receive_after_close_is_an_error_not_a_hang():
     sub.close()
     with pytest.raises(SubscribeError, match="closed"):
         sub.receive(timeout=None)
+
+
+def test_late_joiner_learns_every_camera_state_once():
+    """Wire 1.1: the publisher repeats each camera's current state to new subscribers (and
+    with the periodic class table); the Subscriber yields a repeated state only once."""
+    with Publisher(ipc_endpoint(), class_table=TABLE, class_table_interval=0.2) as pub:
+        pub.publish_event("front", "running", "since boot")
+        pub.publish_event("rear", "reconnecting", "rtsp: refused")
+        with Subscriber(pub.endpoints[0], timeout=2.0) as sub:
+            got = []
+            t_end = time.monotonic() + 1.5  # several periodic repeats
+            while time.monotonic() < t_end:
+                msg = sub.receive(0.1)
+                if msg is not None:
+                    got.append((msg.camera, msg.state))
+            assert sorted(got) == [("front", "running"), ("rear", "reconnecting")]
+            pub.publish_event("rear", "running")
+            msg = sub.receive(2.0)
+            assert (msg.camera, msg.state) == ("rear", "running")
+
+
+def test_a_map_that_fails_to_decode_does_not_move_sequence_tracking(raw_pub):
+    """A corrupt payload under a header with a bogus seq and publisher id: rejected, and
+    neither a 'restart' nor hundreds of 'lost' maps follow from it."""
+    with Subscriber(raw_pub.endpoint, timeout=5) as sub:
+        raw_pub.wait_subscribed()
+        raw_pub.send(raw_pub.labels(0))
+        bad = raw_pub.labels(500, publisher="bogus")
+        raw_pub.send([bad[0], bad[1], bad[2][:-1]])  # raw payload one byte short
+        raw_pub.send(raw_pub.labels(1))
+        raw_pub.send(raw_pub.labels(2))
+        got = [sub.receive() for _ in range(3)]
+        assert [m.seq for m in got] == [0, 1, 2]
+        assert (sub.stats.rejected, sub.stats.restarts, sub.stats.lost) == (1, 0, 0)

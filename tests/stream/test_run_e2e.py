@@ -160,9 +160,11 @@ def test_sigterm_stops_cleanly_with_exit_0(tiny_model):
     assert "published" in out
 
 
-def test_bad_model_swapped_in_exits_1_and_publishes_nothing(tiny_model):
-    # A sidecar that disagrees with the graph (input 32x32 vs the ONNX's 64x96): ONNX
-    # Runtime refuses the first frame; the pipeline must stop with exit 1, not publish.
+def test_model_disagreeing_with_its_sidecar_fails_at_load_not_at_the_first_frame(
+        tiny_model, capsys):
+    # A sidecar that disagrees with the graph (input 32x32 vs the ONNX's 64x96) used to
+    # fail only when ONNX Runtime met the first frame: now the model load refuses it, with
+    # exit 2, before any camera opens or anything is published.
     import dataclasses
 
     from engines.spec import ModelSpec, sidecar_path
@@ -172,13 +174,12 @@ def test_bad_model_swapped_in_exits_1_and_publishes_nothing(tiny_model):
     endpoint = _ipc()
     received = []
     with Subscriber(endpoint, timeout=0.2) as sub:
-        cfg = PipelineConfig(sources=(SourceConfig(TEST_SRC, "cam"),), model=str(tiny_model),
-                             threads=1, publish=PublishConfig((endpoint,)), stats_interval=0,
-                             duration=20)
-        with open(os.devnull, "w") as devnull:
-            code, result = run_pipeline(cfg, out=devnull)
+        code = main(["run", "--source", TEST_SRC, "--model", str(tiny_model), "--publish",
+                     endpoint, "--stats-interval", "0", "--duration", "20"])
         while (msg := sub.receive(0.3)) is not None:
             received.append(msg)
-    assert code == 1 and result.published == 0
-    assert "engine failed on cam seq" in result.error
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "input_size is 32x32 (HxW) but the graph takes 64x96" in err
+    assert "starting" not in err and "Traceback" not in err
     assert not [m for m in received if isinstance(m, LabelMessage)]

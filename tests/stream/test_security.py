@@ -122,3 +122,23 @@ def test_subscribe_cli_with_curve_keys(keys, capsys):
         assert main(["subscribe", ep, "--curve-server-key", str(d / "missing.key"),
                      "--curve-client-key", str(d / "client-laptop.key_secret")]) == 2
         assert "not found" in capsys.readouterr().err
+
+
+def test_curve_clients_pass_the_hostile_peer_limits(keys):
+    """The publisher's inbound message limit applies to handshake commands too: a CURVE
+    client (INITIATE ~350 bytes with metadata) and a 64-character camera id subscription
+    must fit in it."""
+    d, _ = keys
+    with Publisher("tcp://127.0.0.1:*", class_table=TABLE,
+                   curve=CurveConfig.from_keys_dir(d)) as pub:
+        allowed = CurveClientConfig(d / "server.key", d / "client-laptop.key_secret")
+        cam = "c" * 64
+        with Subscriber(pub.bound_endpoints[0], curve=allowed, cameras=[cam]) as sub:
+            t_end = time.monotonic() + 5
+            got = None
+            while got is None and time.monotonic() < t_end:
+                pub.publish_labels(cam, 0, np.zeros((4, 4), np.uint8), t_capture_ns=1,
+                                   t_capture_mono_ns=1)
+                got = sub.receive(0.1)
+            assert got is not None and got.camera == cam
+        assert pub.stats().peers_cut == 0

@@ -1,0 +1,153 @@
+"""The one validation path for ``segstream run``, ``segstream launch`` and ``launch --check``.
+
+:mod:`stream.config` checks a configuration's shape and values (types, ranges, unknown and
+duplicate keys); :func:`check_config` checks what needs the machine: that every source
+parses and exists, that its frame size can be served, that the model and its sidecar load
+(and, with ``load_model``, that the graph agrees with the sidecar), and that the publish
+endpoints can be bound. Every problem is reported at once, each with its key path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from stream.config import ConfigError, Override, PipelineConfig, blame, parse_launch
+
+
+def check_config(cfg: PipelineConfig, *, load_model: bool = False) -> list[str]:
+    """Every problem in ``cfg`` that only the machine can tell, as ``key.path: reason``."""
+    return (_check_sources([(s.uri, s.id) for s in cfg.sources])
+            + _check_model(cfg.model, cfg.backend, load_model)
+            + _check_publish(cfg.publish.endpoints, cfg.publish.curve_keys))
+
+
+def validate(cfg: PipelineConfig, *, where: str = "", load_model: bool = False) -> None:
+    """Raise one :class:`ConfigError` listing every problem :func:`check_config` finds."""
+    errors = check_config(cfg, load_model=load_model)
+    if errors:
+        raise _error(errors, where)
+
+
+def check_launch(path: str | Path, *, load_model: bool = False,
+                 overrides: Sequence[Override] = ()) -> PipelineConfig:
+    """Load a launch file and check everything, for ``launch`` and ``launch --check`` alike.
+
+    Structural errors (types, ranges, unknown and duplicate keys) and machine errors
+    (sources, model, endpoints) are reported together: when the file does not even form
+    a config, the sources, model and endpoints that can be read from it are still checked.
+    ``overrides`` (``--set``, ``--publish``) are applied to the document first, so they go
+    through the same checks; an error on a key they set names the option.
+
+    Raises:
+        ConfigError: naming the file and listing every problem with its key path.
+    """
+    cfg, errors, data = parse_launch(path, overrides)
+    if cfg is not None:
+        problems = check_config(cfg, load_model=load_model)
+        if problems:
+            raise _error(blame(problems, overrides), str(path))
+        return cfg
+    if not Path(path).is_file():
+        raise ConfigError(errors[0])
+    raw = blame(_check_raw(data, Path(path).parent), overrides)
+    errors += [e for e in raw if e not in errors]
+    raise _error(errors, str(path))
+
+
+def _error(errors: list[str], where: str) -> ConfigError:
+    from stream.sources import VALID_FORMS
+
+    hint = VALID_FORMS if any(".uri:" in e for e in errors) else ""
+    return ConfigError(errors=errors, where=where, hint=hint)
+
+
+def _check_raw(data: object, base: Path) -> list[str]:
+    """Machine checks on the parts of a launch document that are well-formed."""
+    if not isinstance(data, dict):
+        return []
+    errors = []
+    sources = data.get("sources")
+    if isinstance(sources, list):
+        pairs = [(s.get("uri"), s.get("id") or f"cam{i}") for i, s in enumerate(sources)
+                 if isinstance(s, dict)]
+        if all(isinstance(u, str) and u and isinstance(i, str) for u, i in pairs):
+            errors += _check_sources(pairs)  # type: ignore[arg-type]
+    model = data.get("model")
+    if model is None or isinstance(model, str):
+        if model and not Path(model).is_absolute() and (base / model).exists():
+            model = str(base / model)
+        backend = data.get("backend")
+        errors += _check_model(model, backend if isinstance(backend, str) else None, False)
+    publish = data.get("publish")
+    if isinstance(publish, dict):
+        eps = publish.get("endpoints", ())
+        eps = [eps] if isinstance(eps, str) else eps
+        keys = publish.get("curve_keys")
+        if (isinstance(eps, list) and all(isinstance(e, str) for e in eps)
+                and (keys is None or isinstance(keys, str))):
+            errors += _check_publish(tuple(eps), keys)
+    return errors
+
+
+def _check_sources(sources: Sequence[tuple[str, str]]) -> list[str]:
+    from stream.pipeline import frame_size_problem
+    from stream.sources import SourceError, parse_source
+    from stream.wire import DEFAULT_MAX_PIXELS
+
+    errors = []
+    for i, (uri, cam_id) in enumerate(sources):
+        try:
+            spec = parse_source(uri, cam_id)
+        except SourceError as e:
+            text = str(e).split("\n", 1)[0]  # the valid forms are listed once, at the end
+            errors.append(f"sources[{i}].{'id' if text.startswith('camera id') else 'uri'}: "
+                          f"{text}")
+            continue
+        if spec.width and spec.height and (
+                why := frame_size_problem(spec.height, spec.width, DEFAULT_MAX_PIXELS)):
+            errors.append(f"sources[{i}].uri: {spec.display}: {why}")
+    return errors
+
+
+def _check_model(name: str | None, backend: str | None, load_model: bool) -> list[str]:
+    from engines.backend import BackendError, create_backend
+    from engines.spec import ModelSpec, ModelSpecError, sidecar_path
+    from engines.zoo import NoModelError, resolve_model
+
+    try:
+        model = resolve_model(name)
+    except NoModelError as e:
+        return [f"model: {e}"]
+    if not model.is_file():
+        return [f"model: model file {model} not found; train one with `segstream train` or "
+                "leave out model to use the shipped CamVid model"]
+    side = sidecar_path(model)
+    try:
+        if side.is_file() or model.suffix != ".pt":  # a .pt may carry its own spec
+            ModelSpec.load(side)
+        if load_model:
+            create_backend(model, backend, threads=1).close()
+    except (ModelSpecError, BackendError) as e:
+        return [f"model: {e}"]
+    return []
+
+
+def _check_publish(endpoints: Sequence[str], keys: str | None) -> list[str]:
+    errors = []
+    for i, ep in enumerate(endpoints):
+        key = f"publish.endpoints[{i}]"
+        if ep.startswith("ipc://"):
+            path = ep[len("ipc://"):]
+            if path and path != "*" and not path.startswith("@"):
+                parent = Path(path).parent
+                if not parent.is_dir():
+                    errors.append(f"{key}: folder {parent} of {ep} does not exist")
+        elif ep.startswith("tcp://"):
+            _, sep, port = ep[len("tcp://"):].rpartition(":")
+            if not sep or not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
+                errors.append(f"{key}: {ep} needs a port 1..65535 or *, e.g. tcp://*:5555")
+    if keys is not None and not Path(keys).is_dir():
+        errors.append(f"publish.curve_keys: folder {keys} not found; create it with "
+                      "`segstream keygen`")
+    return errors

@@ -1,0 +1,136 @@
+"""One validation path for `run`, `launch` and `launch --check`: every error reported, each
+with its key path; what `launch` refuses, `--check` refuses; duplicate keys are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from engines.spec import ModelSpec, sidecar_path
+from stream.cli import main
+from stream.config import ConfigError, PipelineConfig, SourceConfig, load_launch
+
+BAD = """\
+sources:
+  - uri: bogus://x
+  - uri: /nonexistent/clip.mp4
+    max_retries: -5
+  - uri: 'test://'
+    stall_timeout: .nan
+model: /nonexistent/model.onnx
+metrics_port: 99999
+"""
+
+EXPECTED = [
+    "sources[1].max_retries: must be >= 0, or -1 to retry forever; got -5",
+    "sources[2].stall_timeout: must be a number of seconds > 0, got nan",
+    "metrics_port: must be a TCP port 1..65535, got 99999",
+    "sources[0].uri: source 'bogus://x': unknown scheme 'bogus://'",
+    "sources[1].uri: source '/nonexistent/clip.mp4': video file",
+    "model: model file /nonexistent/model.onnx not found",
+]
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["--check", "launch"])
+def test_every_error_is_reported_with_its_key_path_by_check_and_launch_alike(
+        tmp_path, capsys, check):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    assert main(["launch", str(path), *(["--check"] if check else [])]) == 2
+    cap = capsys.readouterr()
+    assert "OK" not in cap.out and "starting" not in cap.err
+    assert f"{path}: 6 errors:" in cap.err
+    for needle in EXPECTED:
+        assert needle in cap.err, cap.err
+
+
+def test_duplicate_keys_are_errors_not_silently_last_wins(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("sources:\n  - uri: 'test://'\n    uri: 'test://ball'\n"
+                    "model: a.onnx\nthreads: 1\nmodel: b.onnx\n")
+    with pytest.raises(ConfigError) as e:
+        load_launch(path)
+    assert str(path) in str(e.value)
+    assert "uri: duplicate key (lines 2 and 3)" in str(e.value)
+    assert "model: duplicate key (lines 4 and 6)" in str(e.value)
+
+
+def test_unnamed_sources_get_the_cli_names_in_a_launch_file(tmp_path, capsys, tiny_model):
+    path = tmp_path / "two.yaml"
+    path.write_text(f"sources: [{{uri: 'test://'}}, {{uri: 'test://ball'}}]\n"
+                    f"model: {tiny_model}\n")
+    assert main(["launch", str(path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "source cam0: test://" in out and "source cam1: test://ball" in out
+    clash = tmp_path / "clash.yaml"
+    clash.write_text("sources: [{uri: 'test://', id: cam1}, {uri: 'test://ball'}]\n")
+    with pytest.raises(ConfigError, match=r"sources\[1\].id: 'cam1' is already the id of "
+                                          r"sources\[0\]"):
+        load_launch(clash)
+
+
+def test_check_loads_the_model_so_a_sidecar_mismatch_is_not_ok(tmp_path, capsys, tiny_model):
+    spec = ModelSpec.load(sidecar_path(tiny_model))
+    dataclasses.replace(spec, input_size=(32, 32)).save(sidecar_path(tiny_model))
+    path = tmp_path / "l.yaml"
+    path.write_text(f"sources: [{{uri: 'test://'}}]\nmodel: {tiny_model}\n")
+    assert main(["launch", str(path), "--check"]) == 2
+    cap = capsys.readouterr()
+    assert "OK" not in cap.out and "model: " in cap.err and "32x32" in cap.err
+
+
+def test_check_accepts_a_good_file(tmp_path, capsys, tiny_model):
+    (tmp_path / "models").mkdir(exist_ok=True)
+    path = tmp_path / "good.yaml"
+    path.write_text(f"sources:\n  - id: yard\n    uri: 'test://ball?width=64&height=48'\n"
+                    f"model: {tiny_model.relative_to(tmp_path)}\n"
+                    f"publish: {{endpoints: ['ipc://{tmp_path}/seg.sock', 'tcp://*:5555']}}\n")
+    assert main(["launch", str(path), "--check"]) == 0, capsys.readouterr().err
+    assert f"{path}: OK" in capsys.readouterr().out
+
+
+def test_bad_endpoints_and_keys_folder_are_caught_before_binding(tmp_path):
+    path = tmp_path / "ep.yaml"
+    path.write_text("sources: [{uri: 'test://'}]\npublish:\n"
+                    "  endpoints: ['ipc:///nonexistent/dir/seg.sock', 'tcp://*:99999']\n"
+                    "  curve_keys: /nonexistent/keys\n")
+    with pytest.raises(ConfigError) as e:
+        from stream.validate import check_launch
+
+        check_launch(path)
+    text = str(e.value)
+    assert "publish.endpoints[0]: folder /nonexistent/dir of" in text
+    assert "publish.endpoints[1]: tcp://*:99999 needs a port 1..65535" in text
+    assert "publish.curve_keys: folder /nonexistent/keys not found" in text
+
+
+def test_run_reports_every_bad_option_at_once(tiny_model, capsys):
+    code = main(["run", "--source", "bogus://x", "--source", "/nonexistent/clip.mp4",
+                 "--model", "/nonexistent/model.onnx", "--publish", "tcp://*:5555"])
+    err = capsys.readouterr().err
+    assert code == 2 and "3 errors:" in err
+    assert "sources[0].uri" in err and "sources[1].uri" in err and "model: model file" in err
+    assert "valid sources" in err  # the forms, listed once
+
+
+def test_config_values_are_range_checked_in_code_too():
+    with pytest.raises(ConfigError, match="stall_timeout: must be a number of seconds > 0"):
+        SourceConfig("test://", stall_timeout=math.inf)
+    with pytest.raises(ConfigError) as e:
+        PipelineConfig(sources=(SourceConfig("test://"),), metrics_port=0, duration=-1,
+                       max_frames=-3)
+    assert len(e.value.errors) == 3
+
+
+def test_check_never_prints_an_rtsp_password(tmp_path, capsys):
+    from stream.cli import main
+
+    f = tmp_path / "cam.yaml"
+    f.write_text("version: 1\nsources:\n  - {id: front, uri: 'rtsp://admin:hunter2@10.0.0.5/s'}\n")
+    code = main(["launch", str(f), "--check"])
+    out = capsys.readouterr()
+    assert code == 0, out
+    assert "hunter2" not in out.out + out.err
+    assert "rtsp://admin:***@10.0.0.5/s" in out.out
