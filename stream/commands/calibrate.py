@@ -8,9 +8,9 @@ from pathlib import Path
 
 AUTO_METHODS = ("minmax", "percentile")
 
-EPILOG = """examples:
+EPILOG = r"""examples:
   # CamVid model: calibrate on train frames, report FP32 vs INT8 on val, keep mIoU drop <= 0.5
-  segstream calibrate engines/models/camvid_fastscnn.onnx --data ../shared/camvid/train \\
+  segstream calibrate engines/models/camvid_fastscnn.onnx --data ../shared/camvid/train \
       --samples 100 --method auto --eval-data ../shared/camvid --split val
 
   # calibrate on a drive video; no labels: report FP32/INT8 label agreement on another one
@@ -27,7 +27,7 @@ EPILOG = """examples:
       --data ../shared/camvid/train --method auto --eval-data ../shared/camvid
 
   # frames with their own label maps, per-tensor weights, custom output
-  segstream calibrate model.onnx --data frames/ --labels frames_annot/ --no-per-channel \\
+  segstream calibrate model.onnx --data frames/ --labels frames_annot/ --no-per-channel \
       --out build/model.int8.onnx
 
 outputs: OUT (default MODEL.int8.onnx), its sidecar OUT.json (metrics = INT8 figures),

@@ -14,11 +14,11 @@ seconds. Use it to check a camera, URL or file before deploying a launch file.
 Exit status: 0 when frames arrived, 1 when none did, 2 for a bad source string."""
 
 EPILOG = """examples:
-  segstream probe test://ball?width=640&height=480&fps=30
-  segstream probe rtsp://user:pass@10.0.0.5:554/stream1?transport=tcp --seconds 10
-  segstream probe v4l2:///dev/video0?width=1280&height=720&fps=30&format=mjpeg
-  segstream probe csi://0?width=1920&height=1080&fps=30
-  segstream probe /data/drive.mp4?realtime=0          # decode as fast as possible
+  segstream probe 'test://ball?width=640&height=480&fps=30'
+  segstream probe 'rtsp://user:pass@10.0.0.5:554/stream1?transport=tcp' --seconds 10
+  segstream probe 'v4l2:///dev/video0?width=1280&height=720&fps=30&format=mjpeg'
+  segstream probe 'csi://0?width=1920&height=1080&fps=30'
+  segstream probe '/data/drive.mp4?realtime=0'        # decode as fast as possible
   segstream probe --backend opencv /data/drive.mp4    # the fallback without GStreamer
 """
 
