@@ -20,7 +20,7 @@ import numpy as np
 
 from engines.backend import create_backend
 from engines.data.readers import IGNORE, SplitData, open_split
-from engines.metrics import ConfusionMatrix, SegMetrics
+from engines.metrics import ConfusionMatrix, SegMetrics, fmt_miou
 from engines.postprocess import Postprocessor
 from engines.preprocess import Preprocessor
 from engines.spec import ModelSpec, sidecar_path
@@ -127,7 +127,7 @@ def save_confusion_png(metrics: SegMetrics, names: tuple[str, ...] | list[str],
             if norm[i, j] >= 0.01:
                 ax.text(j, i, f"{norm[i, j] * 100:.0f}", ha="center", va="center", fontsize=6,
                         color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(title or f"mIoU {metrics.miou * 100:.1f}%", fontsize=10)
+    ax.set_title(title or f"mIoU {fmt_miou(metrics.miou)}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
@@ -143,7 +143,7 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
     png = out.with_name(f"{out.stem}_confusion.png")
     save_confusion_png(report.metrics, report.class_names, png,
                        title=f"{Path(report.model).name} on {report.split}: "
-                             f"mIoU {report.metrics.miou * 100:.1f}%")
+                             f"mIoU {fmt_miou(report.metrics.miou)}")
     return out, png
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CLASS_WEIGHTINGS = ("mfb", "sqrt-mfb", "none")
+from engines.train_config import CLASS_WEIGHTINGS
 
 
 def class_frequencies(labels: Sequence[np.ndarray], num_classes: int) -> tuple[np.ndarray,

@@ -13,6 +13,12 @@ from typing import Any
 import numpy as np
 
 
+def fmt_miou(miou: float) -> str:
+    """An mIoU (a 0..1 fraction) as every command prints it: percent with the sign, two
+    decimals (``0.6734`` -> ``"67.34 %"``)."""
+    return f"{miou * 100:.2f} %"
+
+
 class ConfusionMatrix:
     """(K, K) int64 counts; row = ground truth, column = prediction."""
 
@@ -119,6 +125,6 @@ class SegMetrics:
         for n, v, g in zip(names, self.iou, gt, strict=True):
             iou = "   n/a" if np.isnan(v) else f"{v * 100:6.2f}"
             lines.append(f"{n:<{width}}  {iou}  {int(g):>12d}")
-        lines.append(f"{'mIoU':<{width}}  {self.miou * 100:6.2f}")
+        lines.append(f"{'mIoU':<{width}}  {fmt_miou(self.miou):>8}")
         lines.append(f"{'pixel acc':<{width}}  {self.pixel_acc * 100:6.2f}")
         return "\n".join(lines)

@@ -264,21 +264,38 @@ def load_pairs(pairs: list[Pair], classes: tuple[ClassInfo, ...], *, void: int |
     return SplitData(images, labels, names, classes, f"{source} ({len(images)})")
 
 
+def concat_splits(parts: list[SplitData]) -> SplitData:
+    """Several splits of one dataset as one (same class table required)."""
+    first = parts[0]
+    for p in parts[1:]:
+        if p.classes != first.classes:
+            raise DatasetError(f"cannot join {first.source} and {p.source}: class tables differ")
+    return SplitData([im for p in parts for im in p.images],
+                     [lb for p in parts for lb in p.labels],
+                     [n for p in parts for n in p.names], first.classes,
+                     " + ".join(p.source for p in parts))
+
+
 def open_split(root: str | Path, split: str = "train", fmt: str = "auto", *,
                progress: bool = False) -> SplitData:
     """Load split ``split`` of the dataset at ``root`` into memory.
 
     Args:
         root: dataset root folder.
-        split: ``train`` / ``val`` / ``test``. A ``folder`` dataset with ``images/`` at
-            its root has a single split (``split`` is ignored); else ``<root>/<split>/``
-            holds the images/ + masks/ of each split (class file there or at the root).
+        split: ``train`` / ``val`` / ``test``, or several joined by ``+`` (``train+val``:
+            the standard CamVid protocol for a final model reported on test). A
+            ``folder`` dataset with ``images/`` at its root has a single split (``split``
+            is ignored); else ``<root>/<split>/`` holds the images/ + masks/ of each split
+            (class file there or at the root).
         fmt: one of :data:`FORMATS` or ``"auto"``.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} not found (CamVid lives in ../shared/camvid)")
     fmt = detect_format(root) if fmt == "auto" else fmt
+    if "+" in split:
+        return concat_splits([open_split(root, s, fmt, progress=progress)
+                              for s in split.split("+")])
     if fmt == "camvid":
         return load_pairs(camvid_pairs(root, split), CAMVID_CLASSES, void=11,
                           source=f"camvid:{root} {split}", progress=progress)

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-EPILOG = """examples:
+EPILOG = r"""examples:
   # the shipped CamVid model (val mIoU 67.3 %; about 80 min on 2 CPU cores)
-  segstream train --model fastscnn --data ../shared/camvid --out runs/shipped \\
-      --epochs 110 --batch-size 8 --crop 360x480 --lr 4e-3 --class-weight sqrt-mfb \\
+  segstream train --model fastscnn --data ../shared/camvid --out runs/shipped \
+      --epochs 110 --batch-size 8 --crop 360x480 --lr 4e-3 --class-weight sqrt-mfb \
       --arch-options '{"aux": true}' --val-every 10 --threads 2
+  # the accurate model: ImageNet-pretrained EfficientNet-Lite0 + light FPN (stride-4 logits)
+  segstream train --model litefpn --data ../shared/camvid --out runs/litefpn --pretrained \
+      --encoder-lr-mult 0.2 --lr 2e-3 --warmup-epochs 2 --epochs 36 --batch-size 8 \
+      --crop 288x288 --scale 0.5 1.75 --class-weight sqrt-mfb --input-size 360x480 \
+      --arch-options '{"aux": true, "frozen_stages": 2}' --val-every 4 --threads 2
+  # the same on train+val (the CamVid protocol for a model reported on test)
+  segstream train ... --train-split train+val --val-split ''
+  # a quick trial on 16 images
+  segstream train --model litefpn --data ../shared/camvid --out runs/try --limit 16 \
+      --epochs 2 --pretrained
   # continue an interrupted run (optionally with a different --epochs)
   segstream train --model fastscnn --data ../shared/camvid --out runs/shipped --resume
   # multi-GPU with DDP
@@ -21,12 +32,25 @@ EPILOG = """examples:
   segstream train --model fastscnn --data my_dataset --val-split '' --out runs/mine
 
 Checkpoints: <out>/last.pt every epoch, <out>/best.pt by validation mIoU; one JSON line
-per epoch in <out>/log.jsonl. Export with `segstream export <out>/last.pt`.
+per epoch in <out>/log.jsonl (with img/s) and a loss / val mIoU plot in <out>/curves.png.
+On CPUs with native bf16 (AVX-512 BF16, AMX) training autocasts to bfloat16 (--bf16). Export with `segstream export <out>/last.pt`.
 """
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from engines.train import add_arguments
+    """Add ``segstream train``; without torch, a parser that says how to install it."""
+    import importlib.util
+
+    try:
+        have_torch = importlib.util.find_spec("torch") is not None
+    except ImportError:  # a finder that refuses torch outright
+        have_torch = False
+    if not have_torch:
+        _register_without_torch(subparsers)
+        return
+    # The options come from a torch-free module: building the parser never imports torch
+    # (2.5 s of start-up for every command otherwise); `run` does.
+    from engines.train_config import add_arguments
 
     p = subparsers.add_parser(
         "train", help="train a segmentation model",
@@ -37,13 +61,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _register_without_torch(subparsers: argparse._SubParsersAction) -> None:
+    """torch is not installed (a runtime-only install, e.g. on Jetson): keep ``train`` in
+    ``segstream --help``, accept any arguments and exit 2 naming the install command."""
+    from stream.commands._common import TORCH_INSTALL, torch_missing_message
+
+    p = subparsers.add_parser(
+        "train", help="train a segmentation model (needs torch: not installed)",
+        description=f"Training needs torch, which is not installed here; {TORCH_INSTALL}.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ignored", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(func=lambda _args: _fail(torch_missing_message("train")),
+                   accepts_unknown_args=True)
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
+    from engines.arch.efficientnet_lite import PretrainedWeightsError
     from engines.data.readers import DatasetError
     from engines.train import config_from_args, train
 
     try:
         best = train(config_from_args(args))
-    except (DatasetError, FileNotFoundError, ValueError) as e:
+    except (DatasetError, FileNotFoundError, ValueError, PretrainedWeightsError) as e:
         print(f"segstream train: error: {e}")
         return 2
     print(f"best checkpoint: {best}")

