@@ -324,6 +324,8 @@ def read_manifest(directory: str | Path = PREBUILT_DIR) -> dict[str, Any]:
         digest = manifest["kernel_digest"]
         for im in images:
             _arch_cc(im["arch"])
+            if not isinstance(im["file"], str) or not isinstance(im["sha256"], str):
+                raise ValueError(f"image entry {im!r:.80} needs 'file' and 'sha256' strings")
             if im["kind"] not in ("cubin", "ptx"):
                 raise ValueError(f"unknown image kind {im['kind']!r}")
     except FileNotFoundError:

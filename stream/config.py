@@ -29,7 +29,9 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str = "", errors: Sequence[str] = (), where: str = "",
                  hint: str = "") -> None:
-        self.errors = tuple(errors) or (message,)
+        from stream.sources import redact
+
+        self.errors = tuple(redact(e) for e in errors) or (redact(message),)
         self.where = where
         head = f"{where}: " if where else ""
         if len(self.errors) == 1:

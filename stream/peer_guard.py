@@ -3,19 +3,22 @@
 libzmq's XPUB keeps every subscription a peer sends in a trie, for as long as the peer stays
 connected, in manual mode too (measured with libzmq 4.3.5: ~250 bytes per unique
 60-character subscription, linear in their number), and offers no per-peer limit. An honest
-subscriber sends a handful of short subscriptions and ZMTP heartbeat replies: a few hundred
-bytes, then ~10 bytes a second. So the guard watches how many bytes each accepted TCP
-connection has sent us (the kernel's ``TCP_INFO.tcpi_bytes_received``) and shuts down the
-connections that exceed ``budget_bytes + budget_bytes_per_s * age``; libzmq then ends the
-peer's pipe and frees its subscriptions. It also shuts down connections beyond
-``max_connections``. One message can never be large (the XPUB's ``MAXMSGSIZE``), so the
-memory a peer can pin is bounded by the budget plus what arrives between two checks.
+subscriber sends a handful of short subscriptions, then ZMTP heartbeat replies (~6 bytes a
+second in the clear, ~20 with CURVE). So the guard watches how many bytes each accepted TCP
+connection has sent us (the kernel's ``TCP_INFO.tcpi_bytes_received``) and shuts down a
+connection that exceeds ``budget_bytes + budget_bytes_per_s * min(age, budget_age_s)``;
+libzmq then ends the peer's pipe and frees its subscriptions. The allowance has a ceiling
+(~180 KB by default), so what one connection can pin is bounded whatever its age; an honest
+subscriber reaches it only after hours of heartbeats, is cut once, and ZeroMQ reconnects it
+at once. Connections beyond ``max_connections`` are shut down on accept. One message can
+never be large (the XPUB's ``MAXMSGSIZE``).
 
 Connections are learnt from the socket monitor (``EVENT_ACCEPTED`` / ``EVENT_DISCONNECTED``
-carry the fd). Each is identified by its (local, peer) address pair, re-checked before a
-shutdown, so a reused fd number is never touched. Linux only (``TCP_INFO``); elsewhere, and
-for ``ipc://`` peers (local processes behind file permissions), only ``max_connections``
-applies.
+carry the fd). Only a connected TCP socket whose local port is one the publisher bound is
+ever touched, identified by its (local, peer) address pair and re-checked before a shutdown,
+so a reused fd number (another library's socket, a pipe) is never shut down. Linux only
+(``TCP_INFO``); elsewhere only the connection cap applies, and ``ipc://`` peers (local
+processes behind the socket file's permissions) are not limited.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 log = logging.getLogger("segstream.publish")
 
 _TCPI_BYTES_RECEIVED = 128  # offset of the u64 in Linux's struct tcp_info (since 4.1)
+
+Key = tuple[object, object]  # (local address, peer address)
 
 
 @dataclass(frozen=True)
@@ -37,43 +43,60 @@ class PeerLimits:
     """Per-connection limits (see module docstring). ``max_connections`` 0: no cap."""
 
     budget_bytes: int = 64 * 1024
-    budget_bytes_per_s: int = 256
+    budget_bytes_per_s: int = 32
+    budget_age_s: float = 3600.0
     max_connections: int = 64
 
     def __post_init__(self) -> None:
-        if self.budget_bytes < 1024 or self.budget_bytes_per_s < 0 or self.max_connections < 0:
+        if (self.budget_bytes < 1024 or self.budget_bytes_per_s < 0
+                or self.budget_age_s < 0 or self.max_connections < 0):
             raise ValueError(f"peer limits out of range: {self}")
+
+    def allowance(self, age_s: float) -> float:
+        return self.budget_bytes + self.budget_bytes_per_s * min(age_s, self.budget_age_s)
 
 
 @dataclass
 class _Conn:
-    key: tuple[object, object] | None  # (local address, peer address); None: not TCP
+    key: Key
     since: float
     peer: str
 
 
-def _addresses(fd: int) -> tuple[tuple[object, object] | None, str, bool]:
-    """(local, peer) addresses of ``fd``, a printable peer, whether it is TCP."""
+def _dup_socket(fd: int) -> socket.socket | None:
+    """A socket object over a duplicate of ``fd`` (close it), or None if ``fd`` is none."""
     try:
-        s = socket.socket(fileno=os.dup(fd))
+        dup = os.dup(fd)
     except OSError:
-        return None, "?", False
+        return None
     try:
-        tcp = s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM
-        key = (s.getsockname(), s.getpeername())
-        peer = f"{key[1][0]}:{key[1][1]}" if tcp else "local"
-        return key, peer, tcp
+        return socket.socket(fileno=dup)
     except OSError:
-        return None, "?", False
+        os.close(dup)
+        return None
+
+
+def tcp_key(fd: int, local_ports: Iterable[int]) -> Key | None:
+    """(local, peer) addresses of ``fd`` when it is a connected TCP socket on one of
+    ``local_ports``; None for anything else."""
+    s = _dup_socket(fd)
+    if s is None:
+        return None
+    try:
+        if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
+            return None
+        local, peer = s.getsockname(), s.getpeername()
+        return (local, peer) if local[1] in set(local_ports) else None
+    except OSError:
+        return None
     finally:
         s.close()
 
 
 def bytes_received(fd: int) -> int | None:
     """Bytes the peer of TCP socket ``fd`` has sent us (None where TCP_INFO has no count)."""
-    try:
-        s = socket.socket(fileno=os.dup(fd))
-    except OSError:
+    s = _dup_socket(fd)
+    if s is None:
         return None
     try:
         info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
@@ -83,17 +106,16 @@ def bytes_received(fd: int) -> int | None:
         s.close()
     if len(info) < _TCPI_BYTES_RECEIVED + 8:
         return None
-    return struct.unpack_from("<Q", info, _TCPI_BYTES_RECEIVED)[0]
+    return struct.unpack_from("=Q", info, _TCPI_BYTES_RECEIVED)[0]
 
 
-def shutdown_fd(fd: int, key: tuple[object, object] | None) -> bool:
+def shutdown_fd(fd: int, key: Key) -> bool:
     """Shut down the connection on ``fd`` if it still is the one with addresses ``key``."""
-    try:
-        s = socket.socket(fileno=os.dup(fd))
-    except OSError:
+    s = _dup_socket(fd)
+    if s is None:
         return False
     try:
-        if key is not None and (s.getsockname(), s.getpeername()) != key:
+        if (s.getsockname(), s.getpeername()) != key:
             return False  # the fd number was reused for another socket
         s.shutdown(socket.SHUT_RDWR)
         return True
@@ -104,11 +126,12 @@ def shutdown_fd(fd: int, key: tuple[object, object] | None) -> bool:
 
 
 class PeerGuard:
-    """Tracks accepted connections and cuts the ones over their limits. Not thread-safe:
-    the publisher calls it with its lock held."""
+    """Tracks accepted TCP connections on ``local_ports`` and cuts the ones over their
+    limits. Not thread-safe: the publisher calls it with its lock held."""
 
-    def __init__(self, limits: PeerLimits) -> None:
+    def __init__(self, limits: PeerLimits, local_ports: Iterable[int] = ()) -> None:
         self.limits = limits
+        self.local_ports = set(local_ports)
         self._conns: dict[int, _Conn] = {}
         self.cut = 0  # connections shut down so far
 
@@ -116,27 +139,32 @@ class PeerGuard:
         return len(self._conns)
 
     def accepted(self, fd: int) -> None:
-        key, peer, tcp = _addresses(fd)
-        if self.limits.max_connections and len(self._conns) >= self.limits.max_connections:
+        key = tcp_key(fd, self.local_ports)
+        if key is None:
+            return  # not one of our TCP connections (ipc://, or already gone)
+        peer = f"{key[1][0]}:{key[1][1]}"
+        cap = self.limits.max_connections
+        if cap and len(self._conns) >= cap:
             if shutdown_fd(fd, key):
                 self._count_cut(f"refused {peer}: {len(self._conns)} subscribers already "
-                                f"connected (max_connections {self.limits.max_connections})")
+                                f"connected (max_connections {cap})")
             return
-        self._conns[fd] = _Conn(key if tcp else None, time.monotonic(), peer)
+        self._conns[fd] = _Conn(key, time.monotonic(), peer)
 
     def disconnected(self, fd: int) -> None:
         self._conns.pop(fd, None)
 
     def check(self) -> None:
-        """Shut down every TCP connection that has sent more than its budget."""
+        """Shut down every connection over its budget; forget ones that are gone."""
         now = time.monotonic()
         for fd, conn in list(self._conns.items()):
-            if conn.key is None:
+            if tcp_key(fd, self.local_ports) != conn.key:
+                del self._conns[fd]  # closed (a missed DISCONNECTED) or the fd was reused
                 continue
             got = bytes_received(fd)
             if got is None:
                 continue
-            allowed = self.limits.budget_bytes + self.limits.budget_bytes_per_s * (now - conn.since)
+            allowed = self.limits.allowance(now - conn.since)
             if got > allowed and shutdown_fd(fd, conn.key):
                 del self._conns[fd]
                 self._count_cut(f"disconnected {conn.peer}: it sent {got} bytes in "

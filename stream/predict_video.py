@@ -264,8 +264,9 @@ class Outputs:
                     raise PredictError(f"cannot write {png}: check the folder is writable")
                 if self.visualize != "none":
                     self._write_video(frame, labels)
-        except (PredictError, OSError, cv2.error) as e:
-            self._error = e
+        except Exception as e:  # any failure here must reach the caller, never hang put()
+            self._error = e if isinstance(e, (PredictError, OSError, cv2.error)) else \
+                PredictError(f"writing the outputs failed: {type(e).__name__}: {e}")
             while self._queue.get() is not None:  # keep draining so put() never blocks
                 pass
 

@@ -62,6 +62,7 @@ log = logging.getLogger("segstream.publish")
 MAX_INBOUND_MESSAGE_BYTES = 1024
 _MAX_SUBSCRIPTIONS_PER_SERVICE = 1024  # bounds the time one service call holds the lock
 _GUARD_INTERVAL_S = 0.02
+_RESEND_GAP_S = 0.02
 DEFAULT_PEER_LIMITS = PeerLimits()
 
 _MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
@@ -96,6 +97,7 @@ class PublisherStats:
         errors: other send failures.
         class_tables: class-table messages sent (on subscription and periodic).
         events: source-state events sent.
+        state_repeats: current camera states re-sent to late joiners (wire 1.1).
         subscriptions: subscription requests received.
         connections: transport connections open now (accepted minus disconnected).
         auth_failures: connections refused by the CURVE handshake / authenticator.
@@ -109,6 +111,7 @@ class PublisherStats:
     errors: int = 0
     class_tables: int = 0
     events: int = 0
+    state_repeats: int = 0
     subscriptions: int = 0
     connections: int = 0
     auth_failures: int = 0
@@ -172,6 +175,9 @@ class Publisher:
         self._counts = dict.fromkeys(PublisherStats.__dataclass_fields__, 0)
         self._cameras: set[str] = set()
         self._states: dict[str, list] = {}  # camera -> its last source_state message
+        self._want_table = False  # a new subscription needs the class table
+        self._want_states: set[str] = set()  # cameras whose state new subscriptions need
+        self._next_resend = 0.0
         self._guard = PeerGuard(peer_limits) if peer_limits is not None else None
         self._next_guard = 0.0
 
@@ -193,6 +199,9 @@ class Publisher:
                                        "or another process already publishes there") from None
                 bound.append(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
             self.bound_endpoints = tuple(bound)
+            if self._guard is not None:  # the guard only ever touches our TCP connections
+                self._guard.local_ports = {int(ep.rsplit(":", 1)[1]) for ep in bound
+                                           if ep.startswith("tcp://")}
         except BaseException:
             self._teardown()
             raise
@@ -345,8 +354,6 @@ class Publisher:
         if self._guard is not None and now >= self._next_guard:
             self._next_guard = now + _GUARD_INTERVAL_S
             self._guard.check()
-        send_table = False
-        states: set[str] = set()  # cameras whose current state a new subscriber needs
         for _ in range(_MAX_SUBSCRIPTIONS_PER_SERVICE):
             try:
                 msg = self._sock.recv(zmq.NOBLOCK)
@@ -356,18 +363,25 @@ class Publisher:
                 self._counts["subscriptions"] += 1
                 prefix = msg[1:]
                 if self._ct_topic.startswith(prefix):
-                    send_table = True
-                if len(states) < len(self._states):
-                    states.update(c for c in self._states
-                                  if (TOPIC_EVENT + c).encode().startswith(prefix))
-        if self._ct_interval > 0 and now >= self._next_ct:
-            send_table = True
-        if send_table:
-            self._next_ct = now + self._ct_interval
+                    self._want_table = True
+                if len(self._want_states) < len(self._states):
+                    self._want_states.update(c for c in self._states
+                                             if (TOPIC_EVENT + c).encode().startswith(prefix))
+        periodic = self._ct_interval > 0 and now >= self._next_ct
+        # What new subscriptions asked for goes out at most every _RESEND_GAP_S: a peer
+        # repeating a 3-byte subscription cannot make us broadcast tables in a loop.
+        if not periodic and (now < self._next_resend
+                             or not (self._want_table or self._want_states)):
+            return
+        self._next_resend = now + _RESEND_GAP_S
+        if periodic or self._want_table:
             self._counts["class_tables"] += self._send(self._ct_parts, "class table")
-            states.update(self._states)  # periodic: every camera's state with the table
-        for camera in sorted(states):
-            self._counts["events"] += self._send(self._states[camera], "event")
+        if periodic:
+            self._next_ct = now + self._ct_interval
+            self._want_states.update(self._states)  # every camera's state with the table
+        for camera in sorted(self._want_states):
+            self._counts["state_repeats"] += self._send(self._states[camera], "event")
+        self._want_table, self._want_states = False, set()
 
     def _service_monitor(self) -> None:
         while True:

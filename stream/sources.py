@@ -56,6 +56,9 @@ def redact(text: str) -> str:
 class SourceError(ValueError):
     """A source string that cannot be used; the message names it and lists valid forms."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))  # messages quote URIs: never their passwords
+
 
 @dataclass(frozen=True)
 class SourceSpec:

@@ -12,8 +12,11 @@ dropped (counted in ``overflow``). The backlog is bounded in bytes too, whatever
 (hostile) publisher sends: beyond ``max_bytes`` the oldest label maps go first, then the
 oldest other messages; a class table replaces a waiting one of the same topic, and at most
 ``max_other`` class tables / events wait (the oldest beyond it is dropped, counted in
-``overflow_other``). Messages whose header frame exceeds ``max_header_bytes`` are dropped
-on arrival (``oversize``).
+``overflow_other``). Messages whose header frame exceeds ``max_header_bytes`` or that
+alone exceed ``max_bytes`` are dropped on arrival
+(``oversize``). Messages are moved one at a time, so beyond these bounds the process holds
+at most one message being read plus libzmq's own short queue (``RCVHWM``, kept near empty
+by this thread).
 
 Only this thread touches the SUB and monitor sockets until :meth:`SocketPump.close`
 returns; the caller closes them afterwards.
@@ -105,23 +108,27 @@ class SocketPump:
                 self._cond.notify_all()
 
     def _drain_socket(self) -> None:
-        batch = []
-        while len(batch) < _MAX_BATCH:
+        # One message at a time into the bounded inbox: at most one message beyond the
+        # bounds is ever held here.
+        for _ in range(_MAX_BATCH):
             try:
-                batch.append(self._sock.recv_multipart(zmq.NOBLOCK, copy=False))
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-        with self._cond:
-            for frames in batch:
+            with self._cond:
                 self._push(frames)
+        with self._cond:
             self._cond.notify_all()
 
     def _push(self, frames: list[zmq.Frame]) -> None:
-        if len(frames) > 1 and len(frames[1].buffer) > self._max_header:
+        size = sum(len(f.buffer) for f in frames)
+        # A header over its limit, or one message larger than the whole backlog: dropped
+        # on arrival (malformed ones are rejected by the decoder, counted there).
+        if (len(frames) > 1 and len(frames[1].buffer) > self._max_header) \
+                or size > self.max_bytes:
             self.oversize += 1
             return
         is_label = bytes(frames[0].buffer[:len(self._label_topic)]) == self._label_topic
-        size = sum(len(f.buffer) for f in frames)
         if is_label:
             if self._labels >= self.max_labels:
                 self._drop_oldest(label=True)

@@ -54,7 +54,16 @@ from stream.wire import (
 log = logging.getLogger("segstream.subscribe")
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-_SOCKET_HWM = 1000  # libzmq's own queue: the reader thread keeps it near empty
+_SOCKET_HWM = 64  # libzmq's own queue: the reader thread keeps it near empty
+
+
+def max_frame_bytes(max_pixels: int) -> int:
+    """Largest frame a valid message can have for maps of at most ``max_pixels``: an RLE
+    payload (4 + 5 bytes a run, one run a pixel at worst), a zstd frame of incompressible
+    data (``n + n/256`` plus headers), or a 1 MiB header; plus slack. libzmq refuses (and
+    drops the connection of) any larger frame before allocating it."""
+    return max(4 + 5 * max_pixels, max_pixels + (max_pixels >> 8) + 1024,
+               MAX_HEADER_BYTES) + (64 << 10)
 
 
 class SubscribeError(RuntimeError):
@@ -145,7 +154,9 @@ class Subscriber:
         rcvhwm: most label maps waiting to be read (default 2 if latest_only else 100);
             beyond it the oldest is dropped and counted in ``overflow``.
         max_pixels: largest label map accepted. Also bounds memory: ZeroMQ refuses any
-            frame larger than ``max(max_pixels, 1 MiB) + 64 KiB`` before allocating it.
+            frame larger than a valid message of that size can have
+            (:func:`max_frame_bytes`: ~5x ``max_pixels`` for worst-case RLE) before
+            allocating it.
         max_backlog_bytes: most bytes of messages waiting to be read (default 256 MiB);
             beyond it the oldest label maps are dropped (``overflow``), then the oldest
             class tables / events (``overflow_other``). With ``rcvhwm`` and
@@ -184,7 +195,7 @@ class Subscriber:
             s = self._sock
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.RCVHWM, _SOCKET_HWM)
-            s.setsockopt(zmq.MAXMSGSIZE, max(max_pixels, MAX_HEADER_BYTES) + (64 << 10))
+            s.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(max_pixels))
             if heartbeat_ms > 0:
                 # Dead-publisher detection by TCP keepalive, not ZMTP heartbeat timeouts:
                 # the kernel answers keepalives however busy this process is, while a

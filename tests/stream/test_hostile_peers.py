@@ -254,3 +254,56 @@ def test_network_text_never_reaches_the_terminal_raw(capsys):
     parts[0], parts[1] = b"evt/caf\xc3\xa9", parts[1].replace(b'"front"', b'"caf\\u00e9"')
     with pytest.raises(WireError, match="camera id"):
         decode(parts)
+
+
+def test_guard_never_touches_sockets_that_are_not_its_connections():
+    """fds that are not our TCP connections (another listener, a connection on another
+    port, a pipe; a reused fd number) are never tracked nor shut down, and no fd leaks."""
+    import os
+    import socket
+
+    from stream.peer_guard import PeerGuard, shutdown_fd, tcp_key
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    other = socket.create_connection(listener.getsockname())
+    served, _ = listener.accept()
+    r, w = os.pipe()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    guard = PeerGuard(PeerLimits(max_connections=1), local_ports={1})  # not their port
+    for fd in (listener.fileno(), served.fileno(), r, 987654):
+        guard.accepted(fd)
+        assert tcp_key(fd, {1}) is None
+    assert len(guard) == 0 and guard.cut == 0
+    port = listener.getsockname()[1]
+    key = tcp_key(served.fileno(), {port})
+    assert key is not None
+    assert not shutdown_fd(other.fileno(), key)  # same fd number reused by another socket
+    guard = PeerGuard(PeerLimits(), local_ports={port})
+    guard.accepted(served.fileno())
+    assert len(guard) == 1
+    served.close()  # a DISCONNECTED event we never got: the entry goes at the next check
+    guard.check()
+    assert len(guard) == 0
+    assert len(os.listdir("/proc/self/fd")) == fds_before - 1
+    other.send(b"still connected")
+    for s in (other, listener):
+        s.close()
+    os.close(r)
+    os.close(w)
+
+
+def test_worst_case_rle_map_at_max_pixels_is_received():
+    """A checkerboard at exactly max_pixels encodes to 5x its size in RLE: the subscriber's
+    frame limit must let it through (and still refuse anything bigger)."""
+    from stream.subscribe import max_frame_bytes
+
+    with Publisher("tcp://127.0.0.1:*", class_table=TABLE, encoding="rle") as pub, \
+            Subscriber(pub.bound_endpoints[0], max_pixels=400 * 500, timeout=5) as sub:
+        board = (np.indices((400, 500)).sum(0) % 2).astype(np.uint8)
+        got = None
+        t_end = time.monotonic() + 5
+        while got is None and time.monotonic() < t_end:
+            pub.publish_labels("front", 0, board, t_capture_ns=1, t_capture_mono_ns=1)
+            got = sub.receive(0.1)
+        assert got is not None and np.array_equal(got.labels, board)
+    assert max_frame_bytes(400 * 500) >= 4 + 5 * 400 * 500

@@ -134,3 +134,19 @@ def test_check_never_prints_an_rtsp_password(tmp_path, capsys):
     assert code == 0, out
     assert "hunter2" not in out.out + out.err
     assert "rtsp://admin:***@10.0.0.5/s" in out.out
+
+
+def test_validation_errors_never_print_a_password(tmp_path, capsys):
+    from stream.cli import main
+
+    f = tmp_path / "cam.yaml"
+    f.write_text("version: 1\nsources:\n"
+                 "  - {id: rear, uri: 'rtsp://admin:s3cret@10.0.0.5/live?latency=abc'}\n")
+    assert main(["launch", str(f), "--check"]) == 2
+    assert main(["launch", str(f), "--check", "--set",
+                 "sources[0].uri=rtsp://root:hunter2@cam/x?latency=zz"]) == 2
+    assert main(["run", "--source", "rtsp://admin:s3cret@10.0.0.5/live?latency=abc",
+                 "--duration", "1"]) == 2
+    out = capsys.readouterr()
+    assert "s3cret" not in out.out + out.err and "hunter2" not in out.out + out.err
+    assert "***@" in out.out + out.err
