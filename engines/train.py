@@ -226,6 +226,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
+    if not cfg.resume and (out / "last.pt").exists():
+        raise FileExistsError(f"--out {out} already holds a run ({out / 'last.pt'}): continue "
+                              "it with --resume, or give a new --out (nothing was changed)")
     _seed_everything(cfg.seed + info.rank)
 
     train_data = open_split(cfg.data, cfg.train_split, cfg.fmt, progress=progress)

@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         best = train(config_from_args(args))
-    except (DatasetError, FileNotFoundError, ValueError, PretrainedWeightsError) as e:
+    except (DatasetError, FileNotFoundError, FileExistsError, ValueError,
+            PretrainedWeightsError) as e:
         print(f"segstream train: error: {e}")
         return 2
     print(f"best checkpoint: {best}")

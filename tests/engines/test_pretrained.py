@@ -105,3 +105,16 @@ def test_pretrained_on_an_architecture_without_weights_is_exit_2_nothing_written
     assert code == 2
     assert "has no pretrained weights" in text and "litefpn" in text
     assert not out.exists()
+
+
+def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):
+    from stream.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"a previous run")
+    code = main(["train", "--model", "litefpn", "--data", str(tmp_path / "nodata"),
+                 "--out", str(out), "--epochs", "1"])
+    assert code == 2
+    assert "already holds a run" in capsys.readouterr().out
+    assert (out / "last.pt").read_bytes() == b"a previous run"
