@@ -8,8 +8,9 @@ path: ``Preprocessor`` -> ONNX Runtime -> ``Postprocessor``. The label maps are 
 8-bit PNGs ``tests/golden/<model stem>__<frame>.png``. ``tests/engines/test_golden.py``
 recomputes them and compares. Re-run this script only when a model or the pre/post
 processing changes on purpose, and say why in the commit. ``tests/golden/isa.json`` records
-the CPU integer-kernel family each map was made on (:func:`int8_isa`), because INT8
-kernels round differently on AVX2 and VNNI CPUs.
+the environment each map was made in (:func:`environment`: CPU integer-kernel family and
+ONNX Runtime version), because INT8 kernels round differently on AVX2 and VNNI CPUs and
+between ONNX Runtime releases.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def int8_isa() -> str:
     return "avx2" if " avx2" in flags else platform.machine()
 
 
+def environment() -> str:
+    """What INT8 label maps depend on beyond the model: the CPU's integer-kernel family and
+    ONNX Runtime's minor version (its int8 kernels change between releases)."""
+    import onnxruntime
+
+    return f"{int8_isa()} onnxruntime-{'.'.join(onnxruntime.__version__.split('.')[:2])}"
+
+
 def golden_path(model: Path, frame: str) -> Path:
     return GOLDEN / f"{model.stem}__{frame}.png"
 
@@ -97,7 +106,7 @@ def main() -> int:
         for name, labels in label_maps(model).items():
             out = golden_path(model, name)
             cv2.imwrite(str(out), labels)
-            isa[out.name] = int8_isa()
+            isa[out.name] = environment()
             classes = np.unique(labels).tolist()
             print(f"wrote {out.relative_to(ROOT)} {labels.shape} classes {classes}")
     ISA_FILE.write_text(json.dumps(dict(sorted(isa.items())), indent=1) + "\n")
