@@ -100,6 +100,7 @@ def test_table_and_json() -> None:
 
 
 def test_median_frequency_weights_by_hand() -> None:
+    pytest.importorskip("torch", reason="engines.losses needs torch (training)")
     from engines.losses import class_frequencies, median_frequency_weights
 
     a = np.array([[0, 0, 0, 1]], np.uint8)  # 4 px: class0 3, class1 1
@@ -115,6 +116,7 @@ def test_median_frequency_weights_by_hand() -> None:
 
 
 def test_class_weight_kinds() -> None:
+    pytest.importorskip("torch", reason="engines.losses needs torch (training)")
     from engines.losses import class_weights, median_frequency_weights
 
     labels = [np.array([[0, 0, 0, 1]], np.uint8), np.array([[0, 2, 2, IGN]], np.uint8)]
