@@ -30,7 +30,7 @@ or when there is neither a display nor --save/--save-dir."""
 EPILOG = """examples:
   segstream view tcp://vehicle:5555
   segstream view tcp://vehicle:5555 --camera front --save front.mp4 --count 300
-  segstream view ipc:///tmp/seg --save 'run-{camera}.mp4' --fps 30
+  segstream view ipc:///tmp/seg --save 'run-{camera}.mp4' --fps 25
   segstream view tcp://localhost:5555 --save-dir frames/ --count 20
 """
 
@@ -47,8 +47,11 @@ def register(subparsers: Any) -> None:
                    help="write an mp4v video ({camera} in the name: one file per camera)")
     p.add_argument("--save-dir", type=Path, metavar="DIR",
                    help="write DIR/<camera>/<seq>.png")
-    p.add_argument("--fps", type=float, default=15.0,
-                   help="frame rate written into --save videos (default 15)")
+    p.add_argument("--fps", type=float, default=30.0,
+                   help="frame rate of --save videos (default 30); maps are placed on the "
+                        "video's timeline by their capture time, so the video plays at the "
+                        "stream's real speed whatever its rate (repeating maps of a slower "
+                        "stream, skipping some of a faster one)")
     p.add_argument("--no-legend", action="store_true", help="colours only, no legend")
     p.add_argument("--no-window", action="store_true", help="never open a window")
     p.set_defaults(func=run)
@@ -93,6 +96,33 @@ def has_display() -> bool:
     return True
 
 
+class Timeline:
+    """How many video frames each map takes so that a constant-rate video follows the
+    maps' capture times: ``fps`` frames per second of stream time, the map on screen until
+    the next one (a 15 fps stream in a 30 fps video: each map twice; a 60 fps stream: every
+    other map skipped). A pause longer than ``max_gap_s`` is cut to that length."""
+
+    def __init__(self, fps: float, max_gap_s: float = 2.0) -> None:
+        self.fps, self.max_gap_ns = fps, int(max_gap_s * 1e9)
+        self._last: dict[str, int] = {}  # camera -> capture time of its last map
+        self._elapsed: dict[str, int] = {}  # camera -> stream time covered, ns
+        self._frames: dict[str, int] = {}  # camera -> video frames written
+
+    def copies(self, camera: str, t_ns: int) -> int:
+        """Video frames to write for the map of ``camera`` captured at ``t_ns`` (0: skip).
+        A capture time that goes backwards (publisher restart) counts as no time passed."""
+        if camera in self._last:
+            gap = min(max(0, t_ns - self._last[camera]), self.max_gap_ns)
+            self._elapsed[camera] += gap
+        else:
+            self._elapsed[camera], self._frames[camera] = 0, 0
+        self._last[camera] = t_ns
+        due = int(self._elapsed[camera] * self.fps / 1e9 + 0.5) + 1  # frames up to this map
+        n = max(0, due - self._frames[camera])
+        self._frames[camera] += n
+        return n
+
+
 class Sinks:
     """Window, video writers and PNG folder for rendered frames."""
 
@@ -104,6 +134,7 @@ class Sinks:
         self.writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int]]] = {}
         self.skipped_cams: set[str] = set()
         self.written = 0
+        self.timeline = Timeline(self.fps)
 
     def _writer(self, camera: str, size: tuple[int, int]) -> cv2.VideoWriter | None:
         if camera in self.writers:
@@ -123,8 +154,9 @@ class Sinks:
         print(f"segstream: recording {camera} to {path}", file=sys.stderr)
         return writer
 
-    def show(self, camera: str, seq: int, img: np.ndarray) -> bool:
-        """Deliver one frame; False when the user closed the window (q / Esc)."""
+    def show(self, camera: str, seq: int, img: np.ndarray, t_ns: int = 0) -> bool:
+        """Deliver one frame captured at ``t_ns`` (monotonic, publisher's clock); False when
+        the user closed the window (q / Esc)."""
         delivered = self.window
         if self.save:
             size = (img.shape[1], img.shape[0])
@@ -133,7 +165,8 @@ class Sinks:
                 fixed = self.writers[camera][1]
                 video = img if size == fixed else cv2.resize(  # a video has one frame size
                     img, fixed, interpolation=cv2.INTER_NEAREST)
-                writer.write(video)
+                for _ in range(self.timeline.copies(camera, t_ns)):
+                    writer.write(video)
                 delivered = True
         if self.save_dir:
             path = self.save_dir / camera / f"{seq:08d}.png"
@@ -182,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 continue
             img = render(msg.labels, msg.class_table, legend=not args.no_legend)
-            if not sinks.show(msg.camera, msg.seq, img):
+            if not sinks.show(msg.camera, msg.seq, img, msg.t_capture_mono_ns):
                 break
             if args.count and sinks.written >= args.count:
                 break
