@@ -28,7 +28,8 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger("segstream.publish")
@@ -63,66 +64,75 @@ class _Conn:
     peer: str
 
 
-def _dup_socket(fd: int) -> socket.socket | None:
-    """A socket object over a duplicate of ``fd`` (close it), or None if ``fd`` is none."""
+@contextmanager
+def _opened(fd: int) -> Iterator[socket.socket | None]:
+    """A socket object over a duplicate of ``fd`` (closed on exit), or None if ``fd`` is
+    none (closed, or not a socket: no duplicate is leaked either way)."""
     try:
         dup = os.dup(fd)
     except OSError:
-        return None
+        yield None
+        return
     try:
-        return socket.socket(fileno=dup)
+        s = socket.socket(fileno=dup)
     except OSError:
         os.close(dup)
-        return None
+        yield None
+        return
+    with s:
+        yield s
 
 
-def tcp_key(fd: int, local_ports: Iterable[int]) -> Key | None:
-    """(local, peer) addresses of ``fd`` when it is a connected TCP socket on one of
+def _key(s: socket.socket | None, local_ports: Iterable[int]) -> Key | None:
+    """(local, peer) addresses of ``s`` when it is a connected TCP socket on one of
     ``local_ports``; None for anything else."""
-    s = _dup_socket(fd)
-    if s is None:
+    if s is None or s.family not in (socket.AF_INET, socket.AF_INET6) \
+            or s.type != socket.SOCK_STREAM:
         return None
     try:
-        if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
-            return None
         local, peer = s.getsockname(), s.getpeername()
-        return (local, peer) if local[1] in set(local_ports) else None
     except OSError:
         return None
-    finally:
-        s.close()
+    return (local, peer) if local[1] in set(local_ports) else None
 
 
-def bytes_received(fd: int) -> int | None:
-    """Bytes the peer of TCP socket ``fd`` has sent us (None where TCP_INFO has no count)."""
-    s = _dup_socket(fd)
-    if s is None:
-        return None
+def _received(s: socket.socket) -> int | None:
+    """Bytes the peer of TCP socket ``s`` has sent us (None where TCP_INFO has no count)."""
     try:
         info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
     except (OSError, AttributeError):
         return None
-    finally:
-        s.close()
     if len(info) < _TCPI_BYTES_RECEIVED + 8:
         return None
     return struct.unpack_from("=Q", info, _TCPI_BYTES_RECEIVED)[0]
 
 
-def shutdown_fd(fd: int, key: Key) -> bool:
-    """Shut down the connection on ``fd`` if it still is the one with addresses ``key``."""
-    s = _dup_socket(fd)
-    if s is None:
-        return False
+def _shutdown(s: socket.socket) -> bool:
     try:
-        if (s.getsockname(), s.getpeername()) != key:
-            return False  # the fd number was reused for another socket
         s.shutdown(socket.SHUT_RDWR)
         return True
     except OSError:
         return False
-    finally:
-        s.close()
+
+
+def tcp_key(fd: int, local_ports: Iterable[int]) -> Key | None:
+    """(local, peer) addresses of ``fd`` when it is a connected TCP socket on one of
+    ``local_ports``; None for anything else."""
+    with _opened(fd) as s:
+        return _key(s, local_ports)
+
+
+def shutdown_fd(fd: int, key: Key) -> bool:
+    """Shut down the connection on ``fd`` if it still is the one with addresses ``key``."""
+    with _opened(fd) as s:
+        if s is None:
+            return False
+        try:
+            if (s.getsockname(), s.getpeername()) != key:
+                return False  # the fd number was reused for another socket
+        except OSError:
+            return False
+        return _shutdown(s)
 
 
 class PeerGuard:
@@ -158,14 +168,16 @@ class PeerGuard:
         """Shut down every connection over its budget; forget ones that are gone."""
         now = time.monotonic()
         for fd, conn in list(self._conns.items()):
-            if tcp_key(fd, self.local_ports) != conn.key:
-                del self._conns[fd]  # closed (a missed DISCONNECTED) or the fd was reused
-                continue
-            got = bytes_received(fd)
-            if got is None:
-                continue
-            allowed = self.limits.allowance(now - conn.since)
-            if got > allowed and shutdown_fd(fd, conn.key):
+            with _opened(fd) as s:  # one look at the fd: identity, count, and the cut
+                if _key(s, self.local_ports) != conn.key:
+                    del self._conns[fd]  # closed (a missed DISCONNECTED) or the fd reused
+                    continue
+                got = _received(s)
+                if got is None:
+                    continue
+                allowed = self.limits.allowance(now - conn.since)
+                cut = got > allowed and _shutdown(s)
+            if cut:
                 del self._conns[fd]
                 self._count_cut(f"disconnected {conn.peer}: it sent {got} bytes in "
                                 f"{now - conn.since:.1f} s (budget {allowed:.0f}); an honest "

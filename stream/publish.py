@@ -178,7 +178,7 @@ class Publisher:
         self._want_table = False  # a new subscription needs the class table
         self._want_states: set[str] = set()  # cameras whose state new subscriptions need
         self._next_resend = 0.0
-        self._guard = PeerGuard(peer_limits) if peer_limits is not None else None
+        self._guard: PeerGuard | None = None  # made once the TCP ports are known
         self._next_guard = 0.0
 
         self._own_ctx = context is None
@@ -199,9 +199,9 @@ class Publisher:
                                        "or another process already publishes there") from None
                 bound.append(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
             self.bound_endpoints = tuple(bound)
-            if self._guard is not None:  # the guard only ever touches our TCP connections
-                self._guard.local_ports = {int(ep.rsplit(":", 1)[1]) for ep in bound
-                                           if ep.startswith("tcp://")}
+            if peer_limits is not None:  # the guard only ever touches our TCP connections
+                self._guard = PeerGuard(peer_limits, {int(ep.rsplit(":", 1)[1]) for ep in bound
+                                                      if ep.startswith("tcp://")})
         except BaseException:
             self._teardown()
             raise

@@ -74,7 +74,8 @@ class SocketPump:
         self.max_labels = max_labels
         self._label_topic = label_topic
         self._on_monitor_event = on_monitor_event
-        self._inbox: deque[tuple[bool, list[zmq.Frame]]] = deque()  # (is_label, frames)
+        # (is_label, bytes of all frames, frames), oldest first
+        self._inbox: deque[tuple[bool, int, list[zmq.Frame]]] = deque()
         self._labels = 0  # label maps in the inbox
         self._dropped: dict[bytes, int] = {}  # topic -> maps dropped since the last take
         self._cond = threading.Condition()
@@ -142,33 +143,33 @@ class SocketPump:
             self._drop_oldest(label=self._labels > 0)
         self._labels += is_label
         self._bytes += size
-        self._inbox.append((is_label, frames))
+        self._inbox.append((is_label, size, frames))
 
-    def _remove(self, i: int) -> None:
-        label, frames = self._inbox[i]
+    def _remove(self, i: int, *, overflow: bool = True) -> None:
+        """Take entry ``i`` out of the inbox, counted as an overflow unless replaced."""
+        label, size, frames = self._inbox[i]
         del self._inbox[i]
-        self._bytes -= sum(len(f.buffer) for f in frames)
+        self._bytes -= size
         if label:
             self._labels -= 1
             self.overflow += 1
             topic = bytes(frames[0].buffer)
             self._dropped[topic] = self._dropped.get(topic, 0) + 1
-        else:
+        elif overflow:
             self.overflow_other += 1
 
     def _drop_oldest(self, label: bool) -> None:
         """Drop the oldest waiting label map (``label``) or other message."""
-        for i, (is_label, _) in enumerate(self._inbox):
+        for i, (is_label, _, _) in enumerate(self._inbox):
             if is_label == label:
                 self._remove(i)
                 return
 
     def _drop_same_topic(self, topic: bytes) -> None:
         """A newer class table replaces a waiting one of the same topic (not an overflow)."""
-        for i, (is_label, frames) in enumerate(self._inbox):
+        for i, (is_label, _, frames) in enumerate(self._inbox):
             if not is_label and bytes(frames[0].buffer) == topic:
-                self._remove(i)
-                self.overflow_other -= 1
+                self._remove(i, overflow=False)
                 return
 
     def _drain_monitor(self) -> None:
@@ -201,10 +202,10 @@ class SocketPump:
             items = list(self._inbox) if everything else [self._inbox.popleft()]
             if everything:
                 self._inbox.clear()
-            self._labels -= sum(label for label, _ in items)
-            self._bytes -= sum(len(f.buffer) for _, frames in items for f in frames)
+            self._labels -= sum(label for label, _, _ in items)
+            self._bytes -= sum(size for _, size, _ in items)
             dropped, self._dropped = self._dropped, {}
-        return [frames for _, frames in items], dropped
+        return [frames for _, _, frames in items], dropped
 
     @property
     def running(self) -> bool:
