@@ -1,6 +1,17 @@
 """Post-processing: network output -> uint8 label map at source resolution; colouring.
 
 NumPy/OpenCV implementations, also the references for ``engines/cuda/postprocess.cu``.
+Logits go through the compiled fused upsample + argmax of :mod:`engines.fused_post` where
+it is available: the same labels as :func:`_upsample_argmax_cv`, byte for byte, 3-10x
+faster (docs/benchmarks.md, "Post-processing").
+
+Two references, one published: :func:`_upsample_argmax_cv` (OpenCV) is what the stream
+publishes and what ``tests/golden`` holds; :func:`upsample_argmax_ref` (NumPy) states the
+semantics. They agree except on ties and near-ties within a few float32 ulps (INT8
+models' logits, multiples of one step, make exact ties common), where their rounding
+differs: OpenCV's x86 wheels interpolate through Intel IPP (``a + t (b - a)``, one fused
+multiply-add, ``t`` from a double coordinate), the NumPy reference computes
+``a (1 - t) + b t`` with float32 coordinates. The fused path follows OpenCV.
 """
 
 from __future__ import annotations
@@ -8,6 +19,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from engines import fused_post
 from engines.preprocess import Letterbox, resize_bilinear_ref
 from engines.spec import ModelSpec
 
@@ -24,13 +36,16 @@ def upsample_argmax_ref(logits: np.ndarray, out_h: int, out_w: int) -> np.ndarra
 class Postprocessor:
     """Network output for one frame -> (H, W) uint8 label map at the source size.
 
-    Logits (K, h, w) are upsampled bilinearly to the source size and argmax'd one class
-    plane at a time, so full-resolution logits never sit in memory at once. In-graph
-    labels (H, W) are resized with nearest-neighbour.
+    Logits (K, h, w) are upsampled bilinearly to the source size and argmax'd, by the fused
+    kernel (:mod:`engines.fused_post`, compiled or loaded from cache here, in the
+    constructor, not on the first frame) or else one class plane at a time with OpenCV; full
+    resolution logits never sit in memory at once. In-graph labels (H, W) are resized
+    with nearest-neighbour.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        self._fused = fused_post.load()  # None: numba unavailable (logged once)
 
     def __call__(self, output: np.ndarray, out_hw: tuple[int, int],
                  box: Letterbox | None = None) -> np.ndarray:
@@ -55,7 +70,9 @@ class Postprocessor:
             rows = slice(int(t), max(int(t) + 1, round(b)))
             cols = slice(int(lft), max(int(lft) + 1, round(r)))
             logits = logits[:, rows, cols]
-        return _upsample_argmax_cv(np.ascontiguousarray(logits), out_h, out_w)
+        logits = np.ascontiguousarray(logits)
+        labels = None if self._fused is None else self._fused(logits, out_h, out_w)
+        return _upsample_argmax_cv(logits, out_h, out_w) if labels is None else labels
 
 
 _SMALL_OUTPUT = 64  # pixels; below this the running argmax's OpenCV ops are not used
