@@ -1,56 +1,65 @@
-"""``segstream bench``: bare-engine and end-to-end FPS with per-stage latency.
+"""``segstream bench``: bare-engine and end-to-end FPS with per-stage latency, repeated.
 
-For each configuration (model x backend x camera resolution):
+For each configuration (model x backend x camera resolution) every figure is measured
+``repeat`` times (default 3) and reported as the median and the range (min-max):
 
-1. engine: ``backend.infer`` on one pre-processed batch, after a warm-up; every call
-   returns host memory, so GPU work is complete (synchronised) when it is timed.
-2. pipeline: the real pipeline (GStreamer live test source at ``source_fps`` ->
-   Segmenter -> ZeroMQ publisher) with a real subscriber attached over IPC; stage
-   windows are reset after the warm-up. Stages: capture (mailbox wait), pre, infer,
-   post, publish (encode + send), total (capture timestamp -> sent); encode is also
-   timed alone on the published maps.
-3. ``--compare``: the same model on the same video file, once through the pipeline
-   (file decoded as fast as consumed, no frame dropped) and once through the
-   hand-written loop of :mod:`stream.handloop`.
+1. calibration (only when no ``--source-fps`` is given): a few short bare-engine runs
+   per model and backend; the live test camera's rate is 1.5x the *fastest* of them
+   (30..240 fps), so that the engine, not the camera, limits the pipeline. Load on a
+   shared machine only ever slows a run down, so the fastest of several runs is the
+   best estimate of what the engine does once the load lifts (their median follows a
+   busy minute down, and the camera then limits the pipeline). A pipeline run within
+   10 % of the camera's rate is flagged ``source_limited``.
+2. rounds: round r runs, for every configuration in turn, one engine run, one pipeline
+   run and with ``--compare`` one hand-loop run and one pipeline run on the same clip
+   (:mod:`stream.bench_measure`, :mod:`stream.handloop`). Even rounds run these kinds in
+   that order, odd rounds in reverse, so slow drift (thermal, a neighbour's load) hits
+   every kind and configuration alike instead of all runs of one kind.
 
-Process CPU use (all threads; 100% = one core), peak RSS and, with ``nvidia-smi``,
-GPU utilisation and memory are recorded with each pipeline run.
+Ratios (pipeline / engine, pipeline / hand loop) are taken within a round, then their
+median and range across rounds. The report keeps every run's raw figures
+(:func:`run_bench`); :mod:`stream.bench_report` derives the summaries from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import resource
-import shutil
-import subprocess
-import threading
 import time
-import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from engines.backend import create_backend
 from engines.spec import ModelSpec, sidecar_path
-from stream.config import PipelineConfig, PublishConfig, SourceConfig
-from stream.stats import STAGES, Summary
+from stream.bench_measure import (
+    MachineLoad,
+    bench_clip_pipeline,
+    bench_engine,
+    bench_pipeline,
+    ipc_endpoint,
+    make_video,
+)
+from stream.bench_report import BENCH_FORMAT, summarize_result
+
+SOURCE_FPS_FACTOR = 1.5
+SOURCE_FPS_RANGE = (30, 240)
+KINDS = ("engine", "pipeline", "hand_loop", "clip_pipeline")
 
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """How long and how hard to measure."""
+    """How long, how often and how hard to measure."""
 
-    warmup_s: float = 2.0
-    duration_s: float = 10.0
+    warmup_s: float = 2.0  # per engine and live-pipeline run
+    duration_s: float = 5.0  # measured per live-pipeline run (engine: up to half of it)
     engine_iters: int = 200
-    source_fps: int = 0  # 0: 1.5x the bare engine rate (30..240), so the engine is the limit
+    repeat: int = 3
+    source_fps: int = 0  # 0: 1.5x the fastest calibration run (30..240)
     encoding: str = "zstd"
     threads: int | None = None
     compare_frames: int = 600
+    calibration_s: float = 1.0  # timed per calibration run, after half that of warm-up
 
 
 @dataclass(frozen=True)
@@ -87,219 +96,111 @@ def precision_of(model: Path) -> str:
     return "?"
 
 
-def bench_engine(model: Path, backend: str, opts: BenchOptions) -> dict[str, Any]:
-    """Bare engine: infer() calls per second on one fixed batch, with p50/p99."""
-    be = create_backend(model, backend, threads=opts.threads)
-    try:
-        n, c, h, w = be.input_shape
-        batch = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(be.input_dtype)
-        deadline = time.perf_counter() + opts.warmup_s
-        while time.perf_counter() < deadline:
-            be.infer(batch)
-        times = []
-        t_end = time.perf_counter() + max(opts.duration_s / 2, 1.0)
-        while len(times) < opts.engine_iters and time.perf_counter() < t_end:
-            t0 = time.perf_counter_ns()
-            be.infer(batch)
-            times.append(time.perf_counter_ns() - t0)
-    finally:
-        be.close()
-    s = Summary.of(times)
-    return {"fps": 1e3 / s.mean_ms, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "iters": s.count,
-            "input_shape": [n, c, h, w]}
+def source_rate(engine_fps: Sequence[float]) -> int:
+    """The live test camera's rate from several bare-engine fps figures: 1.5x the
+    fastest, within :data:`SOURCE_FPS_RANGE` (noise only slows runs: see the module doc)."""
+    lo, hi = SOURCE_FPS_RANGE
+    return int(min(hi, max(lo, SOURCE_FPS_FACTOR * max(engine_fps))))
 
 
-class _Usage:
-    """Process CPU time and wall time between start() and stop()."""
-
-    def start(self) -> None:
-        t = os.times()
-        self._cpu, self._wall = t.user + t.system, time.monotonic()
-
-    def stop(self) -> dict[str, Any]:
-        t = os.times()
-        wall = time.monotonic() - self._wall
-        cpu = (t.user + t.system - self._cpu) / wall * 100 if wall > 0 else float("nan")
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {"cpu_percent": round(cpu, 1), "peak_rss_mib": round(rss, 1), **gpu_usage()}
+def schedule(n_cases: int, repeat: int, compare: Sequence[bool]) -> list[tuple[int, int, str]]:
+    """Execution order: (round, case index, kind), rounds outermost, kinds alternating
+    forwards (even rounds) and backwards (odd rounds) within each case."""
+    out = []
+    for r in range(repeat):
+        for i in range(n_cases):
+            kinds = [k for k in KINDS if compare[i] or k in ("engine", "pipeline")]
+            out += [(r, i, k) for k in (kinds if r % 2 == 0 else kinds[::-1])]
+    return out
 
 
-def gpu_usage() -> dict[str, Any]:
-    if not shutil.which("nvidia-smi"):
-        return {"gpu_util_percent": None, "gpu_mem_mib": None}
-    out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                          "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                         timeout=5, check=False).stdout.strip().splitlines()
-    if not out:
-        return {"gpu_util_percent": None, "gpu_mem_mib": None}
-    util, mem = (float(v) for v in out[0].split(","))
-    return {"gpu_util_percent": util, "gpu_mem_mib": mem}
+def compare_skip_reason(case: BenchCase) -> str:
+    """Why ``--compare`` cannot run for ``case`` ("" when it can)."""
+    if case.backend != "onnxruntime" or case.model.suffix != ".onnx":
+        return "the hand-written loop runs ONNX Runtime on .onnx models only"
+    return ""
 
 
-def _subscribe(endpoint: str, stop: threading.Event, box: dict[str, Any]) -> None:
-    from stream.subscribe import LabelMessage, Subscriber
-
-    latencies, received, last = [], 0, None
-    with Subscriber(endpoint, timeout=0.2) as sub:
-        box["ready"].set()
-        while not stop.is_set():
-            msg = sub.receive(0.2)
-            if isinstance(msg, LabelMessage):
-                received += 1
-                last = msg.labels.copy()
-                lat = msg.latency_ns(same_host=True)
-                if lat is not None:
-                    latencies.append(lat)
-        box.update(received=received, lost=sub.stats.lost, last=last,
-                   latency=Summary.of(latencies))
+def calibrate(cases: Sequence[BenchCase], opts: BenchOptions) -> list[dict[str, Any]]:
+    """Per model and backend: ``max(3, repeat)`` short engine runs and the source rate."""
+    out = []
+    for model, backend in dict.fromkeys((c.model, c.backend) for c in cases):
+        runs = [bench_engine(model, backend, threads=opts.threads,
+                             warmup_s=opts.calibration_s / 2, max_s=opts.calibration_s,
+                             iters=opts.engine_iters)["fps"]
+                for _ in range(max(3, opts.repeat))]
+        out.append({"model": str(model), "backend": backend, "engine_fps": runs,
+                    "source_fps": source_rate(runs)})
+    return out
 
 
-def run_pipeline_measured(cfg: PipelineConfig, opts: BenchOptions, *,
-                          warmup_s: float | None = None) -> dict[str, Any]:
-    """Run ``cfg`` with a subscriber attached; stats reset after the warm-up."""
-    from stream.pipeline import CameraStats
-    from stream.runner import run_pipeline
+def _run_one(kind: str, case: BenchCase, opts: BenchOptions, source_fps: int,
+             video: Path | None) -> dict[str, Any]:
+    t0, load = time.time(), MachineLoad()
+    load.start()
+    if kind == "engine":
+        out = bench_engine(case.model, case.backend, threads=opts.threads,
+                           warmup_s=opts.warmup_s, max_s=max(opts.duration_s / 2, 1.0),
+                           iters=opts.engine_iters)
+    elif kind == "pipeline":
+        out = bench_pipeline(case.model, case.backend, case.resolution, source_fps=source_fps,
+                             threads=opts.threads, encoding=opts.encoding,
+                             warmup_s=opts.warmup_s, duration_s=opts.duration_s)
+    elif video is None:
+        raise ValueError(f"{kind} runs need the --compare clip")
+    elif kind == "hand_loop":
+        from stream.handloop import run_hand_loop
 
-    endpoint = cfg.publish.endpoints[0].replace("*", "127.0.0.1")
-    stop, sub_stop = threading.Event(), threading.Event()
-    box: dict[str, Any] = {"ready": threading.Event()}
-    sub = threading.Thread(target=_subscribe, args=(endpoint, sub_stop, box), daemon=True)
-    usage, ready = _Usage(), {}
-
-    def on_ready(pipeline: Any) -> None:
-        ready["pipeline"] = pipeline
-        sub.start()
-        box["ready"].wait(5)
-
-    warm = opts.warmup_s if warmup_s is None else warmup_s
-
-    def reset_after_warmup() -> None:
-        if stop.wait(warm) or "pipeline" not in ready:
-            return
-        p = ready["pipeline"]
-        for cam in p.stats:
-            p.stats[cam] = CameraStats()
-        usage.start()
-        ready["t_reset"] = time.monotonic()
-
-    timer = threading.Thread(target=reset_after_warmup, daemon=True)
-    usage.start()
-    timer.start()
-    with open(os.devnull, "w") as devnull:
-        code, result = run_pipeline(cfg, stop=stop, out=devnull, on_ready=on_ready)
-    t_end = time.monotonic()
-    stop.set()
-    used = usage.stop()
-    sub_stop.set()
-    if sub.is_alive():
-        sub.join(5)
-    cam = next(iter(result.per_camera.values()))
-    stages = {s: dataclasses.asdict(cam.times.summary(s)) for s in STAGES}
-    if box.get("last") is not None:
-        stages["encode"] = dataclasses.asdict(_time_encode(box["last"], cfg.publish.encoding))
-    if "t_reset" in ready:  # measured window: after the warm-up
-        seconds = t_end - ready["t_reset"]
+        out = run_hand_loop(case.model, video, opts.compare_frames, ipc_endpoint(),
+                            threads=opts.threads)
     else:
-        seconds = result.seconds
-    fps = cam.published / seconds if seconds > 0 else 0.0
-    return {"exit_code": code, "error": result.error, "fps": fps,
-            "published": cam.published, "seconds": seconds, "stages": stages,
-            "dropped": _dropped(ready.get("pipeline")),
-            "subscriber": {"received": box.get("received", 0), "lost": box.get("lost", 0),
-                           "latency": dataclasses.asdict(box["latency"])
-                           if "latency" in box else None},
-            **used}
-
-
-def _dropped(pipeline: Any) -> int:
-    return sum(s.dropped for s in pipeline.sources) if pipeline is not None else 0
-
-
-def _time_encode(labels: np.ndarray, encoding: str, n: int = 50) -> Summary:
-    from stream.wire import PayloadEncoder
-
-    enc = PayloadEncoder(encoding)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter_ns()
-        enc.encode(labels)
-        times.append(time.perf_counter_ns() - t0)
-    return Summary.of(times)
-
-
-def bench_pipeline(case: BenchCase, opts: BenchOptions, engine_fps: float = 0.0) -> dict[str, Any]:
-    h, w = case.resolution
-    fps = opts.source_fps or int(min(240, max(30, 1.5 * engine_fps)))
-    src = SourceConfig(f"test://smpte?width={w}&height={h}&fps={fps}", "bench")
-    cfg = PipelineConfig(sources=(src,), model=str(case.model), backend=case.backend,
-                         threads=opts.threads, stats_interval=0,
-                         publish=PublishConfig((_ipc(),), encoding=opts.encoding),
-                         duration=opts.warmup_s + opts.duration_s)
-    return {"source_fps": fps, **run_pipeline_measured(cfg, opts)}
-
-
-def _ipc() -> str:
-    return f"ipc:///tmp/segstream-bench-{uuid.uuid4().hex[:8]}"
-
-
-def make_video(path: Path, frames: int, resolution: tuple[int, int]) -> Path:
-    """Encode a test clip (MPEG-4 in AVI) that both OpenCV and GStreamer decode."""
-    h, w = resolution
-    if not shutil.which("gst-launch-1.0"):
-        raise RuntimeError("--compare needs gst-launch-1.0 (gstreamer1.0-tools)")
-    subprocess.run(["gst-launch-1.0", "-q", "videotestsrc", f"num-buffers={frames}",
-                    "pattern=ball", "!", f"video/x-raw,width={w},height={h},framerate=30/1",
-                    "!", "videoconvert", "!", "avenc_mpeg4", "bitrate=4000000", "!", "avimux",
-                    "!", "filesink", f"location={path}"], check=True, timeout=120,
-                   capture_output=True)
-    return path
-
-
-def bench_compare(case: BenchCase, opts: BenchOptions, workdir: Path) -> dict[str, Any]:
-    """Pipeline vs the hand-written loop on the same clip, every frame processed."""
-    from stream.handloop import run_hand_loop
-
-    n = opts.compare_frames
-    video = make_video(workdir / f"compare_{case.resolution[0]}x{case.resolution[1]}.avi",
-                       n, case.resolution)
-    hand = run_hand_loop(case.model, video, n, _ipc())
-    cfg = PipelineConfig(sources=(SourceConfig(f"{video}?realtime=0", "bench"),),
-                         model=str(case.model), backend=case.backend, threads=opts.threads,
-                         stats_interval=0, publish=PublishConfig((_ipc(),),
-                                                                 encoding=opts.encoding))
-    pipe = run_pipeline_measured(cfg, opts, warmup_s=0.0)
-    return {"frames": n, "hand_loop": hand, "pipeline_fps": pipe["fps"],
-            "pipeline_published": pipe["published"],
-            "speedup": pipe["fps"] / hand["fps"] if hand["fps"] else None}
+        out = bench_clip_pipeline(case.model, case.backend, video, opts.compare_frames,
+                                  threads=opts.threads, encoding=opts.encoding)
+    return {"started": round(t0, 3), **out, **load.stop()}
 
 
 def run_bench(cases: list[BenchCase], opts: BenchOptions, *, compare: bool = False,
-              workdir: Path | None = None, progress: Any = None) -> dict[str, Any]:
-    """Measure every case; returns the JSON-able report (machine, options, results)."""
+              workdir: Path | None = None,
+              progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Measure every case ``opts.repeat`` times, interleaved; returns the JSON-able report:
+    machine, options, calibration, the run order, and per case its raw ``runs`` (one dict
+    per round, one entry per kind) and their ``summary`` (:func:`summarize_result`).
+
+    ``progress(done, total, text)`` is called before each run and at the end.
+    """
     from stream.machine import machine_info
 
-    results = []
-    for case in cases:
+    workdir = workdir or Path("/tmp")
+    calibration = [] if opts.source_fps else calibrate(cases, opts)
+    rate = {(c["model"], c["backend"]): c["source_fps"] for c in calibration}
+    skip = [compare_skip_reason(c) if compare else "" for c in cases]
+    results, videos = [], {}
+    for case, why in zip(cases, skip, strict=True):
         spec = ModelSpec.load(sidecar_path(case.model))
-        entry: dict[str, Any] = {
+        results.append({
             "label": case.label, "model": str(case.model), "backend": case.backend,
             "precision": precision_of(case.model), "resolution": list(case.resolution),
-            "model_input": list(spec.input_size), "model_output": spec.output}
-        entry["engine"] = bench_engine(case.model, case.backend, opts)
-        _step(progress, f"{case.label}: pipeline")
-        entry["pipeline"] = bench_pipeline(case, opts, entry["engine"]["fps"])
-        entry["pipeline_vs_engine"] = entry["pipeline"]["fps"] / entry["engine"]["fps"]
-        if compare:
-            _step(progress, f"{case.label}: compare")
-            entry["compare"] = bench_compare(case, opts, workdir or Path("/tmp"))
-        results.append(entry)
-        _step(progress, f"{case.label}: done", advance=1)
-    return {"segstream_bench": 1, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine_info(), "options": dataclasses.asdict(opts),
-            "results": results}
-
-
-def _step(progress: Any, text: str, advance: int = 0) -> None:
+            "model_input": list(spec.input_size), "model_output": spec.output,
+            "source_fps": opts.source_fps or rate[(str(case.model), case.backend)],
+            "compare": compare and not why, "compare_skipped": why,
+            "runs": [{"round": r} for r in range(opts.repeat)]})
+        if compare and not why and case.resolution not in videos:
+            h, w = case.resolution
+            videos[case.resolution] = make_video(workdir / f"compare_{h}x{w}.avi",
+                                                 opts.compare_frames, case.resolution)
+    order = schedule(len(cases), opts.repeat, [compare and not why for why in skip])
+    for done, (r, i, kind) in enumerate(order):
+        case, entry = cases[i], results[i]
+        if progress is not None:
+            progress(done, len(order), f"round {r + 1}/{opts.repeat} {case.label}: {kind}")
+        entry["runs"][r][kind] = _run_one(kind, case, opts, entry["source_fps"],
+                                          videos.get(case.resolution))
     if progress is not None:
-        progress.set_postfix_str(text)
-        progress.update(advance)
+        progress(len(order), len(order), "done")
+    for entry in results:
+        entry["summary"] = summarize_result(entry)
+    return {"segstream_bench": BENCH_FORMAT,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine_info(), "options": dataclasses.asdict(opts),
+            "calibration": calibration, "order": [list(o) for o in order],
+            "results": results}

@@ -1,0 +1,268 @@
+"""One measured run of each kind for ``segstream bench`` (:mod:`stream.bench` repeats and
+interleaves them):
+
+- :func:`bench_engine`: ``backend.infer`` on one pre-processed batch, after a warm-up;
+  every call returns host memory, so GPU work is complete (synchronised) when timed.
+- :func:`bench_pipeline`: the real pipeline (GStreamer live test source -> Segmenter ->
+  ZeroMQ publisher) with a real subscriber attached over IPC; stage windows are reset
+  after the warm-up. Stages: capture (mailbox wait), pre, infer, post, publish (encode +
+  send), total (capture timestamp -> sent); encode is also timed alone on a published map.
+- :func:`bench_clip_pipeline`: the pipeline on a video clip decoded as fast as consumed
+  (no frame dropped), the counterpart of :func:`stream.handloop.run_hand_loop`.
+
+Process CPU use (all threads; 100% = one core), resident memory at the end of the run
+and, with ``nvidia-smi``, GPU utilisation and memory are recorded with each pipeline run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.backend import create_backend
+from stream.config import PipelineConfig, PublishConfig, SourceConfig
+from stream.stats import STAGES, Summary
+
+SOURCE_LIMITED = 0.9  # pipeline fps >= this x the source rate: the camera may be the limit
+
+
+def bench_engine(model: Path, backend: str, *, threads: int | None, warmup_s: float,
+                 max_s: float, iters: int) -> dict[str, Any]:
+    """Bare engine: up to ``iters`` infer() calls within ``max_s`` s on one fixed batch.
+
+    Returns fps (1 / mean call time), p50/p99 ms, iters and the (N, C, H, W) input shape.
+    """
+    be = create_backend(model, backend, threads=threads)
+    try:
+        n, c, h, w = be.input_shape
+        batch = np.random.default_rng(0).standard_normal((n, c, h, w)).astype(be.input_dtype)
+        deadline = time.perf_counter() + warmup_s
+        be.infer(batch)
+        while time.perf_counter() < deadline:
+            be.infer(batch)
+        times = []
+        t_end = time.perf_counter() + max_s
+        while len(times) < iters and time.perf_counter() < t_end:
+            t0 = time.perf_counter_ns()
+            be.infer(batch)
+            times.append(time.perf_counter_ns() - t0)
+    finally:
+        be.close()
+    s = Summary.of(times)
+    return {"fps": 1e3 / s.mean_ms, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "iters": s.count,
+            "input_shape": [n, c, h, w]}
+
+
+def _rss_mib() -> float:
+    """Resident memory now (Linux), else the process's peak so far."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+class _Usage:
+    """Process CPU time and wall time between start() and stop()."""
+
+    def start(self) -> None:
+        t = os.times()
+        self._cpu, self._wall = t.user + t.system, time.monotonic()
+
+    def stop(self) -> dict[str, Any]:
+        t = os.times()
+        wall = time.monotonic() - self._wall
+        cpu = (t.user + t.system - self._cpu) / wall * 100 if wall > 0 else float("nan")
+        return {"cpu_percent": round(cpu, 1), "rss_mib": _rss_mib(), **gpu_usage()}
+
+
+def _proc_stat() -> tuple[float, float] | None:
+    """(busy, steal) seconds of the whole machine since boot, from /proc/stat (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+class MachineLoad:
+    """CPU used by *other* processes (machine busy time minus this process's CPU time)
+    and time stolen by the hypervisor between start() and stop(), in % of one core:
+    what makes figures on a shared machine or VM unreliable."""
+
+    def start(self) -> None:
+        t = os.times()
+        self._own, self._wall, self._stat = t.user + t.system, time.monotonic(), _proc_stat()
+
+    def stop(self) -> dict[str, float | None]:
+        t, now, wall = os.times(), _proc_stat(), time.monotonic() - self._wall
+        if self._stat is None or now is None or wall <= 0:
+            return {"others_cpu_percent": None, "steal_percent": None}
+        own = t.user + t.system - self._own
+        others = max(0.0, now[0] - self._stat[0] - own)
+        return {"others_cpu_percent": round(others / wall * 100, 1),
+                "steal_percent": round((now[1] - self._stat[1]) / wall * 100, 1)}
+
+
+def gpu_usage() -> dict[str, Any]:
+    if not shutil.which("nvidia-smi"):
+        return {"gpu_util_percent": None, "gpu_mem_mib": None}
+    out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                          "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                         timeout=5, check=False).stdout.strip().splitlines()
+    if not out:
+        return {"gpu_util_percent": None, "gpu_mem_mib": None}
+    util, mem = (float(v) for v in out[0].split(","))
+    return {"gpu_util_percent": util, "gpu_mem_mib": mem}
+
+
+def _subscribe(endpoint: str, stop: threading.Event, box: dict[str, Any]) -> None:
+    from stream.subscribe import LabelMessage, Subscriber
+
+    latencies, received, last = [], 0, None
+    with Subscriber(endpoint, timeout=0.2) as sub:
+        box["ready"].set()
+        while not stop.is_set():
+            msg = sub.receive(0.2)
+            if isinstance(msg, LabelMessage):
+                received += 1
+                last = msg.labels.copy()
+                lat = msg.latency_ns(same_host=True)
+                if lat is not None:
+                    latencies.append(lat)
+        box.update(received=received, lost=sub.stats.lost, last=last,
+                   latency=Summary.of(latencies))
+
+
+def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float) -> dict[str, Any]:
+    """Run ``cfg`` with a subscriber attached; with ``warmup_s`` > 0 the stage windows,
+    counters and CPU clock are reset that long after the start (fps over the rest)."""
+    from stream.pipeline import CameraStats
+    from stream.runner import run_pipeline
+
+    endpoint = cfg.publish.endpoints[0].replace("*", "127.0.0.1")
+    stop, sub_stop = threading.Event(), threading.Event()
+    box: dict[str, Any] = {"ready": threading.Event()}
+    sub = threading.Thread(target=_subscribe, args=(endpoint, sub_stop, box), daemon=True)
+    usage, ready = _Usage(), {}
+
+    def on_ready(pipeline: Any) -> None:
+        ready["pipeline"] = pipeline
+        sub.start()
+        box["ready"].wait(5)
+        if warmup_s > 0:
+            threading.Thread(target=reset_after_warmup, daemon=True).start()
+        ready["t_run"] = time.monotonic()  # Pipeline.run starts now
+
+    def reset_after_warmup() -> None:
+        if stop.wait(warmup_s):
+            return
+        p = ready["pipeline"]
+        for cam in p.stats:
+            p.stats[cam] = CameraStats()
+        usage.start()
+        ready["t_reset"] = time.monotonic()
+
+    usage.start()
+    with open(os.devnull, "w") as devnull:
+        code, result = run_pipeline(cfg, stop=stop, out=devnull, on_ready=on_ready)
+    stop.set()
+    used = usage.stop()
+    sub_stop.set()
+    if sub.is_alive():
+        sub.join(5)
+    cam = next(iter(result.per_camera.values()))
+    stages = {s: dataclasses.asdict(cam.times.summary(s)) for s in STAGES}
+    if box.get("last") is not None:
+        stages["encode"] = dataclasses.asdict(_time_encode(box["last"], cfg.publish.encoding))
+    # The loop's own end (closing the cameras and the publisher is not measured).
+    seconds = result.seconds
+    if "t_reset" in ready:
+        seconds = ready["t_run"] + result.seconds - ready["t_reset"]
+    fps = cam.published / seconds if seconds > 0 else 0.0
+    return {"exit_code": code, "error": result.error, "fps": fps,
+            "published": cam.published, "seconds": seconds, "stages": stages,
+            "dropped": _dropped(ready.get("pipeline")),
+            # results a newer one replaced before post-processing (overlapped stages)
+            "post_dropped": getattr(cam, "dropped", 0),
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                       if k not in ("sources", "publish", "model")},
+            "subscriber": {"received": box.get("received", 0), "lost": box.get("lost", 0),
+                           "latency": dataclasses.asdict(box["latency"])
+                           if "latency" in box else None},
+            **used}
+
+
+def _dropped(pipeline: Any) -> int:
+    return sum(s.dropped for s in pipeline.sources) if pipeline is not None else 0
+
+
+def _time_encode(labels: np.ndarray, encoding: str, n: int = 50) -> Summary:
+    from stream.wire import PayloadEncoder
+
+    enc = PayloadEncoder(encoding)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        enc.encode(labels)
+        times.append(time.perf_counter_ns() - t0)
+    return Summary.of(times)
+
+
+def bench_pipeline(model: Path, backend: str, resolution: tuple[int, int], *,
+                   source_fps: int, threads: int | None, encoding: str, warmup_s: float,
+                   duration_s: float) -> dict[str, Any]:
+    """The pipeline on a live ``videotestsrc`` camera at ``source_fps``, (H, W) frames."""
+    h, w = resolution
+    src = SourceConfig(f"test://smpte?width={w}&height={h}&fps={source_fps}", "bench")
+    cfg = PipelineConfig(sources=(src,), model=str(model), backend=backend, threads=threads,
+                         stats_interval=0, publish=PublishConfig((ipc_endpoint(),),
+                                                                 encoding=encoding),
+                         duration=warmup_s + duration_s)
+    run = run_pipeline_measured(cfg, warmup_s=warmup_s)
+    return {"source_fps": source_fps,
+            "source_limited": run["fps"] >= SOURCE_LIMITED * source_fps, **run}
+
+
+def bench_clip_pipeline(model: Path, backend: str, video: Path, frames: int, *,
+                        threads: int | None, encoding: str) -> dict[str, Any]:
+    """The pipeline on ``video`` decoded as fast as consumed, stopped after ``frames``
+    label maps: fps over the whole run, like the hand loop's."""
+    cfg = PipelineConfig(sources=(SourceConfig(f"{video}?realtime=0", "bench"),),
+                         model=str(model), backend=backend, threads=threads,
+                         stats_interval=0, max_frames=frames,
+                         publish=PublishConfig((ipc_endpoint(),), encoding=encoding))
+    return run_pipeline_measured(cfg, warmup_s=0.0)
+
+
+def ipc_endpoint() -> str:
+    return f"ipc:///tmp/segstream-bench-{uuid.uuid4().hex[:8]}"
+
+
+def make_video(path: Path, frames: int, resolution: tuple[int, int]) -> Path:
+    """Encode a test clip (MPEG-4 in AVI) that both OpenCV and GStreamer decode."""
+    h, w = resolution
+    if not shutil.which("gst-launch-1.0"):
+        raise RuntimeError("--compare needs gst-launch-1.0 (gstreamer1.0-tools)")
+    subprocess.run(["gst-launch-1.0", "-q", "videotestsrc", f"num-buffers={frames}",
+                    "pattern=ball", "!", f"video/x-raw,width={w},height={h},framerate=30/1",
+                    "!", "videoconvert", "!", "avenc_mpeg4", "bitrate=4000000", "!", "avimux",
+                    "!", "filesink", f"location={path}"], check=True, timeout=120,
+                   capture_output=True)
+    return path
