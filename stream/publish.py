@@ -11,9 +11,12 @@ What the publisher can see is counted in :class:`PublisherStats`.
 
 Late joiners: the socket is an XPUB with ``XPUB_VERBOSE``, so every new subscription
 that covers ``cls/`` reaches us and the current class table is sent at once; it is also
-re-sent every ``class_table_interval`` seconds. A small housekeeping thread does this
-and watches connections; all socket use is serialised by one lock, so the publisher's
-methods are safe to call from several threads (pipeline loop, capture threads).
+re-sent every ``class_table_interval`` seconds. The same subscriptions (and libzmq's
+unsubscription when a topic's last subscriber leaves) say whether anybody wants a
+camera's frames (``img/``, :mod:`stream.frame_pub`): they are encoded only then. A small
+housekeeping thread does this and watches connections; all socket use is serialised by
+one lock, so the publisher's methods are safe to call from several threads (pipeline
+loop, capture threads, the frame encoder).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from engines.spec import ClassInfo, ModelSpec
 from stream.config import PublishConfig
+from stream.frame_pub import FrameOptions, FrameTap
 from stream.frames import Frame
 from stream.ipc_guard import live_ipc_owner
 from stream.peer_guard import PeerGuard, PeerLimits
@@ -41,6 +45,7 @@ from stream.wire import (
     INT64_MAX,
     TOPIC_CLASS_TABLE,
     TOPIC_EVENT,
+    TOPIC_FRAME,
     ClassTable,
     LabelsHeader,
     ModelInfo,
@@ -51,6 +56,7 @@ from stream.wire import (
     pack_event,
     pack_labels,
 )
+from stream.wire_frames import FrameHeader, pack_frame
 
 log = logging.getLogger("segstream.publish")
 
@@ -63,6 +69,8 @@ MAX_INBOUND_MESSAGE_BYTES = 1024
 _MAX_SUBSCRIPTIONS_PER_SERVICE = 1024  # bounds the time one service call holds the lock
 _GUARD_INTERVAL_S = 0.02
 _RESEND_GAP_S = 0.02
+_FRAME_PREFIX = TOPIC_FRAME.encode()
+_MAX_FRAME_PREFIXES = 1024  # distinct img/ subscriptions remembered (one per camera is usual)
 DEFAULT_PEER_LIMITS = PeerLimits()
 
 _MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
@@ -103,6 +111,9 @@ class PublisherStats:
         auth_failures: connections refused by the CURVE handshake / authenticator.
         peers_cut: connections shut down for exceeding their inbound budget or the
             connection cap (:mod:`stream.peer_guard`).
+        frames_sent / frame_bytes: camera frames (``img/``) sent, and their JPEG bytes.
+        frames_skipped: frames replaced by a newer one before the encoder got to them.
+        frame_errors: frames not encoded, or refused by ZeroMQ.
     """
 
     sent: int = 0
@@ -116,6 +127,10 @@ class PublisherStats:
     connections: int = 0
     auth_failures: int = 0
     peers_cut: int = 0
+    frames_sent: int = 0
+    frame_bytes: int = 0
+    frames_skipped: int = 0
+    frame_errors: int = 0
 
 
 class Publisher:
@@ -137,6 +152,8 @@ class Publisher:
             (:mod:`stream.peer_guard`); None disables them (not recommended on a network).
         context: share a ZeroMQ context (needed for ``inproc://`` subscribers in the same
             process); by default the publisher owns one. One CURVE publisher per context.
+        frames: publish camera frames (JPEG, ``img/<camera>``) that :meth:`send` is handed,
+            sampled and scaled as asked, while some subscriber asks for them; None: never.
     """
 
     def __init__(self, endpoints: str | Sequence[str], *,
@@ -146,7 +163,8 @@ class Publisher:
                  curve: CurveConfig | None = None, class_table_interval: float = 2.0,
                  heartbeat_ms: int = 2000, max_pixels: int = DEFAULT_MAX_PIXELS,
                  poll_s: float = 0.02, context: zmq.Context | None = None,
-                 peer_limits: PeerLimits | None = DEFAULT_PEER_LIMITS) -> None:
+                 peer_limits: PeerLimits | None = DEFAULT_PEER_LIMITS,
+                 frames: FrameOptions | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = (endpoints,)
         if not endpoints:
@@ -179,6 +197,7 @@ class Publisher:
         self._want_states: set[str] = set()  # cameras whose state new subscriptions need
         self._next_resend = 0.0
         self._guard: PeerGuard | None = None  # made once the TCP ports are known
+        self._frame_subs: frozenset[bytes] = frozenset()  # img/ prefixes subscribed now
         self._next_guard = 0.0
 
         self._own_ctx = context is None
@@ -208,8 +227,11 @@ class Publisher:
         self._thread = threading.Thread(target=self._housekeeping, name="segstream-xpub",
                                         daemon=True)
         self._thread.start()
-        log.info("publishing on %s (encoding %s, class table %s)", ", ".join(bound),
-                 encoding, class_table.id)
+        self._frames = (None if frames is None  # the frame encoder's thread
+                        else FrameTap(frames, self._send_frame, self.wants_frames))
+        log.info("publishing on %s (encoding %s, class table %s%s)", ", ".join(bound),
+                 encoding, class_table.id, "" if frames is None else
+                 f"; frames at {frames.rate:g}/s, x{frames.scale:g}, JPEG q{frames.quality}")
 
     @classmethod
     def for_spec(cls, endpoints: str | Sequence[str], spec: ModelSpec,
@@ -222,7 +244,8 @@ class Publisher:
         """A publisher as a launch file's ``publish:`` section describes it."""
         curve = CurveConfig.from_keys_dir(cfg.curve_keys) if cfg.curve_keys else None
         return cls.for_spec(cfg.endpoints, spec, encoding=cfg.encoding, sndhwm=cfg.sndhwm,
-                            linger_ms=cfg.linger_ms, curve=curve)
+                            linger_ms=cfg.linger_ms, curve=curve,
+                            frames=FrameOptions.from_config(cfg))
 
     def _configure(self, sndhwm: int, heartbeat_ms: int, curve: CurveConfig | None) -> None:
         s = self._sock
@@ -297,10 +320,32 @@ class Publisher:
         return ok
 
     def send(self, frame: Frame, labels: np.ndarray, t_infer_ns: int, dropped: int) -> None:
-        """``LabelSink`` for :class:`stream.pipeline.Pipeline`."""
+        """``LabelSink`` for :class:`stream.pipeline.Pipeline`: the map, then (with
+        ``frames``) the frame itself handed to the frame encoder's thread if it is due."""
         self.publish_labels(frame.camera_id, frame.seq, labels, t_capture_ns=frame.t_capture_wall,
                             t_capture_mono_ns=frame.t_capture_mono, t_infer_ns=t_infer_ns,
                             dropped=dropped)
+        if self._frames is not None:
+            self._frames.offer(frame)
+
+    def wants_frames(self, camera: str) -> bool:
+        """True while a subscription covers ``img/<camera>`` (an explicit ``img/...`` one:
+        the empty prefix of a catch-all client does not ask for frames)."""
+        topic = (TOPIC_FRAME + camera).encode()
+        return any(topic.startswith(p) for p in self._frame_subs)
+
+    def _send_frame(self, frame: Frame, shape: tuple[int, int], jpeg: np.ndarray,
+                    crc: int) -> bool:
+        """(Frame encoder thread) send one JPEG-encoded frame; False if not sent."""
+        with self._lock:
+            if self._closed:
+                return False
+            header = FrameHeader(
+                camera=frame.camera_id, seq=frame.seq, t_capture_ns=frame.t_capture_wall,
+                t_capture_mono_ns=frame.t_capture_mono, t_publish_ns=time.time_ns(),
+                shape=shape, source_shape=frame.shape, crc32=crc,
+                publisher=self.publisher_id)
+            return self._send(pack_frame(header, jpeg), "frame")
 
     def publish_event(self, camera: str, state: str, detail: str = "",
                       t_ns: int | None = None) -> bool:
@@ -327,6 +372,9 @@ class Publisher:
         with self._lock:
             counts = dict(self._counts)
             counts["peers_cut"] = self._guard.cut if self._guard is not None else 0
+            if (tap := self._frames) is not None:
+                counts.update(frames_sent=tap.encoded, frame_bytes=tap.bytes,
+                              frames_skipped=tap.skipped, frame_errors=tap.errors + tap.unsent)
             return PublisherStats(**counts)
 
     # ------------------------------------------------------------------ internals
@@ -367,6 +415,11 @@ class Publisher:
                 if len(self._want_states) < len(self._states):
                     self._want_states.update(c for c in self._states
                                              if (TOPIC_EVENT + c).encode().startswith(prefix))
+                if (prefix.startswith(_FRAME_PREFIX) and prefix not in self._frame_subs
+                        and len(self._frame_subs) < _MAX_FRAME_PREFIXES):
+                    self._frame_subs = self._frame_subs | {prefix}
+            elif msg[:1] == b"\x00" and msg[1:] in self._frame_subs:  # its last subscriber left
+                self._frame_subs = self._frame_subs - {msg[1:]}
         periodic = self._ct_interval > 0 and now >= self._next_ct
         # What new subscriptions asked for goes out at most every _RESEND_GAP_S: a peer
         # repeating a 3-byte subscription cannot make us broadcast tables in a loop.
@@ -432,6 +485,8 @@ class Publisher:
             if self._closed:
                 return
             self._closed = True
+        if self._frames is not None:
+            self._frames.close()
         self._stop.set()
         self._thread.join(timeout=5)
         self._teardown()

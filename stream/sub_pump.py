@@ -8,12 +8,13 @@ process (``Assertion failed: _input_stopped`` or ``!_io_error`` in
 ``stream_engine_base.cpp``, cf. zeromq/libzmq#3937). Draining the socket continuously on
 a thread of its own means libzmq's input never stops; the backlog a slow reader builds
 lives here instead, bounded: beyond ``max_labels`` waiting label maps the oldest one is
-dropped (counted in ``overflow``). The backlog is bounded in bytes too, whatever a
-(hostile) publisher sends: beyond ``max_bytes`` the oldest label maps go first, then the
-oldest other messages; a class table replaces a waiting one of the same topic, and at most
-``max_other`` class tables / events wait (the oldest beyond it is dropped, counted in
-``overflow_other``). Messages whose header frame exceeds ``max_header_bytes`` or that
-alone exceed ``max_bytes`` are dropped on arrival
+dropped (counted in ``overflow``), and likewise beyond ``max_frames`` camera frames
+(``img/``, counted in ``overflow_frames``). The backlog is bounded in bytes too, whatever
+a (hostile) publisher sends: beyond ``max_bytes`` the oldest frames go first, then the
+oldest label maps, then the oldest other messages; a class table replaces a waiting one
+of the same topic, and at most ``max_other`` class tables / events wait (the oldest beyond
+it is dropped, counted in ``overflow_other``). Messages whose header frame exceeds
+``max_header_bytes`` or that alone exceed ``max_bytes`` are dropped on arrival
 (``oversize``). Messages are moved one at a time, so beyond these bounds the process holds
 at most one message being read plus libzmq's own short queue (``RCVHWM``, kept near empty
 by this thread).
@@ -38,6 +39,7 @@ _POLL_MS = 50  # how often the thread looks at its stop flag
 _MAX_BATCH = 256  # messages moved per wake-up before the inbox lock is taken
 DEFAULT_MAX_BACKLOG_BYTES = 256 << 20
 DEFAULT_MAX_OTHER = 1000
+OTHER, LABEL, FRAME = 0, 1, 2  # kinds of inbox entries, the last one dropped first
 
 
 class SocketPump:
@@ -49,6 +51,8 @@ class SocketPump:
         monitor: the socket's monitor PAIR socket, or None.
         max_labels: most label maps kept waiting (>= 1).
         label_topic: topic prefix of droppable messages (``seg/``).
+        frame_topic: topic prefix of camera frames (``img/``), droppable before maps.
+        max_frames: most camera frames kept waiting (default: ``max_labels``).
         max_bytes: most bytes (all frames) kept waiting.
         max_other: most non-label messages (class tables, events) kept waiting.
         max_header_bytes: frame 1 larger than this is dropped on arrival.
@@ -59,7 +63,8 @@ class SocketPump:
     def __init__(self, sock: zmq.Socket, monitor: zmq.Socket | None, *, max_labels: int,
                  label_topic: bytes, max_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
                  max_other: int = DEFAULT_MAX_OTHER, max_header_bytes: int = 1 << 20,
-                 table_topic: bytes = b"cls/",
+                 table_topic: bytes = b"cls/", frame_topic: bytes = b"img/",
+                 max_frames: int | None = None,
                  on_monitor_event: Callable[[dict], None] | None = None) -> None:
         if max_labels < 1 or max_bytes < 1 or max_other < 1:
             raise ValueError(f"max_labels, max_bytes and max_other must be >= 1, got "
@@ -69,14 +74,16 @@ class SocketPump:
         self._table_topic = table_topic
         self._bytes = 0  # bytes of all messages in the inbox
         self.overflow_other = 0  # class tables / events dropped (backlog full)
+        self.overflow_frames = 0  # camera frames dropped (backlog full)
         self.oversize = 0  # messages dropped on arrival (header frame too large)
         self._sock, self._monitor = sock, monitor
         self.max_labels = max_labels
-        self._label_topic = label_topic
+        self.max_frames = max_labels if max_frames is None else max(1, max_frames)
+        self._label_topic, self._frame_topic = label_topic, frame_topic
         self._on_monitor_event = on_monitor_event
-        # (is_label, bytes of all frames, frames), oldest first
-        self._inbox: deque[tuple[bool, int, list[zmq.Frame]]] = deque()
-        self._labels = 0  # label maps in the inbox
+        # (kind, bytes of all ZeroMQ frames, ZeroMQ frames), oldest first
+        self._inbox: deque[tuple[int, int, list[zmq.Frame]]] = deque()
+        self._count = [0, 0, 0]  # entries in the inbox by kind (OTHER, LABEL, FRAME)
         self._dropped: dict[bytes, int] = {}  # topic -> maps dropped since the last take
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -129,46 +136,49 @@ class SocketPump:
                 or size > self.max_bytes:
             self.oversize += 1
             return
-        is_label = bytes(frames[0].buffer[:len(self._label_topic)]) == self._label_topic
-        if is_label:
-            if self._labels >= self.max_labels:
-                self._drop_oldest(label=True)
-        else:
+        first = frames[0].buffer
+        kind = (LABEL if bytes(first[:len(self._label_topic)]) == self._label_topic
+                else FRAME if bytes(first[:len(self._frame_topic)]) == self._frame_topic
+                else OTHER)
+        if kind == OTHER:
             topic = bytes(frames[0].buffer)
             if topic.startswith(self._table_topic):
                 self._drop_same_topic(topic)
-            if len(self._inbox) - self._labels >= self.max_other:
-                self._drop_oldest(label=False)
+        limit = (self.max_other, self.max_labels, self.max_frames)[kind]
+        if self._count[kind] >= limit:
+            self._drop_oldest(kind)
         while self._inbox and self._bytes + size > self.max_bytes:
-            self._drop_oldest(label=self._labels > 0)
-        self._labels += is_label
+            self._drop_oldest(next(k for k in (FRAME, LABEL, OTHER) if self._count[k]))
+        self._count[kind] += 1
         self._bytes += size
-        self._inbox.append((is_label, size, frames))
+        self._inbox.append((kind, size, frames))
 
     def _remove(self, i: int, *, overflow: bool = True) -> None:
         """Take entry ``i`` out of the inbox, counted as an overflow unless replaced."""
-        label, size, frames = self._inbox[i]
+        kind, size, frames = self._inbox[i]
         del self._inbox[i]
         self._bytes -= size
-        if label:
-            self._labels -= 1
+        self._count[kind] -= 1
+        if kind == LABEL:
             self.overflow += 1
             topic = bytes(frames[0].buffer)
             self._dropped[topic] = self._dropped.get(topic, 0) + 1
+        elif kind == FRAME:
+            self.overflow_frames += 1
         elif overflow:
             self.overflow_other += 1
 
-    def _drop_oldest(self, label: bool) -> None:
-        """Drop the oldest waiting label map (``label``) or other message."""
-        for i, (is_label, _, _) in enumerate(self._inbox):
-            if is_label == label:
+    def _drop_oldest(self, kind: int) -> None:
+        """Drop the oldest waiting entry of ``kind`` (LABEL, FRAME or OTHER)."""
+        for i, (k, _, _) in enumerate(self._inbox):
+            if k == kind:
                 self._remove(i)
                 return
 
     def _drop_same_topic(self, topic: bytes) -> None:
         """A newer class table replaces a waiting one of the same topic (not an overflow)."""
-        for i, (is_label, _, frames) in enumerate(self._inbox):
-            if not is_label and bytes(frames[0].buffer) == topic:
+        for i, (kind, _, frames) in enumerate(self._inbox):
+            if kind == OTHER and bytes(frames[0].buffer) == topic:
                 self._remove(i, overflow=False)
                 return
 
@@ -202,10 +212,16 @@ class SocketPump:
             items = list(self._inbox) if everything else [self._inbox.popleft()]
             if everything:
                 self._inbox.clear()
-            self._labels -= sum(label for label, _, _ in items)
-            self._bytes -= sum(size for _, size, _ in items)
+            for kind, size, _ in items:
+                self._count[kind] -= 1
+                self._bytes -= size
             dropped, self._dropped = self._dropped, {}
         return [frames for _, _, frames in items], dropped
+
+    def waiting(self, kind: int) -> int:
+        """Messages of ``kind`` (OTHER, LABEL or FRAME) in the inbox now."""
+        with self._cond:
+            return self._count[kind]
 
     @property
     def running(self) -> bool:

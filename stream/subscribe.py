@@ -7,6 +7,11 @@
             else:                           # SourceEvent
                 print(msg.camera, msg.state)
 
+With ``frames=True`` it also yields camera frames (:class:`FrameMessage`, topic ``img/``,
+wire 1.2) when the publisher sends them; :class:`FramePairer` matches them with their label
+maps (:mod:`stream.sub_frames`). A frame whose JPEG is corrupt is counted in
+``frames_bad``, logged once and skipped.
+
 Malformed or wrong-version messages are logged, counted in ``rejected`` and skipped.
 The publisher repeats every camera's current state (wire 1.1) so that late joiners learn
 it; a repeat of the state already seen is not yielded again.
@@ -35,12 +40,14 @@ import numpy as np
 import zmq
 
 from stream.security import CurveClientConfig, configure_client
+from stream.sub_frames import FrameMessage, FramePairer, decode_frame
 from stream.sub_pump import DEFAULT_MAX_BACKLOG_BYTES, SocketPump
 from stream.wire import (
     DEFAULT_MAX_PIXELS,
     MAX_HEADER_BYTES,
     TOPIC_CLASS_TABLE,
     TOPIC_EVENT,
+    TOPIC_FRAME,
     TOPIC_LABELS,
     ClassTable,
     LabelsHeader,
@@ -50,7 +57,10 @@ from stream.wire import (
     check_camera_id,
     parse_header,
 )
+from stream.wire_frames import FrameHeader
 
+__all__ = ["FrameMessage", "FramePairer", "LabelMessage", "SourceEvent", "SubscribeError",
+           "SubscribeTimeoutError", "Subscriber", "SubscriberStats", "max_frame_bytes"]
 log = logging.getLogger("segstream.subscribe")
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -135,6 +145,9 @@ class SubscriberStats:
     oversize: int = 0  # messages refused on arrival: header frame over the limit
     restarts: int = 0  # publisher restarted or seq went backwards
     handshake_failures: int = 0  # security handshakes the publisher refused / failed
+    frames: int = 0  # camera frames decoded and handed out (frames=True)
+    frames_bad: int = 0  # frames whose JPEG was corrupt (skipped; the first one logged)
+    frames_overflow: int = 0  # frames dropped unread: queue full, or superseded (latest_only)
     lost_by_camera: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
 
@@ -166,6 +179,11 @@ class Subscriber:
             reconnects (a publisher that exits closes the connection and is noticed at
             once). 0: keepalive off.
         context: share a ZeroMQ context (``inproc://`` needs the publisher's).
+        frames: also subscribe to camera frames (``img/``) and yield :class:`FrameMessage`
+            s; the publisher sends them only when run with ``--publish-frames`` and only
+            while someone subscribes. At most ``rcvhwm`` frames wait, apart from the maps;
+            under ``latest_only`` the newest frame per camera is kept, and so is the label
+            map of the same ``seq`` (pairs survive).
     """
 
     def __init__(self, endpoint: str, *, cameras: Iterable[str] | None = None,
@@ -173,11 +191,13 @@ class Subscriber:
                  curve: CurveClientConfig | None = None, rcvhwm: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, heartbeat_ms: int = 2000,
                  context: zmq.Context | None = None,
-                 max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES) -> None:
+                 max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
+                 frames: bool = False) -> None:
         self.endpoint = endpoint
         self.cameras = None if cameras is None else frozenset(check_camera_id(c)
                                                               for c in cameras)
         self.latest_only = latest_only
+        self.frames = frames
         self.timeout = timeout
         self.max_pixels = max_pixels
         self.stats = SubscriberStats()
@@ -185,8 +205,9 @@ class Subscriber:
         self._states: dict[str, SourceEvent] = {}  # camera -> its last state seen
         self._tracks: dict[str, _Track] = {}
         self._overflowed: dict[bytes, int] = {}  # topic -> maps dropped here, not yet seen
-        self._pending: deque[LabelMessage | SourceEvent] = deque()
+        self._pending: deque[LabelMessage | SourceEvent | FrameMessage] = deque()
         self._decoder = PayloadDecoder()
+        self._frames_superseded = 0  # frames skipped under latest_only
         self._handshake_error = ""
         self._own_ctx = context is None
         self._ctx = zmq.Context() if context is None else context
@@ -212,6 +233,8 @@ class Subscriber:
             for cam in sorted(self.cameras) if self.cameras else [""]:
                 s.setsockopt(zmq.SUBSCRIBE, (TOPIC_LABELS + cam).encode())
                 s.setsockopt(zmq.SUBSCRIBE, (TOPIC_EVENT + cam).encode())
+                if frames:
+                    s.setsockopt(zmq.SUBSCRIBE, (TOPIC_FRAME + cam).encode())
             self._monitor = s.get_monitor_socket(_HANDSHAKE_FAILED)
             try:
                 s.connect(endpoint)
@@ -230,8 +253,9 @@ class Subscriber:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, timeout: float | None = None) -> LabelMessage | SourceEvent | None:
-        """The next label map or event; None if nothing came within ``timeout`` s
+    def receive(self, timeout: float | None = None
+                ) -> LabelMessage | SourceEvent | FrameMessage | None:
+        """The next label map, event or frame; None if nothing came within ``timeout`` s
         (None: the constructor's timeout; ``math.inf`` or a None default: wait forever)."""
         if timeout is None:
             timeout = self.timeout
@@ -243,6 +267,7 @@ class Subscriber:
             self.stats.overflow = self._pump.overflow
             self.stats.overflow_other = self._pump.overflow_other
             self.stats.oversize = self._pump.oversize
+            self.stats.frames_overflow = self._pump.overflow_frames + self._frames_superseded
             if batch:
                 self._process(batch, overflowed)
             elif self._pump.error is not None:
@@ -254,7 +279,7 @@ class Subscriber:
                 return None
         return self._pending.popleft()
 
-    def __iter__(self) -> Iterator[LabelMessage | SourceEvent]:
+    def __iter__(self) -> Iterator[LabelMessage | SourceEvent | FrameMessage]:
         while True:
             msg = self.receive()
             if msg is None:
@@ -266,16 +291,18 @@ class Subscriber:
             yield msg
 
     def _process(self, batch: list[list[zmq.Frame]], overflowed: dict[bytes, int]) -> None:
-        """Decode received messages into ``_pending`` (latest_only: the newest map per
-        camera of the batch, the others counted as skipped). ``overflowed``: per topic,
-        maps this subscriber's queue dropped before these (not counted as lost; kept until
-        a map of that camera comes, since a batch may hold only class tables or events)."""
+        """Decode received messages into ``_pending``: events as they come, then label
+        maps, then frames. latest_only: the newest map and frame per camera of the batch,
+        and the map paired with that frame; other maps are tracked and counted as skipped.
+        ``overflowed``: per topic, maps this subscriber's queue dropped before these (not
+        counted as lost; kept until a map of that camera comes, since a batch may hold
+        only class tables or events)."""
         for topic, n in overflowed.items():
             self._overflowed[topic] = self._overflowed.get(topic, 0) + n
-        # camera -> (header, payload, own drops before it, lost before superseded maps)
-        newest: dict[str, tuple[LabelsHeader, memoryview, int, int]] = {}
-        for frames in batch:
-            parts = [f.buffer for f in frames]
+        maps: list[tuple[LabelsHeader, memoryview, int]] = []  # + own drops before it
+        frames: dict[str, list[tuple[FrameHeader, memoryview]]] = {}  # by camera
+        for zframes in batch:
+            parts = [f.buffer for f in zframes]
             try:
                 header = parse_header(parts, max_pixels=self.max_pixels)
             except WireError as e:
@@ -290,16 +317,23 @@ class Subscriber:
                 if self.cameras is None or header.camera in self.cameras:
                     self.stats.events += 1
                     self._pending.append(header)
-            elif self.cameras is None or header.camera in self.cameras:
+            elif self.cameras is not None and header.camera not in self.cameras:
+                continue
+            elif isinstance(header, FrameHeader):
+                if self.frames:
+                    frames.setdefault(header.camera, []).append((header, parts[2]))
+            else:
                 known = self._overflowed.pop((TOPIC_LABELS + header.camera).encode(), 0)
-                carried = 0
-                if header.camera in newest:  # superseded unread (latest_only): track only
-                    old, _, old_known, carried = newest[header.camera]
-                    self.stats.skipped += 1
-                    carried += self._track(old, old_known)
-                newest[header.camera] = (header, parts[2], known, carried)
+                maps.append((header, parts[2], known))
+        keep = self._kept(maps, frames)
         t_mono, t_wall = time.monotonic_ns(), time.time_ns()
-        for header, payload, known, carried in newest.values():
+        carried: dict[str, int] = {}  # camera -> lost before maps superseded unread
+        for i, (header, payload, known) in enumerate(maps):
+            cam = header.camera
+            if i not in keep:  # superseded unread (latest_only): track only
+                self.stats.skipped += 1
+                carried[cam] = carried.get(cam, 0) + self._track(header, known)
+                continue
             try:
                 labels = self._decoder.decode(header, payload)
             except WireError as e:
@@ -307,16 +341,50 @@ class Subscriber:
                 # state (its gap then shows as one lost map, which it is).
                 self._reject(e)
                 continue
-            lost = carried + self._track(header, known)
+            lost = carried.pop(cam, 0) + self._track(header, known)
             self.stats.received += 1
             self._pending.append(LabelMessage(
-                camera=header.camera, seq=header.seq, t_capture_ns=header.t_capture_ns,
+                camera=cam, seq=header.seq, t_capture_ns=header.t_capture_ns,
                 t_capture_mono_ns=header.t_capture_mono_ns, t_infer_ns=header.t_infer_ns,
                 t_publish_ns=header.t_publish_ns, shape=header.shape, encoding=header.encoding,
                 class_table_id=header.class_table, dropped=header.dropped,
                 publisher=header.publisher, labels=labels,
                 class_table=self.class_tables.get(header.class_table), t_receive_ns=t_wall,
                 t_receive_mono_ns=t_mono, payload_bytes=payload.nbytes, lost=lost))
+        for items in frames.values():
+            for header, payload in items:
+                self._frame(header, payload, t_wall, t_mono)
+
+    def _kept(self, maps: list[tuple[LabelsHeader, memoryview, int]],
+              frames: dict[str, list[tuple[FrameHeader, memoryview]]]) -> set[int]:
+        """Indices into ``maps`` to hand out; under latest_only, cuts ``frames`` to the
+        newest per camera (the rest counted in ``frames_overflow``)."""
+        if not self.latest_only:
+            return set(range(len(maps)))
+        paired = set()
+        for cam, items in frames.items():
+            self._frames_superseded += len(items) - 1
+            frames[cam] = items[-1:]
+            paired.add((cam, items[-1][0].publisher, items[-1][0].seq))
+        self.stats.frames_overflow = self._pump.overflow_frames + self._frames_superseded
+        newest = {h.camera: i for i, (h, _, _) in enumerate(maps)}
+        return set(newest.values()) | {i for i, (h, _, _) in enumerate(maps)
+                                       if (h.camera, h.publisher, h.seq) in paired}
+
+    def _frame(self, header: FrameHeader, payload: memoryview, t_wall: int,
+               t_mono: int) -> None:
+        """Decode one frame into ``_pending``; a corrupt one is counted, logged once."""
+        try:
+            msg = decode_frame(header, payload, t_wall, t_mono)
+        except WireError as e:
+            self.stats.frames_bad += 1
+            self.stats.last_error = str(e)
+            if self.stats.frames_bad == 1:
+                log.warning("skipping a bad camera frame from %s (further ones are only "
+                            "counted, in stats.frames_bad): %s", self.endpoint, e)
+            return
+        self.stats.frames += 1
+        self._pending.append(msg)
 
     def _track(self, h: LabelsHeader, known: int = 0) -> int:
         """Update the camera's sequence state; returns messages lost before ``h``.

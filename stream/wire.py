@@ -1,19 +1,14 @@
-"""The segstream wire format, version 1.1: encode and validate ZeroMQ messages.
+"""The segstream wire format, version 1.2: encode and validate ZeroMQ messages.
 
 Every message is three ZeroMQ frames (see ``docs/wire-format.md`` for the full spec):
 
     frame 0  topic    UTF-8, ``seg/<camera>`` | ``cls/<class_table_id>`` | ``evt/<camera>``
+                      | ``img/<camera>`` (1.2, optional camera frames: ``stream/wire_frames.py``)
     frame 1  header   UTF-8 JSON object with ``"v": 1`` and ``"type"``
-    frame 2  payload  label-map bytes for ``seg/``; empty for ``cls/`` and ``evt/``
+    frame 2  payload  label-map bytes for ``seg/``, a JPEG for ``img/``; empty otherwise
 
-Label-map payload encodings (the map is (H, W) uint8, C order, row-major):
-
-    raw   H*W bytes.
-    rle   uint32 LE run count N, then N uint32 LE run lengths (each >= 1, summing to H*W),
-          then N uint8 values. Runs follow the flattened map and may cross rows.
-          Total 4 + 5*N bytes.
-    zstd  exactly one zstd frame whose header declares Frame_Content_Size = H*W and, from
-          version 1.1 on (``"v_minor": 1``), carries a content checksum that decoders verify.
+Label-map payload encodings (raw, rle, zstd) live in ``stream/wire_payload.py`` and are
+re-exported here.
 
 Decoding checks everything a hostile or broken peer could get wrong and raises
 :class:`WireError` (never anything else) naming the field and the problem. This module
@@ -26,30 +21,45 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zstandard
 
 from engines.spec import ClassInfo, ModelSpec
+from stream.wire_payload import (
+    ENCODINGS,
+    Buffer,
+    PayloadDecoder,
+    PayloadEncoder,
+    WireError,
+    rle_decode,
+    rle_encode,
+    zstd_decode,
+)
+
+if TYPE_CHECKING:
+    from stream.wire_frames import FrameHeader
+
+__all__ = [  # the payload codecs are re-exported from stream.wire_payload
+    "DEFAULT_MAX_PIXELS", "ENCODINGS", "INT64_MAX", "MAX_CAMERA_ID_CHARS", "MAX_CLASSES",
+    "MAX_HEADER_BYTES", "TOPIC_CLASS_TABLE", "TOPIC_EVENT", "TOPIC_FRAME", "TOPIC_LABELS",
+    "WIRE_MINOR", "WIRE_VERSION", "Buffer", "ClassTable", "Header", "LabelMap",
+    "LabelsHeader", "Message", "ModelInfo", "PayloadDecoder", "PayloadEncoder",
+    "SourceEvent", "WireError", "check_camera_id", "class_table_id", "class_table_json",
+    "decode", "pack_class_table", "pack_event", "pack_labels", "parse_header",
+    "rle_decode", "rle_encode", "terminal_safe", "topic_kind", "zstd_decode"]
 
 WIRE_VERSION = 1
-WIRE_MINOR = 1  # 1.1: zstd checksums, exact `dropped`, camera-id rule, repeated states
-ENCODINGS = ("raw", "rle", "zstd")
+WIRE_MINOR = 2  # 1.1: zstd checksums, exact `dropped`, camera ids...; 1.2: img/ frames
 TOPIC_LABELS = "seg/"
 TOPIC_CLASS_TABLE = "cls/"
 TOPIC_EVENT = "evt/"
+TOPIC_FRAME = "img/"
 DEFAULT_MAX_PIXELS = 8192 * 8192
 MAX_HEADER_BYTES = 1 << 20
 MAX_CAMERA_ID_CHARS = 64
 MAX_CLASSES = 256
 INT64_MAX = 2**63 - 1
-
-Buffer = bytes | bytearray | memoryview
-
-
-class WireError(ValueError):
-    """A message that does not follow the wire format; the text says what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -184,128 +194,6 @@ def terminal_safe(text: str, limit: int = 200) -> str:
     return "".join(out) + ("..." if len(text) > limit else "")
 
 
-# ---------------------------------------------------------------------------- payloads
-
-
-def rle_encode(labels: np.ndarray) -> bytes:
-    """(H, W) uint8 -> RLE bytes (layout in the module docstring), vectorised."""
-    flat = np.ascontiguousarray(labels).reshape(-1)  # (H*W,)
-    starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    starts = np.concatenate(([0], starts))  # (N,) first index of each run
-    lengths = np.diff(np.append(starts, flat.size)).astype("<u4")  # (N,)
-    values = flat[starts]  # (N,) uint8
-    return b"".join((np.uint32(starts.size).astype("<u4").tobytes(), lengths.tobytes(),
-                     values.tobytes()))
-
-
-def rle_decode(payload: Buffer, size: int) -> np.ndarray:
-    """RLE bytes -> flat (size,) uint8; checks the layout and that runs cover ``size``."""
-    buf = memoryview(payload).cast("B")
-    if len(buf) < 4:
-        raise WireError(f"rle payload of {len(buf)} bytes is shorter than its 4-byte run count")
-    n = int(np.frombuffer(buf, "<u4", count=1)[0])
-    if n < 1 or n > size:
-        raise WireError(f"rle run count {n} is impossible for {size} pixels")
-    if len(buf) != 4 + 5 * n:
-        raise WireError(f"rle payload is {len(buf)} bytes but {n} runs need {4 + 5 * n}")
-    lengths = np.frombuffer(buf, "<u4", count=n, offset=4)
-    values = np.frombuffer(buf, np.uint8, count=n, offset=4 + 4 * n)
-    if int(lengths.min()) == 0:
-        raise WireError("rle run of length 0")
-    total = int(lengths.sum(dtype=np.uint64))
-    if total != size:
-        raise WireError(f"rle runs cover {total} pixels, shape needs {size}")
-    return np.repeat(values, lengths)
-
-
-def _zstd_frame_end(buf: memoryview) -> int:
-    """Byte length of the single zstd frame at the start of ``buf`` (walks block headers)."""
-    pos = zstandard.frame_header_size(buf)
-    has_checksum = bool(buf[4] & 0x04)
-    while True:
-        if pos + 3 > len(buf):
-            raise WireError("zstd payload truncated inside a block header")
-        bh = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
-        last, btype, bsize = bh & 1, (bh >> 1) & 3, bh >> 3
-        if btype == 3:
-            raise WireError("zstd payload has a reserved block type")
-        pos += 3 + (1 if btype == 1 else bsize)
-        if last:
-            return pos + (4 if has_checksum else 0)
-
-
-def zstd_decode(payload: Buffer, size: int, dctx: zstandard.ZstdDecompressor, *,
-                require_checksum: bool = False) -> np.ndarray:
-    """One zstd frame declaring ``size`` bytes -> flat (size,) uint8; bombs are refused.
-
-    A content checksum, when present, is verified (a corrupted payload is an error, not a
-    wrong map); ``require_checksum`` (wire 1.1 messages) refuses frames without one.
-    """
-    buf = memoryview(payload).cast("B")
-    try:
-        declared = zstandard.frame_content_size(buf)
-        end = _zstd_frame_end(buf)
-        if declared != size:
-            what = "no content size" if declared < 0 else f"content size {declared}"
-            raise WireError(f"zstd frame declares {what}; shape needs exactly {size} bytes")
-        if end != len(buf):
-            raise WireError(f"zstd payload has {len(buf) - end} bytes after its frame")
-        if require_checksum and not buf[4] & 0x04:
-            raise WireError("zstd frame has no content checksum; wire format 1.1 requires one")
-        out = dctx.decompress(buf, max_output_size=size)
-    except zstandard.ZstdError as e:
-        raise WireError(f"zstd payload is corrupt: {e}") from None
-    if len(out) != size:
-        raise WireError(f"zstd payload decompressed to {len(out)} bytes, shape needs {size}")
-    return np.frombuffer(out, np.uint8)
-
-
-class PayloadEncoder:
-    """(H, W) uint8 label map -> payload buffer in one encoding. Not thread-safe.
-
-    ``raw`` returns a view of the array itself (zero-copy when sent with ``copy=False``),
-    so the caller must not modify the map after handing it over.
-    """
-
-    def __init__(self, encoding: str = "zstd", *, zstd_level: int = 1) -> None:
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {list(ENCODINGS)}, got {encoding!r}")
-        if not 1 <= zstd_level <= 22:
-            raise ValueError(f"zstd_level must be 1..22 (1-3 are fast), got {zstd_level}")
-        self.encoding = encoding
-        self._cctx = zstandard.ZstdCompressor(level=zstd_level, write_content_size=True,
-                                              write_checksum=True)
-
-    def encode(self, labels: np.ndarray) -> Buffer:
-        labels = np.ascontiguousarray(labels)
-        if self.encoding == "raw":
-            return memoryview(labels).cast("B")
-        if self.encoding == "rle":
-            return rle_encode(labels)
-        return self._cctx.compress(labels)
-
-
-class PayloadDecoder:
-    """Payload bytes + header -> (H, W) uint8 label map, validated. Not thread-safe."""
-
-    def __init__(self) -> None:
-        self._dctx = zstandard.ZstdDecompressor()
-
-    def decode(self, header: LabelsHeader, payload: Buffer) -> np.ndarray:
-        h, w = header.shape
-        size = h * w
-        if header.encoding == "raw":
-            n = memoryview(payload).nbytes
-            if n != size:
-                raise WireError(f"raw payload is {n} bytes, shape {h}x{w} needs {size}")
-            flat = np.frombuffer(payload, np.uint8)
-        elif header.encoding == "rle":
-            flat = rle_decode(payload, size)
-        else:
-            flat = zstd_decode(payload, size, self._dctx, require_checksum=header.minor >= 1)
-        return flat.reshape(h, w)
-
-
 # ---------------------------------------------------------------------------- packing
 
 
@@ -368,16 +256,18 @@ def _size_pair(value: Any, what: str) -> tuple[int, int]:
 
 
 def topic_kind(topic: Buffer) -> str:
-    """``"labels"``, ``"class_table"`` or ``"source_state"`` from frame 0's prefix."""
+    """``"labels"``, ``"class_table"``, ``"source_state"`` or ``"frame"`` from frame 0."""
     head = bytes(memoryview(topic)[:4])
-    kinds = {b"seg/": "labels", b"cls/": "class_table", b"evt/": "source_state"}
+    kinds = {b"seg/": "labels", b"cls/": "class_table", b"evt/": "source_state",
+             b"img/": "frame"}
     if head not in kinds:
         raise WireError(f"unknown topic {bytes(memoryview(topic)[:40])!r}: expected seg/, "
-                        "cls/ or evt/")
+                        "cls/, evt/ or img/")
     return kinds[head]
 
 
-def parse_header(parts: Sequence[Buffer], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
+def parse_header(parts: Sequence[Buffer], *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Header | FrameHeader:
     """Validate frames 0 and 1 (and frame 2's presence); the payload is not decoded."""
     if len(parts) != 3:
         raise WireError(f"expected 3 message frames (topic, header, payload), got {len(parts)}")
@@ -408,12 +298,17 @@ def parse_header(parts: Sequence[Buffer], *, max_pixels: int = DEFAULT_MAX_PIXEL
     elif kind == "class_table":
         header = _class_table(doc)
         expect = TOPIC_CLASS_TABLE + header.id
-    else:
+    elif kind == "source_state":
         header = _event(doc)
         expect = TOPIC_EVENT + header.camera
+    else:
+        from stream.wire_frames import frame_header  # it builds on this module
+
+        header = frame_header(doc, max_pixels)
+        expect = TOPIC_FRAME + header.camera
     if topic != expect:
         raise WireError(f"topic {topic!r:.60} does not match header (expected {expect!r:.60})")
-    if kind != "labels" and memoryview(parts[2]).nbytes:
+    if kind in ("class_table", "source_state") and memoryview(parts[2]).nbytes:
         raise WireError(f"{kind} messages carry an empty payload, got "
                         f"{memoryview(parts[2]).nbytes} bytes")
     return header
@@ -491,6 +386,10 @@ def decode(parts: Sequence[Buffer], *, max_pixels: int = DEFAULT_MAX_PIXELS,
     """Validate and decode one message's frames. Raises only :class:`WireError`."""
     header = parse_header(parts, max_pixels=max_pixels)
     if not isinstance(header, LabelsHeader):
+        if not isinstance(header, ClassTable | SourceEvent):  # a frame: its JPEG is checked
+            from stream.wire_frames import check_frame_payload  # (not decoded: no cv2 here)
+
+            check_frame_payload(header, parts[2])
         return header
     labels = (payloads or PayloadDecoder()).decode(header, parts[2])
     return LabelMap(header, labels, memoryview(parts[2]).nbytes)

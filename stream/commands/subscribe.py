@@ -70,8 +70,10 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
                         "(default 256; the oldest maps are dropped beyond it)")
 
 
-def open_subscriber(args: argparse.Namespace, *, latest_only: bool = False) -> Any:
-    """A Subscriber from the shared arguments (raises SubscribeError/SecurityError)."""
+def open_subscriber(args: argparse.Namespace, *, latest_only: bool = False,
+                    frames: bool = False) -> Any:
+    """A Subscriber from the shared arguments (raises SubscribeError/SecurityError);
+    ``frames``: camera frames too (``img/``)."""
     from stream.security import CurveClientConfig, SecurityError
     from stream.subscribe import Subscriber
 
@@ -83,7 +85,8 @@ def open_subscriber(args: argparse.Namespace, *, latest_only: bool = False) -> A
         curve = CurveClientConfig(args.curve_server_key, args.curve_client_key)
     return Subscriber(args.endpoint, cameras=args.camera, latest_only=latest_only,
                       timeout=args.timeout, curve=curve, max_pixels=args.max_pixels,
-                      max_backlog_bytes=max(1, int(args.max_backlog_mb * (1 << 20))))
+                      max_backlog_bytes=max(1, int(args.max_backlog_mb * (1 << 20))),
+                      frames=frames)
 
 
 def connection_errors() -> tuple[type[BaseException], ...]:

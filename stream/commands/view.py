@@ -1,4 +1,5 @@
-"""``segstream view ENDPOINT``: show or record received label maps in class colours."""
+"""``segstream view ENDPOINT``: show or record received label maps in class colours, over
+their camera frames when the publisher sends them (wire 1.2 ``img/`` topic)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engines.postprocess import colorize
+from engines.postprocess import colorize, overlay
 from stream.commands._common import report_errors
 from stream.commands.subscribe import add_connection_args, connection_errors, open_subscriber
 from stream.wire import ClassTable, terminal_safe
 
 DESCRIPTION = """Colour received label maps with the class table's colours and draw a
-legend. Only label maps travel on the wire, so there is no camera image to overlay.
+legend of class names and colours beside them.
+
+When the publisher also sends camera frames (`segstream run --publish-frames`), each map
+is blended over the frame it was made from (same camera and seq; --alpha sets the mask's
+opacity). Frames are sampled (--publish-frames RATE), so then only the maps that have a
+frame are drawn: a recording still plays at the stream's real speed, each overlay held
+until the next. A camera whose frames stop for a few seconds falls back to flat colours;
+--no-frames never asks for them.
 
 With a display (DISPLAY or WAYLAND_DISPLAY set and an OpenCV build with GUI support) a
 window per camera opens; press q or Esc to quit. Without one, record instead:
@@ -32,6 +40,7 @@ EPILOG = """examples:
   segstream view tcp://vehicle:5555 --camera front --save front.mp4 --count 300
   segstream view ipc:///tmp/seg --save 'run-{camera}.mp4' --fps 25
   segstream view tcp://localhost:5555 --save-dir frames/ --count 20
+  segstream view tcp://vehicle:5555 --save overlay.mp4 --alpha 0.4 --count 100
 """
 
 LEGEND_W = 150
@@ -52,6 +61,10 @@ def register(subparsers: Any) -> None:
                         "video's timeline by their capture time, so the video plays at the "
                         "stream's real speed whatever its rate (repeating maps of a slower "
                         "stream, skipping some of a faster one)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="opacity of the mask over camera frames, 0..1 (default 0.5)")
+    p.add_argument("--no-frames", action="store_true",
+                   help="flat label colours only: do not ask the publisher for camera frames")
     p.add_argument("--no-legend", action="store_true", help="colours only, no legend")
     p.add_argument("--no-window", action="store_true", help="never open a window")
     p.set_defaults(func=run)
@@ -63,15 +76,24 @@ def fallback_palette() -> np.ndarray:
     return rng.integers(40, 256, (256, 3), dtype=np.uint8)
 
 
-def render(labels: np.ndarray, table: ClassTable | None, legend: bool = True) -> np.ndarray:
-    """(H, W) uint8 labels -> (H', W', 3) uint8 BGR image, legend panel on the right."""
+def render(labels: np.ndarray, table: ClassTable | None, legend: bool = True,
+           frame: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
+    """(H, W) uint8 labels -> (H', W', 3) uint8 BGR image, legend panel on the right.
+
+    ``frame``: the (h, w, 3) uint8 BGR camera frame of the map (any size: it is scaled to
+    (H, W)); the class colours are blended over it with opacity ``alpha``."""
     palette = table.palette() if table else fallback_palette()
-    img = colorize(labels, palette)  # (H, W, 3) BGR
+    h, w = labels.shape
+    if frame is None:
+        img = colorize(labels, palette)  # (H, W, 3) BGR
+    else:
+        if frame.shape[:2] != (h, w):
+            frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)  # (H, W, 3)
+        img = overlay(frame, labels, palette, alpha)
     if not legend:
         return np.ascontiguousarray(img)
     names = table.names if table else [f"class {i}" for i in np.unique(labels)]
     ids = range(len(names)) if table else [int(i) for i in np.unique(labels)]
-    h, w = labels.shape
     out_h = max(h, ROW_H * len(names) + 8)
     canvas = np.zeros((out_h, w + LEGEND_W, 3), np.uint8)  # (H', W + legend, 3)
     canvas[:h, :w] = img
@@ -195,27 +217,38 @@ def run(args: argparse.Namespace) -> int:
         print("segstream: error: no display here; record with --save out.mp4 or "
               "--save-dir DIR (or set DISPLAY)", file=sys.stderr)
         return 2
-    if args.count < 0 or args.fps <= 0:
-        print("segstream: error: --count must be >= 0 and --fps > 0", file=sys.stderr)
+    if args.count < 0 or args.fps <= 0 or not 0 <= args.alpha <= 1:
+        print("segstream: error: --count must be >= 0, --fps > 0 and --alpha in 0..1",
+              file=sys.stderr)
         return 2
     try:
-        sub = open_subscriber(args, latest_only=window and not args.save)
+        sub = open_subscriber(args, latest_only=window and not args.save,
+                              frames=not args.no_frames)
     except connection_errors() as e:
         print(f"segstream: error: {e}", file=sys.stderr)
         return 2
-    from stream.subscribe import LabelMessage, SubscribeTimeoutError
+    from stream.subscribe import FrameMessage, FramePairer, SourceEvent, SubscribeTimeoutError
 
     sinks = Sinks(args, window)
+    pairer = FramePairer()
     code = 0
     try:
         for msg in sub:
-            if not isinstance(msg, LabelMessage):
+            if isinstance(msg, SourceEvent):
                 state, detail = terminal_safe(msg.state, 40), terminal_safe(msg.detail)
                 print(f"[{msg.camera}] {state}{': ' + detail if detail else ''}",
                       file=sys.stderr)
                 continue
-            img = render(msg.labels, msg.class_table, legend=not args.no_legend)
-            if not sinks.show(msg.camera, msg.seq, img, msg.t_capture_mono_ns):
+            labels, frame = msg, None
+            if isinstance(msg, FrameMessage) or pairer.frames_recent(msg.camera,
+                                                                     msg.t_receive_mono_ns):
+                pair = pairer.add(msg)  # with frames coming: draw the maps that have one
+                if pair is None:
+                    continue
+                labels, frame = pair[0], pair[1].image
+            img = render(labels.labels, labels.class_table, legend=not args.no_legend,
+                         frame=frame, alpha=args.alpha)
+            if not sinks.show(labels.camera, labels.seq, img, labels.t_capture_mono_ns):
                 break
             if args.count and sinks.written >= args.count:
                 break
@@ -230,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sinks.close()
         sub.close()
-    print(f"segstream: {sinks.written} frames shown/saved; lost {sub.stats.lost}, "
-          f"rejected {sub.stats.rejected}", file=sys.stderr)
+    bad = f", bad camera frames {sub.stats.frames_bad}" if sub.stats.frames_bad else ""
+    print(f"segstream: {sinks.written} frames shown/saved ({pairer.paired} over camera "
+          f"frames); lost {sub.stats.lost}, rejected {sub.stats.rejected}{bad}",
+          file=sys.stderr)
     return code

@@ -214,6 +214,40 @@ def test_camera_filter_is_exact(segsub, tmp_path):
     assert events and set(events) == {"event cam1 running "}
 
 
+def test_ignores_camera_frames_published_to_other_clients(segsub, tmp_path):
+    """Wire 1.2: a publisher sending camera frames (img/) to a Python client that asked
+    for them; segsub, a 1.1 client, subscribes to seg/, cls/, evt/ and reads on unbothered."""
+    from stream.frame_pub import FrameOptions
+    from stream.frames import Frame
+    from stream.subscribe import FrameMessage, Subscriber
+
+    maps = sample_maps()
+    with Publisher(ipc_endpoint(), class_table=TABLE, encoding="zstd", sndhwm=1000,
+                   frames=FrameOptions(rate=1000)) as pub, \
+            Subscriber(pub.bound_endpoints[0], frames=True, timeout=5) as viewer:
+        deadline = time.monotonic() + 5
+        while not pub.wants_frames("front") and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        def step(i: int) -> None:
+            labels = maps[i % len(maps)]
+            image = np.full((*labels.shape, 3), i % 256, np.uint8)  # (H, W, 3) BGR
+            pub.send(Frame("front", i, time.monotonic_ns(), time.time_ns(), image), labels,
+                     time.time_ns(), 0)
+
+        rc, lines = run_client(segsub, [pub.bound_endpoints[0], "--count", "10"], step,
+                               tmp_path / "out.txt")
+        frames = 0
+        while (msg := viewer.receive(0.2)) is not None:
+            frames += isinstance(msg, FrameMessage)
+        assert frames > 0 and pub.stats().frames_sent >= frames
+    assert rc == 0, "\n".join(lines)
+    assert len(output_lines(lines, "labels")) == 10
+    assert all(line == expected_labels_line("front", int(line.split()[2]), "zstd")
+               for line in output_lines(lines, "labels"))
+    assert lines[-1].endswith(" 0 rejected"), lines[-1]
+
+
 # ------------------------------------------------------------------ malformed messages
 
 SMALL = np.array([[0, 0, 1], [2, 2, 2]], np.uint8)  # (2, 3)

@@ -114,7 +114,7 @@ GOOD = message(np.zeros((4, 6), np.uint8), "raw")
 @pytest.mark.parametrize(("parts", "needle"), [
     (GOOD[:2], "expected 3 message frames"),
     ([*GOOD, b""], "expected 3 message frames"),
-    ([b"img/front", GOOD[1], GOOD[2]], "unknown topic"),
+    ([b"vid/front", GOOD[1], GOOD[2]], "unknown topic"),
     ([b"seg/rear", GOOD[1], GOOD[2]], "does not match header"),
     ([GOOD[0], b"{not json", GOOD[2]], "not UTF-8 JSON"),
     ([GOOD[0], b"\xff\xfe", GOOD[2]], "not UTF-8 JSON"),
