@@ -6,9 +6,10 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 SOURCE ?= test://smpte?width=480&height=360&fps=30
 PUBLISH ?= tcp://*:5555
+PREVIEW ?= 8080
 ARGS ?=
 
-.PHONY: setup run test test-py310 kernels lint bench gpu-checks clean
+.PHONY: setup run preview test test-py310 kernels lint bench gpu-checks clean
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +18,11 @@ setup:
 # Override the camera with e.g. make run SOURCE=rtsp://cam.local/stream
 run: setup
 	$(BIN)/segstream run --source '$(SOURCE)' --publish '$(PUBLISH)' $(ARGS)
+
+# The main job with the live browser preview: open http://127.0.0.1:8080/ (this machine
+# only; PREVIEW=0.0.0.0:8080 serves every interface, without authentication).
+preview: setup
+	$(BIN)/segstream run --source '$(SOURCE)' --publish '$(PUBLISH)' --preview '$(PREVIEW)' $(ARGS)
 
 test: setup
 	@bash scripts/test.sh

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-libav gstreamer1.0-rtsp gir1.2-gstreamer-1.0
   gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev
-  libcairo2-dev pkg-config libzmq3-dev libzstd-dev python3-gst-1.0)
+  libcairo2-dev pkg-config libzmq3-dev libzstd-dev python3-gst-1.0
+  chromium)  # chromium: the preview's browser test (tests/stream/test_preview.py)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -32,6 +33,6 @@ fi
 "$VPY" -m pip install -q --upgrade pip wheel
 # The CPU build of torch that lies on this disk; a bare `torch` would pull CUDA wheels.
 "$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-"$VPY" -m pip install -q -e ".[train,dev,pretrained]"
+"$VPY" -m pip install -q -e ".[train,dev,pretrained,preview]"
 echo "$want" > "$stamp"
 echo "setup: ready ($(.venv/bin/segstream --version 2>/dev/null || echo segstream))"
