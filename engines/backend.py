@@ -8,6 +8,10 @@ Contract for every backend:
             as the model's :class:`~engines.spec.ModelSpec` says.
     output: ``spec.output == "logits"``: (N, K, h, w) float32 class scores at the
             network's output stride; ``"labels"``: (N, H, W) integer class ids at input size.
+    batch:  a backend that takes more than one frame per call says so in an attribute
+            ``max_batch`` (ONNX Runtime created with ``batch=N``, a TensorRT engine built
+            with a batch profile); without it, N is 1 (see :func:`max_batch_of`). The frames
+            of a batch are independent: each one's output is what it would be alone.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import numpy as np
 from engines.spec import ModelSpec, sidecar_path
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
+# How the engine's CPU threads wait between parallel sections (ONNX Runtime; see
+# engines.ort_backend.OrtBackend): "auto" switches by measured load.
+ENGINE_POLICIES = ("auto", "latency", "throughput")
 
 _IMPL = {
     "onnxruntime": ("engines.ort_backend", "OrtBackend"),
@@ -60,6 +67,11 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release sessions, device buffers and streams."""
         ...
+
+
+def max_batch_of(backend: object) -> int:
+    """Frames one ``infer`` call of ``backend`` takes (its ``max_batch``, else 1)."""
+    return max(1, int(getattr(backend, "max_batch", 1)))
 
 
 def backend_for_path(model_path: str | Path) -> str:

@@ -3,8 +3,9 @@
 :func:`export_onnx` writes ``model.onnx`` and its sidecar ``model.json``:
 
 * input ``input``: (N, 3, H, W) float32, NCHW, RGB normalised as the sidecar says.
-  Static export fixes N = 1 and (H, W) = ``spec.input_size``; ``dynamic=True`` makes N,
-  H and W symbolic (``batch``, ``height``, ``width``).
+  N is always symbolic (``batch``), so one engine call can take several cameras' frames
+  (``segstream run --batch``); static export fixes (H, W) = ``spec.input_size``,
+  ``dynamic=True`` makes them symbolic too (``height``, ``width``).
 * output ``logits``: (N, K, ceil(H/s), ceil(W/s)) float32 at the model's output stride
   ``s`` (the client's post-processor upsamples and takes the argmax), or with
   ``argmax=True`` output ``labels``: (N, H, W) uint8 class ids. In-graph that is a
@@ -123,7 +124,7 @@ def export_onnx(
             ``argmax``, ``input_size`` is the static export size (and the default size of
             a dynamic model).
         path: output ``.onnx`` file (parent directories are created).
-        dynamic: symbolic batch, height and width instead of (1, 3, *spec.input_size).
+        dynamic: symbolic height and width too, instead of ``spec.input_size``.
         argmax: upsample + argmax + Cast uint8 in the graph (output ``labels``).
         opset: ONNX opset (13..20; 17 is what TensorRT 8.6+ and ORT 1.14+ both take).
         check: compare ONNX Runtime with torch and raise :class:`ExportCheckError` if off.
@@ -184,7 +185,7 @@ def _trace_to_onnx(wrapper: DeployWrapper, spec: ModelSpec, out_name: str, *, dy
     """Trace with the TorchScript exporter (no onnxscript dependency), then check."""
     h, w = spec.input_size
     dummy = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
-    axes = None
+    axes = {INPUT_NAME: {0: "batch"}, out_name: {0: "batch"}}
     if dynamic:
         out_axes = {0: "batch", 1: "height", 2: "width"} if out_name == "labels" else {
             0: "batch", 2: "out_height", 3: "out_width"}
@@ -214,9 +215,9 @@ def check_onnx(proto: onnx.ModelProto, wrapper: nn.Module, spec: ModelSpec, *,
                ) -> CheckReport:
     """Run ``proto`` in ONNX Runtime and ``wrapper`` in torch on the same inputs.
 
-    Inputs: two seeded N(0, 1) batches at ``spec.input_size`` (normalised pixels are
-    roughly N(0, 1)), for a dynamic model also a batch of 2 at an odd smaller size, and
-    every array in ``extra``.
+    Inputs: two seeded N(0, 1) frames at ``spec.input_size`` (normalised pixels are
+    roughly N(0, 1)), a batch of 3 of them (the batch is symbolic), for a dynamic model
+    also a batch of 2 at an odd smaller size, and every array in ``extra``.
     """
     import onnxruntime as ort
 
@@ -228,6 +229,7 @@ def check_onnx(proto: onnx.ModelProto, wrapper: nn.Module, spec: ModelSpec, *,
     rng = np.random.default_rng(seed)
     h, w = spec.input_size
     inputs = [rng.standard_normal((1, 3, h, w), dtype=np.float32) for _ in range(2)]
+    inputs.append(rng.standard_normal((3, 3, h, w), dtype=np.float32))
     if dynamic:
         inputs.append(rng.standard_normal((2, 3, h * 3 // 4 + 1, w * 3 // 4 + 3),
                                           dtype=np.float32))

@@ -1,21 +1,29 @@
-"""Segmenter: pre-process -> backend -> post-process for one frame, with stage timings.
+"""Segmenter: pre-process -> backend -> post-process, with stage timings.
 
 The composition every consumer uses (stream pipeline, predict, eval, bench), so that a
-label map means the same thing everywhere.
+label map means the same thing everywhere. Besides the one-call :meth:`Segmenter.run`,
+the stages are separate methods (:meth:`~Segmenter.prepare`, :meth:`~Segmenter.infer`,
+:meth:`~Segmenter.finish`) so that the stream pipeline can run them on different
+threads and put several cameras' frames into one engine call (:meth:`~Segmenter.run_batch`
+is the same thing in one call). Every label map is the same whichever way it was made.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engines.backend import Backend, create_backend
+from engines.backend import Backend, backend_for_path, create_backend, max_batch_of
 from engines.postprocess import Postprocessor
-from engines.preprocess import Preprocessor
+from engines.preprocess import Letterbox, Preprocessor
 from engines.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,12 @@ class StageNs:
 
 
 class Segmenter:
-    """uint8 BGR frame (H, W, 3) -> uint8 label map (H, W) at the frame's resolution."""
+    """uint8 BGR frame (H, W, 3) -> uint8 label map (H, W) at the frame's resolution.
+
+    Thread use: :meth:`prepare` keeps the last letterbox in the pre-processor, so call it
+    from one thread; :meth:`finish` keeps no state and may run on another thread at the
+    same time (the stream pipeline's post worker).
+    """
 
     def __init__(self, backend: Backend, *, letterbox: bool = False) -> None:
         self.backend = backend
@@ -38,29 +51,77 @@ class Segmenter:
 
     @classmethod
     def from_path(cls, model: str | Path, backend: str | None = None, *,
-                  threads: int | None = None, letterbox: bool = False,
+                  threads: int | None = None, letterbox: bool = False, batch: int = 1,
+                  policy: str | None = None,
                   **options: object) -> Segmenter | GpuFusedSegmenter:
-        """Load a model. TensorRT engines with logits output and no letterbox get the
-        fused CUDA pre/post-processing path (:class:`GpuFusedSegmenter`)."""
+        """Load a model.
+
+        Args:
+            batch: frames per engine call the pipeline may use: ONNX Runtime makes its
+                session take up to ``batch`` (rewriting a fixed-batch-1 graph, see
+                :mod:`engines.onnx_batch`); a TensorRT engine's own profile decides.
+            policy: ONNX Runtime's engine thread policy (``auto``, ``latency``,
+                ``throughput``, or None: one plain session; see
+                :class:`engines.ort_backend.OrtBackend`).
+
+        TensorRT engines with logits output, no letterbox and batch 1 get the fused CUDA
+        pre/post-processing path (:class:`GpuFusedSegmenter`); batched TensorRT engines
+        run pre/post-processing on the CPU around the engine.
+        """
+        name = backend or backend_for_path(model)
+        if name == "onnxruntime":
+            options = {"batch": batch, "policy": policy, **options}
         be = create_backend(model, backend, threads=threads, **options)
-        if be.name == "tensorrt" and be.spec.output == "logits" and not letterbox:
+        if (be.name == "tensorrt" and be.spec.output == "logits" and not letterbox
+                and min(batch, max_batch_of(be)) <= 1):
             return GpuFusedSegmenter(be)
         return cls(be, letterbox=letterbox)
+
+    @property
+    def max_batch(self) -> int:
+        """Frames one :meth:`infer` call takes (1 unless the backend was made for batches)."""
+        return max_batch_of(self.backend)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         return self.run(frame)[0]
 
+    def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, Letterbox | None]:
+        """(H, W, 3) uint8 BGR -> ((1, 3, h, w) network input, letterbox or None)."""
+        x = self.pre(frame)  # (1, 3, h, w)
+        return x, (self.pre.last_box if self.pre.letterbox else None)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, h, w) -> (N, K, h', w') logits or (N, H, W) labels (N <= max_batch)."""
+        return self.backend.infer(batch)
+
+    def finish(self, output: np.ndarray, out_hw: tuple[int, int],
+               box: Letterbox | None = None) -> np.ndarray:
+        """One frame's (K, h', w') logits or (H, W) labels -> (out_h, out_w) uint8 labels."""
+        return self.post(output, out_hw, box)
+
     def run(self, frame: np.ndarray) -> tuple[np.ndarray, StageNs]:
         """Segment one frame. Returns ((H, W) uint8 labels, stage durations)."""
         t0 = time.perf_counter_ns()
-        batch = self.pre(frame)  # (1, 3, h, w)
+        x, box = self.prepare(frame)  # (1, 3, h, w)
         t1 = time.perf_counter_ns()
-        out = self.backend.infer(batch)[0]  # (K, h', w') logits or (h, w) labels
+        out = self.infer(x)[0]  # (K, h', w') logits or (h, w) labels
         t2 = time.perf_counter_ns()
-        box = self.pre.last_box if self.pre.letterbox else None
-        labels = self.post(out, frame.shape[:2], box)  # (H, W) uint8
+        labels = self.finish(out, frame.shape[:2], box)  # (H, W) uint8
         t3 = time.perf_counter_ns()
         return labels, StageNs(t1 - t0, t2 - t1, t3 - t2)
+
+    def run_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Segment frames (any sizes) in engine calls of up to :attr:`max_batch`; one
+        (H, W) uint8 label map per frame, each equal to what :meth:`run` gives it."""
+        labels: list[np.ndarray] = []
+        step = self.max_batch
+        for i in range(0, len(frames), step):
+            chunk = frames[i:i + step]
+            prepared = [self.prepare(f) for f in chunk]
+            out = self.infer(np.concatenate([x for x, _ in prepared]))  # (n, ...)
+            labels += [self.finish(out[j], f.shape[:2], box)
+                       for j, (f, (_, box)) in enumerate(zip(chunk, prepared, strict=True))]
+        return labels
 
     def close(self) -> None:
         self.backend.close()
@@ -72,8 +133,14 @@ class GpuFusedSegmenter:
     Pre-processing, inference and upsample+argmax all run on the GPU
     (:class:`engines.trt.pipeline.GpuSegmenter`), so only uint8 crosses PCIe. The three
     stages are one GPU submission: their total is reported as ``infer``, ``pre`` and
-    ``post`` are 0 (use Nsight Systems for the split).
+    ``post`` are 0 (use Nsight Systems for the split). :meth:`submit` / :meth:`collect`
+    keep two frames in flight (upload of one overlaps the other's inference: the
+    double-buffered stream path the stream pipeline uses); :meth:`run` is the blocking
+    form. Batch 1 (the kernels handle one frame).
     """
+
+    max_batch = 1
+    in_flight_max = 2
 
     def __init__(self, backend: Backend) -> None:
         from engines.trt.pipeline import GpuSegmenter
@@ -90,6 +157,18 @@ class GpuFusedSegmenter:
         t0 = time.perf_counter_ns()
         labels = self._gpu.segment(np.ascontiguousarray(frame), "bgr")  # synchronised
         return labels, StageNs(0, time.perf_counter_ns() - t0, 0)
+
+    def submit(self, frame: np.ndarray) -> None:
+        """Queue one (H, W, 3) uint8 BGR frame; at most :attr:`in_flight_max` at once."""
+        self._gpu.submit(np.ascontiguousarray(frame), "bgr")
+
+    def collect(self) -> np.ndarray:
+        """The oldest submitted frame's (H, W) uint8 labels (waits for the GPU)."""
+        return self._gpu.collect()
+
+    def ready(self) -> bool:
+        """The oldest submitted frame is done (:meth:`collect` will not wait)."""
+        return self.backend.ready()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self._gpu.close()

@@ -19,8 +19,12 @@ from typing import Any
 
 import yaml
 
+from engines.backend import ENGINE_POLICIES
+
 LAUNCH_VERSION = 1
 ENCODINGS = ("raw", "zstd", "rle")
+OVERLAP_MODES = ("auto", "on", "off")  # stream.policy.resolve_overlap
+MAX_BATCH = 64
 
 
 class ConfigError(ValueError):
@@ -75,6 +79,22 @@ class SourceConfig:
         _problems(found)
 
 
+FRAME_RATE_ON = 10.0  # `--publish-frames` without a rate
+
+
+def frame_problems(rate: float, scale: float, quality: int) -> list[tuple[str, str]]:
+    """``(key, reason)`` for each bad frame-publishing setting (see :class:`PublishConfig`)."""
+    found = []
+    if not _finite(rate) or not 0 <= rate <= 1000:
+        found.append(("publish_frames", f"must be frames per second per camera in 0..1000 "
+                                        f"(0: off), got {rate}"))
+    if not _finite(scale) or not 0 < scale <= 1:
+        found.append(("frame_scale", f"must be in (0, 1] (1: the camera's size), got {scale}"))
+    if isinstance(quality, bool) or not 1 <= quality <= 100:
+        found.append(("frame_quality", f"must be a JPEG quality 1..100, got {quality}"))
+    return found
+
+
 @dataclass(frozen=True)
 class PublishConfig:
     """Where and how label maps are published."""
@@ -84,9 +104,12 @@ class PublishConfig:
     sndhwm: int = 4  # per-subscriber queue, in messages: a slow one drops beyond this
     linger_ms: int = 200
     curve_keys: str | None = None  # folder from `segstream keygen`: enables CURVE
+    publish_frames: float = 0.0  # camera frames (JPEG, topic img/) per s per camera; 0: off
+    frame_scale: float = 0.5  # frame size on the wire, relative to the camera's, (0, 1]
+    frame_quality: int = 80  # JPEG quality 1..100
 
     def __post_init__(self) -> None:
-        found = []
+        found = frame_problems(self.publish_frames, self.frame_scale, self.frame_quality)
         if self.encoding not in ENCODINGS:
             found.append(("encoding", f"must be one of {list(ENCODINGS)}, got "
                                       f"{self.encoding!r}"))
@@ -103,6 +126,45 @@ class PublishConfig:
         _problems(found)
 
 
+def listen_problems(port_key: str, port: int | None, host_key: str, host: str,
+                    lowest: int = 1) -> list[tuple[str, str]]:
+    """``(key, reason)`` for a TCP port to listen on (None: off; 0 allowed, meaning any
+    free port, when ``lowest`` is 0) and the address it listens on."""
+    found = []
+    if port is not None and not lowest <= port <= 65535:
+        free = " (0: any free port)" if lowest == 0 else ""
+        found.append((port_key, f"must be a TCP port 1..65535{free}, got {port}"))
+    if not host or any(c.isspace() for c in host):
+        found.append((host_key, f"must be an address to listen on, e.g. 127.0.0.1 or "
+                                f"0.0.0.0, got {host!r}"))
+    return found
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    """The live browser preview (``segstream run --preview``): off while ``port`` is None.
+
+    Listens on loopback unless ``host`` says otherwise (it has no authentication); sends
+    each watched camera's newest frame and label map at most ``fps`` times a second,
+    scaled down to at most ``max_width`` pixels wide, the frame as JPEG of ``quality``."""
+
+    port: int | None = None  # TCP port; 0: any free port (printed at start)
+    host: str = "127.0.0.1"
+    fps: float = 10.0
+    max_width: int = 640
+    quality: int = 75
+
+    def __post_init__(self) -> None:
+        found = listen_problems("port", self.port, "host", self.host, lowest=0)
+        if not _finite(self.fps) or not 0 < self.fps <= 60:
+            found.append(("fps", f"must be frames per second in (0, 60], got {self.fps}"))
+        if not 16 <= self.max_width <= 8192:
+            found.append(("max_width", f"must be 16..8192 pixels, got {self.max_width}"))
+        if not 1 <= self.quality <= 100:
+            found.append(("quality", f"must be a JPEG quality 1..100, got {self.quality}"))
+        _problems(found)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """A whole pipeline: sources -> engine -> publisher.
@@ -115,10 +177,15 @@ class PipelineConfig:
     backend: str | None = None  # None: by model suffix
     threads: int | None = None  # engine CPU threads; None: all cores (max 4)
     letterbox: bool = False
+    batch: int = 1  # frames of different cameras per engine call (stream.fanin)
+    batch_wait_ms: float = 0.0  # how long a call's first frame may wait for other cameras
+    overlap: str = "auto"  # post, encode and publish on their own thread: auto, on, off
+    engine_policy: str = "auto"  # ONNX Runtime threads: auto, latency (spin), throughput
     publish: PublishConfig = field(default_factory=PublishConfig)
     stats_interval: float = 1.0  # seconds between status lines; 0 disables
     metrics_port: int | None = None  # Prometheus metrics on this port
     metrics_bind: str = "127.0.0.1"  # address the metrics server listens on (0.0.0.0: all)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)  # live browser view
     max_frames: int = 0  # stop after this many published frames (0: run until stopped)
     duration: float = 0.0  # stop after this many seconds (0: run until stopped)
     version: int = LAUNCH_VERSION
@@ -142,21 +209,36 @@ class PipelineConfig:
                                      f"{self.backend!r}"))
         if self.threads is not None and self.threads < 1:
             found.append(("threads", f"must be >= 1, got {self.threads}"))
+        found += engine_problems(self.batch, self.batch_wait_ms, self.overlap,
+                                 self.engine_policy)
         if not _finite(self.stats_interval) or self.stats_interval < 0:
             found.append(("stats_interval", f"must be seconds >= 0 (0: no status lines), got "
                                             f"{self.stats_interval}"))
-        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
-            found.append(("metrics_port", f"must be a TCP port 1..65535, got "
-                                          f"{self.metrics_port}"))
-        if not self.metrics_bind or any(c.isspace() for c in self.metrics_bind):
-            found.append(("metrics_bind", f"must be an address to listen on, e.g. 127.0.0.1 "
-                                          f"or 0.0.0.0, got {self.metrics_bind!r}"))
+        found += listen_problems("metrics_port", self.metrics_port, "metrics_bind",
+                                 self.metrics_bind)
         if self.max_frames < 0:
             found.append(("max_frames", f"must be >= 0 (0: no limit), got {self.max_frames}"))
         if not _finite(self.duration) or self.duration < 0:
             found.append(("duration", f"must be seconds >= 0 (0: no limit), got "
                                       f"{self.duration}"))
         _problems(found)
+
+
+def engine_problems(batch: int, batch_wait_ms: float, overlap: str,
+                    engine_policy: str) -> list[tuple[str, str]]:
+    """``(key, reason)`` for each bad concurrency setting (see :class:`PipelineConfig`)."""
+    found = []
+    if isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+        found.append(("batch", f"must be 1..{MAX_BATCH} frames per engine call (1: no "
+                               f"batching), got {batch}"))
+    if not _finite(batch_wait_ms) or not 0 <= batch_wait_ms <= 1000:
+        found.append(("batch_wait_ms", f"must be milliseconds in 0..1000, got {batch_wait_ms}"))
+    if overlap not in OVERLAP_MODES:
+        found.append(("overlap", f"must be one of {', '.join(OVERLAP_MODES)}, got {overlap!r}"))
+    if engine_policy not in ENGINE_POLICIES:
+        found.append(("engine_policy", f"must be one of {', '.join(ENGINE_POLICIES)}, got "
+                                       f"{engine_policy!r}"))
+    return found
 
 
 def with_default_ids(sources: list[SourceConfig]) -> tuple[SourceConfig, ...]:
@@ -257,7 +339,9 @@ def _coerce(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
         return float(value)
     if tp in (int, float, str, bool) and (not isinstance(value, tp) or
                                           (tp is int and isinstance(value, bool))):
-        errors.append(f"{where}: expected {tp.__name__}, got {value!r}")
+        hint = (" (YAML reads unquoted on/off/yes/no as true/false: quote the word, e.g. "
+                "'off')" if tp is str and isinstance(value, bool) else "")
+        errors.append(f"{where}: expected {tp.__name__}, got {value!r}{hint}")
         return _BAD
     return value
 

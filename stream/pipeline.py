@@ -1,14 +1,21 @@
-"""The streaming pipeline: sources -> Segmenter -> publisher, composed by a plain loop.
+"""The streaming pipeline: sources -> engine -> post -> publisher, composed by a plain loop.
 
-One worker loop serves every camera round-robin, always taking each camera's newest
-frame (the capture threads drop the rest), so a slow engine lowers the frame rate but
-never builds a queue. Stages are small objects with one job each:
+Each camera keeps only its newest frame (the capture threads drop the rest), so a slow
+engine lowers the frame rate but never builds a queue. The loop runs on the engine
+thread; with overlap (the default) post-processing, encoding and publishing run on a
+post worker at the same time, so frame N+1 is in the engine while frame N is
+post-processed and sent::
 
-    FrameSource.latest()  ->  Segmenter.run()  ->  check_labels()  ->  LabelSink.send()
-
-Timing per frame (monotonic ns): capture = wait between the source handing the frame
-over and the loop picking it up; pre / infer / post from the Segmenter; publish = encode
-and send; total = capture timestamp -> sent.
+    engine thread:  FanIn.gather() -> engine stage (pre, one call for 1..N cameras) ─┐
+                                                                                      │ Handoff
+    post worker:    post (upsample + argmax) -> check_labels() -> LabelSink.send() ◀──┘ (one per
+                                                                                        camera)
+The pieces are :mod:`stream.fanin`, :mod:`stream.stages`, :mod:`stream.handoff` and the
+policies in :mod:`stream.policy` (overlap, ONNX Runtime's thread spinning). Nothing is
+lost or reordered per camera: a result the worker has not taken is only ever replaced by
+a newer one of the same camera, counted in that camera's ``dropped``, and the wire's
+``dropped`` stays exact (:class:`stream.stages.PostStage`). Stage timings: see
+:mod:`stream.stages`.
 """
 
 from __future__ import annotations
@@ -18,14 +25,28 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from engines.segmenter import Segmenter
+from stream.fanin import ENDED, FanIn
 from stream.frames import Frame
-from stream.stats import StageTimes, format_line
+from stream.handoff import Handoff
+from stream.policy import EngineGovernor, resolve_overlap
+from stream.stages import (
+    CameraStats,
+    EngineError,
+    Inferred,
+    PostStage,
+    PostWorker,
+    check_labels,
+    engine_stage,
+)
+from stream.stats import format_line
+
+__all__ = ["CameraStats", "EngineError", "FrameSource", "LabelSink", "Pipeline",
+           "PipelineResult", "check_labels", "frame_size_problem"]
 
 log = logging.getLogger("segstream.pipeline")
 
@@ -49,15 +70,15 @@ class FrameSource(Protocol):
 
 
 class LabelSink(Protocol):
-    """Where label maps go (the ZeroMQ publisher, or a list in tests)."""
+    """Where label maps go (the ZeroMQ publisher, or a list in tests).
+
+    ``send`` is called from the post worker thread when stages overlap (from the loop's
+    thread otherwise), one call at a time, each camera's maps in capture order.
+    """
 
     def send(self, frame: Frame, labels: np.ndarray, t_infer_ns: int, dropped: int) -> None: ...
 
     def close(self) -> None: ...
-
-
-class EngineError(RuntimeError):
-    """The engine raised or produced an invalid label map; nothing was published."""
 
 
 def frame_size_problem(height: int, width: int, max_pixels: int) -> str:
@@ -70,23 +91,6 @@ def frame_size_problem(height: int, width: int, max_pixels: int) -> str:
                 f"largest label map segstream publishes ({max_pixels} pixels, as "
                 f"{side}x{side}); ask the source for a smaller size, e.g. ?width=3840&height=2160")
     return ""
-
-
-def check_labels(labels: np.ndarray, frame: Frame, num_classes: int) -> None:
-    """Refuse to publish anything but a (H, W) uint8 map of valid class ids for ``frame``."""
-    if labels.dtype != np.uint8 or labels.shape != frame.shape:
-        raise EngineError(f"engine returned {labels.dtype} {labels.shape} for a frame of "
-                            f"{frame.shape}; expected uint8 {frame.shape}")
-    top = int(labels.max(initial=0))
-    if top >= num_classes:
-        raise EngineError(f"engine returned class id {top} but the model has {num_classes} "
-                            "classes")
-
-
-@dataclass
-class CameraStats:
-    times: StageTimes = field(default_factory=StageTimes)
-    published: int = 0
 
 
 @dataclass
@@ -108,19 +112,26 @@ class Pipeline:
 
     Args:
         sources: the cameras (already started).
-        segmenter: the engine stage.
+        segmenter: the engine (a :class:`~engines.segmenter.Segmenter`, a
+            :class:`~engines.segmenter.GpuFusedSegmenter`, or anything with ``spec`` and
+            ``run(image) -> (labels, StageNs)``); its ``max_batch`` is the most frames of
+            different cameras one engine call takes.
         sink: the publisher stage.
         on_status: called with one status line per camera every ``stats_interval`` s.
         max_pixels: largest frame served (0: any); a camera whose frames are larger (or
             empty) is refused: its frames are skipped and ``on_refused(source, why)`` is
             called once (the runner ends that capture as failed).
+        overlap: ``auto``, ``on`` or ``off`` (:func:`stream.policy.resolve_overlap`).
+        batch_wait_ms: with batches, how long the first frame of a call may wait for
+            other cameras' frames (:class:`stream.fanin.FanIn`).
     """
 
-    def __init__(self, sources: Sequence[FrameSource], segmenter: Segmenter, sink: LabelSink,
+    def __init__(self, sources: Sequence[FrameSource], segmenter: object, sink: LabelSink,
                  *, max_frames: int = 0, duration: float = 0.0, stats_interval: float = 1.0,
                  on_status: Callable[[str], None] | None = None, poll_s: float = 0.001,
                  max_pixels: int = 0,
-                 on_refused: Callable[[FrameSource, str], None] | None = None) -> None:
+                 on_refused: Callable[[FrameSource, str], None] | None = None,
+                 overlap: str = "auto", batch_wait_ms: float = 0.0) -> None:
         if not sources:
             raise ValueError("a pipeline needs at least one source")
         self.sources = list(sources)
@@ -130,99 +141,133 @@ class Pipeline:
         self.duration = duration
         self.stats_interval = stats_interval
         self.on_status = on_status
-        self.poll_s = poll_s
         self.max_pixels = max_pixels
         self.on_refused = on_refused
         self.refused: dict[str, str] = {}  # camera id -> why its frames are not served
         self.stats = {s.camera_id: CameraStats() for s in self.sources}
-        self.num_classes = segmenter.spec.num_classes
-        self._rr = 0
+        self.num_classes = segmenter.spec.num_classes  # type: ignore[attr-defined]
+        self.engine = engine_stage(segmenter)
+        backend = getattr(segmenter, "backend", None)
+        self.overlap = resolve_overlap(overlap, backend)
+        self.batch = min(self.engine.max_batch, len(self.sources))
+        self.batch_wait_s = batch_wait_ms / 1e3
+        self.governor = EngineGovernor.for_backend(backend)
+        self.fanin = FanIn(self.sources, poll_s)
+        self._post = PostStage(self.engine.finish, sink, self.stats, self.num_classes,
+                               max_frames)
+        self._handoff: Handoff[Inferred] = Handoff()
+        self._delivered = 0  # results handed to the post stage (published or dropped)
 
-    def _next_frame(self, timeout: float) -> tuple[FrameSource, Frame] | None:
-        """Newest frame of the next camera (round-robin) that has one, within ``timeout``."""
-        n = len(self.sources)
-        if n == 1:
-            f = self.sources[0].latest(timeout)
-            return (self.sources[0], f) if f is not None else None
-        deadline = time.monotonic() + timeout
-        while True:
-            for i in range(n):
-                src = self.sources[(self._rr + i) % n]
-                f = src.latest(0.0)
-                if f is not None:
-                    self._rr = (self._rr + i + 1) % n
-                    return src, f
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(self.poll_s)
+    def _admit(self, got: list[tuple[FrameSource, Frame]]) -> list[Frame]:
+        """The frames to segment; refuses (once) a camera whose frames cannot be served."""
+        frames = []
+        for src, frame in got:
+            why = frame_size_problem(frame.shape[0], frame.shape[1], self.max_pixels)
+            if why:
+                self.refused[src.camera_id] = why
+                log.error("%s: %s", src.camera_id, why)
+                if self.on_refused is not None:
+                    self.on_refused(src, why)
+                continue
+            frames.append(frame)
+        return frames
+
+    def _submit(self, frames: list[Frame], t_taken: int) -> None:
+        try:
+            self.engine.submit(frames, t_taken)
+        except Exception as e:  # any backend error: stop, publish nothing of these frames
+            which = ", ".join(f"{f.camera_id} seq {f.seq}" for f in frames)
+            raise EngineError(f"engine failed on {which}: {e}") from e
+
+    def _collect(self, worker: PostWorker | None) -> None:
+        """Hand the oldest engine call's results to the post stage."""
+        try:
+            items = self.engine.collect()
+        except Exception as e:
+            raise EngineError(f"engine failed: {e}") from e
+        if self.governor is not None and items:
+            self.governor.call(items[0].infer_ns)
+        for item in items:
+            self._delivered += 1
+            if worker is None:
+                self._post(item)
+            elif self._handoff.put(item.frame.camera_id, item) is not None:
+                self.stats[item.frame.camera_id].dropped += 1
 
     def process(self, src: FrameSource, frame: Frame) -> None:
-        """Run one frame through the engine and publish it."""
-        cam = self.stats[src.camera_id]
-        t_taken = time.monotonic_ns()
-        if src.camera_id in self.refused:
-            return
-        why = frame_size_problem(frame.shape[0], frame.shape[1], self.max_pixels)
-        if why:
-            self.refused[src.camera_id] = why
-            log.error("%s: %s", src.camera_id, why)
-            if self.on_refused is not None:
-                self.on_refused(src, why)
-            return
-        try:
-            labels, st = self.segmenter.run(frame.image)
-        except Exception as e:  # any backend error: stop, publish nothing
-            raise EngineError(f"engine failed on {frame.camera_id} seq {frame.seq}: {e}") from e
-        check_labels(labels, frame, self.num_classes)
-        t_infer = time.time_ns()
-        t0 = time.monotonic_ns()
-        # Wire format 1.1 `dropped`: frames of this camera older than this one that will
-        # never be published (seqs start at 0 and this loop serves a camera in order), so
-        # a subscriber's loss formula is exact per pair, not off by in-flight drops.
-        self.sink.send(frame, labels, t_infer, max(0, frame.seq - cam.published))
-        t_sent = time.monotonic_ns()
-        times = cam.times
-        times.add("capture", t_taken - frame.t_capture_mono)
-        times.add("pre", st.pre)
-        times.add("infer", st.infer)
-        times.add("post", st.post)
-        times.add("publish", t_sent - t0)
-        times.add("total", t_sent - frame.t_capture_mono)
-        times.tick(t_sent)
-        cam.published += 1
+        """Run one frame through every stage on this thread and publish it."""
+        frames = self._admit([(src, frame)]) if src.camera_id not in self.refused else []
+        if frames:
+            self._submit(frames, time.monotonic_ns())
+            while self.engine.pending:
+                self._collect(None)
 
     def status_lines(self) -> list[str]:
         return [format_line(s.camera_id, self.stats[s.camera_id].times.fps(),
-                            self.stats[s.camera_id].times.summaries(), s.dropped, s.state)
+                            self.stats[s.camera_id].times.summaries(),
+                            s.dropped + self.stats[s.camera_id].dropped, s.state)
                 for s in self.sources]
+
+    def _will_publish(self) -> int:
+        return self._delivered - self._handoff.dropped
 
     def run(self, stop: threading.Event | None = None) -> PipelineResult:
         stop = stop or threading.Event()
         start = time.monotonic()
-        next_status = start + self.stats_interval
-        published = 0
+        worker = None
+        if self.overlap.post_worker:
+            self._handoff = Handoff()
+            worker = PostWorker(self._handoff, self._post)
+            worker.start()
         error = None
         try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if self.duration and now - start >= self.duration:
-                    break
-                if self.stats_interval and self.on_status and now >= next_status:
-                    for line in self.status_lines():
-                        self.on_status(line)
-                    next_status = now + self.stats_interval
-                got = self._next_frame(0.05)
-                if got is None:
-                    if all(s.state in ("eos", "failed", "stopped") for s in self.sources):
-                        log.info("all sources ended")
-                        break
-                    continue
-                before = self.stats[got[0].camera_id].published
-                self.process(*got)
-                published += self.stats[got[0].camera_id].published - before
-                if self.max_frames and published >= self.max_frames:
-                    break
+            self._loop(stop, start, worker)
         except EngineError as e:
             error = str(e)
             log.error("%s", e)
-        return PipelineResult(published, time.monotonic() - start, self.stats, error)
+        finally:
+            if worker is not None:
+                self._handoff.close()  # the worker publishes what was handed off, then ends
+                worker.join()
+        if worker is not None and worker.exception is not None:
+            raise worker.exception
+        if worker is not None and worker.error is not None and error is None:
+            error = str(worker.error)
+            log.error("%s", error)
+        return PipelineResult(self._post.published, time.monotonic() - start, self.stats, error)
+
+    def _loop(self, stop: threading.Event, start: float, worker: PostWorker | None) -> None:
+        next_status = start + self.stats_interval
+        engine, fanin, governor = self.engine, self.fanin, self.governor
+        waits = worker is not None and self.overlap.engine_waits
+        while not stop.is_set() and not (worker is not None and worker.failed.is_set()):
+            now = time.monotonic()
+            if self.duration and now - start >= self.duration:
+                break
+            if self.stats_interval and self.on_status and now >= next_status:
+                for line in self.status_lines():
+                    self.on_status(line)
+                next_status = now + self.stats_interval
+            if self.max_frames and self._will_publish() >= self.max_frames:
+                break
+            if waits and not self._handoff.wait_taken(0.05):
+                continue  # back-pressure: the worker has not taken the last results yet
+            while engine.pending >= engine.depth:  # no room (the depth may have shrunk)
+                self._collect(worker)
+            # Idle: wait for frames. A call in flight and room for another: look for a new
+            # frame a little at a time, collecting the call as soon as it is done.
+            timeout = 0.002 if engine.pending else 0.05
+            got, _ = fanin.gather(self.batch, timeout, self.batch_wait_s, self.refused)
+            if governor is not None:
+                governor.update()
+            frames = self._admit(got)
+            if frames:
+                self._submit(frames, time.monotonic_ns())
+            if engine.pending and (engine.pending >= engine.depth or engine.ready()):
+                self._collect(worker)
+            elif not got and not engine.pending and all(
+                    s.state in ENDED for s in self.sources):
+                log.info("all sources ended")
+                break
+        while engine.pending and not (worker is not None and worker.failed.is_set()):
+            self._collect(worker)  # calls still in flight (double-buffered engines)

@@ -21,7 +21,7 @@ from engines.zoo import resolve_model
 from stream.capture import open_capture
 from stream.capture_base import CaptureOptions
 from stream.config import PipelineConfig
-from stream.pipeline import Pipeline, PipelineResult
+from stream.pipeline import LabelSink, Pipeline, PipelineResult
 from stream.publish import Publisher
 from stream.sources import parse_source
 from stream.validate import validate
@@ -112,11 +112,20 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
     model = resolve_model(cfg.model)
     with ExitStack() as stack:
         segmenter = Segmenter.from_path(model, cfg.backend, threads=cfg.threads,
-                                        letterbox=cfg.letterbox)
+                                        letterbox=cfg.letterbox, batch=cfg.batch,
+                                        policy=cfg.engine_policy)
         stack.callback(segmenter.close)
         specs = [parse_source(s.uri, s.id) for s in cfg.sources]
         publisher = Publisher.from_config(cfg.publish, segmenter.spec)
         stack.callback(publisher.close)
+        sink: LabelSink = publisher
+        preview = None
+        if cfg.preview.port is not None:  # bound here: a port in use fails before cameras open
+            from stream.preview import Preview
+
+            preview = Preview(cfg.preview, segmenter.spec, [s.id for s in cfg.sources], out)
+            stack.callback(preview.close)
+            sink = preview.tap(publisher)
 
         def on_state(camera: str, state: str, detail: str) -> None:
             print(f"[{camera}] {state}{': ' + detail if detail else ''}", file=out, flush=True)
@@ -130,11 +139,12 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
             stack.callback(cap.close)
             captures.append(cap)
         by_id = {c.camera_id: c for c in captures}
-        pipeline = Pipeline(captures, segmenter, publisher, max_frames=cfg.max_frames,
+        pipeline = Pipeline(captures, segmenter, sink, max_frames=cfg.max_frames,
                             duration=cfg.duration, stats_interval=cfg.stats_interval,
                             on_status=lambda line: print(line, file=out, flush=True),
                             max_pixels=publisher.max_pixels,
-                            on_refused=lambda src, why: by_id[src.camera_id].fail(why))
+                            on_refused=lambda src, why: by_id[src.camera_id].fail(why),
+                            overlap=cfg.overlap, batch_wait_ms=cfg.batch_wait_ms)
         if cfg.metrics_port:
             from stream.metrics import serve_metrics
 
@@ -143,6 +153,8 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
         print(f"segstream: {model.name} ({segmenter.backend.name}, "
               f"{segmenter.spec.input_size[0]}x{segmenter.spec.input_size[1]}) -> "
               f"{', '.join(cfg.publish.endpoints)} [{cfg.publish.encoding}]", file=out, flush=True)
+        if preview is not None:
+            preview.start(pipeline, captures)
         if on_ready:
             on_ready(pipeline)
         with stop_on_signals(stop):

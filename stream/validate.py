@@ -3,8 +3,9 @@
 :mod:`stream.config` checks a configuration's shape and values (types, ranges, unknown and
 duplicate keys); :func:`check_config` checks what needs the machine: that every source
 parses and exists, that its frame size can be served, that the model and its sidecar load
-(and, with ``load_model``, that the graph agrees with the sidecar), and that the publish
-endpoints can be bound. Every problem is reported at once, each with its key path.
+(and, with ``load_model``, that the graph agrees with the sidecar), that the publish
+endpoints can be bound and that the preview's port is free. Every problem is reported at
+once, each with its key path.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from stream.config import ConfigError, Override, PipelineConfig, blame, parse_la
 def check_config(cfg: PipelineConfig, *, load_model: bool = False) -> list[str]:
     """Every problem in ``cfg`` that only the machine can tell, as ``key.path: reason``."""
     return (_check_sources([(s.uri, s.id) for s in cfg.sources])
-            + _check_model(cfg.model, cfg.backend, load_model)
-            + _check_publish(cfg.publish.endpoints, cfg.publish.curve_keys))
+            + _check_model(cfg.model, cfg.backend, load_model, cfg.batch)
+            + _check_publish(cfg.publish.endpoints, cfg.publish.curve_keys)
+            + _check_preview(cfg))
 
 
 def validate(cfg: PipelineConfig, *, where: str = "", load_model: bool = False) -> None:
@@ -110,8 +112,9 @@ def _check_sources(sources: Sequence[tuple[str, str]]) -> list[str]:
     return errors
 
 
-def _check_model(name: str | None, backend: str | None, load_model: bool) -> list[str]:
-    from engines.backend import BackendError, create_backend
+def _check_model(name: str | None, backend: str | None, load_model: bool,
+                 batch: int = 1) -> list[str]:
+    from engines.backend import BackendError, backend_for_path, create_backend
     from engines.spec import ModelSpec, ModelSpecError, sidecar_path
     from engines.zoo import NoModelError, resolve_model
 
@@ -126,11 +129,20 @@ def _check_model(name: str | None, backend: str | None, load_model: bool) -> lis
     try:
         if side.is_file() or model.suffix != ".pt":  # a .pt may carry its own spec
             ModelSpec.load(side)
-        if load_model:
-            create_backend(model, backend, threads=1).close()
+        if load_model:  # with --batch, also that ONNX Runtime can run the batches
+            ort = batch > 1 and (backend or backend_for_path(model)) == "onnxruntime"
+            create_backend(model, backend, threads=1, **({"batch": batch} if ort else {})).close()
     except (ModelSpecError, BackendError) as e:
         return [f"model: {e}"]
     return []
+
+
+def _check_preview(cfg: PipelineConfig) -> list[str]:
+    if cfg.preview.port is None:
+        return []
+    from stream.preview import check
+
+    return check(cfg.preview)
 
 
 def _check_publish(endpoints: Sequence[str], keys: str | None) -> list[str]:

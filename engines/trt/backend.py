@@ -8,7 +8,13 @@ Data path per submitted batch (two slots, A and B, alternate)::
         --> dev_out[s] --D2H (compute stream)--> pinned host_out[s] --> event done[s]
 
 While slot A's inference runs on the compute stream, ``submit`` of the next batch uploads
-into slot B on the copy stream. ``infer`` is ``submit`` + ``collect``. Device buffers,
+into slot B on the copy stream. ``infer`` is ``submit`` + ``collect``.
+
+Batches: an engine built with ``segstream build --batch N`` (profile N min 1, opt N,
+max N) runs N frames per call; ``max_batch`` says N. A call with fewer frames is padded
+with zeros to the configured N (the frames of a batch are independent, so the padding
+changes no frame's output), which keeps one input shape and so the CUDA graphs valid;
+``collect`` returns only the submitted frames' rows. Device buffers,
 pinned buffers, streams and events come from pycuda on the device's primary context
 (``pycuda.autoprimaryctx``), the context TensorRT's runtime uses too.
 
@@ -46,6 +52,7 @@ class Slot:
     uploaded: Any  # pycuda Event: H2D done
     done: Any  # pycuda Event: outputs are in host_out
     graph: Any = None  # CudaGraph of execute_async_v3 bound to this slot's buffers
+    frames: int = 0  # rows of host_out that belong to the submitted batch (rest: padding)
 
 
 class TensorRTBackend:
@@ -195,6 +202,20 @@ class TensorRTBackend:
     def uses_cuda_graph(self) -> bool:
         return self._use_graph
 
+    @property
+    def in_flight(self) -> int:
+        """Batches that may be in flight at once (:meth:`submit` / :meth:`collect`)."""
+        return NUM_SLOTS
+
+    @property
+    def max_batch(self) -> int:
+        """Frames one call takes: the input's static N, or its profile's largest N."""
+        n = int(self._engine.get_tensor_shape(self._in_name)[0])
+        if n > 0:
+            return n
+        _lo, _opt, hi = self._engine.get_tensor_profile_shape(self._in_name, 0)
+        return int(hi[0])
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float -> (N, K, h, w) float32 logits or (N, H, W) labels."""
         if self._pending:
@@ -209,6 +230,13 @@ class TensorRTBackend:
         """
         if len(self._pending) == NUM_SLOTS:
             raise BackendError(f"{NUM_SLOTS} batches already in flight: collect() one first")
+        n = int(batch.shape[0])
+        if n < self._in_shape[0] and tuple(batch.shape[1:]) == self._in_shape[1:]:
+            slot = self.acquire_slot()  # a partial batch: zero padding up to the shape
+            slot.host_in[n:] = 0
+            np.copyto(slot.host_in[:n], batch, casting="same_kind")
+            self._run_slot(slot, n)
+            return
         if tuple(batch.shape) != self._in_shape:
             if self._pending:
                 raise BackendError(f"batch shape {batch.shape} differs from the in-flight "
@@ -216,6 +244,11 @@ class TensorRTBackend:
             self._configure(tuple(batch.shape))
         slot = self.acquire_slot()
         np.copyto(slot.host_in, batch, casting="same_kind")  # float32 -> engine dtype
+        self._run_slot(slot, n)
+
+    def _run_slot(self, slot: Slot, frames: int) -> None:
+        """Queue upload, inference and download of ``slot``'s filled host input."""
+        slot.frames = frames
         self._cuda.memcpy_htod_async(slot.dev_in, slot.host_in, self._copy_stream)
         slot.uploaded.record(self._copy_stream)
         self._compute_stream.wait_for_event(slot.uploaded)
@@ -223,11 +256,16 @@ class TensorRTBackend:
         self._cuda.memcpy_dtoh_async(slot.host_out, slot.dev_out, self._compute_stream)
         self.finish(slot)
 
+    def ready(self) -> bool:
+        """The oldest batch in flight has finished (collecting it will not wait)."""
+        return bool(self._pending) and bool(self._pending[0].done.query())
+
     def collect(self) -> np.ndarray:
         """Wait for the oldest submitted batch and return its output (a fresh array)."""
         if not self._pending:
             raise BackendError("collect() without a submitted batch")
-        out = self.pop_finished().host_out.copy()
+        slot = self.pop_finished()
+        out = slot.host_out[:slot.frames or None].copy()
         if out.dtype == np.float16:
             out = out.astype(np.float32)  # protocol: float32 logits
         return out

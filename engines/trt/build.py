@@ -254,6 +254,7 @@ class BuildOptions:
     workspace_mib: int | None = None
     timing_cache: Path | None = None
     verbose: bool = False
+    batch: int = 1  # > 1: profile N min 1 / opt batch / max batch (cameras per engine call)
 
 
 def default_engine_path(onnx_path: Path) -> Path:
@@ -273,6 +274,7 @@ class PreparedBuild:
     spec: ModelSpec
     precision: OnnxPrecision
     shapes: tuple[ShapeRange, ...]
+    rewrite_batch: bool = False  # the ONNX fixes N = 1: parse it with a symbolic N
 
 
 def prepare_build(onnx_path: str | Path, out_path: str | Path | None,
@@ -297,10 +299,41 @@ def prepare_build(onnx_path: str | Path, out_path: str | Path | None,
     model = onnx.load(str(onnx_path), load_external_data=False)
     info = inspect_precision(model)
     check_precision(opts.precision, info, onnx_path)
-    shapes = resolve_shapes(onnx_inputs(model), shape=opts.shape, min_shape=opts.min_shape,
+    inputs = onnx_inputs(model)
+    rewrite = False
+    if opts.batch > 1:
+        inputs, rewrite = batch_inputs(inputs, opts, onnx_path)
+    shapes = resolve_shapes(inputs, shape=opts.shape, min_shape=opts.min_shape,
                             opt_shape=opts.opt_shape, max_shape=opts.max_shape,
                             default_hw=spec.input_size)
-    return PreparedBuild(onnx_path, out, spec, info, shapes)
+    if opts.batch > 1:
+        (rng,) = shapes
+        shapes = (ShapeRange(rng.name, (1, *rng.opt[1:]), (opts.batch, *rng.opt[1:]),
+                             (opts.batch, *rng.opt[1:])),)
+    return PreparedBuild(onnx_path, out, spec, info, shapes, rewrite)
+
+
+def batch_inputs(inputs: dict[str, tuple[int | None, ...]], opts: BuildOptions,
+                 onnx_path: Path) -> tuple[dict[str, tuple[int | None, ...]], bool]:
+    """The inputs with a symbolic N for ``--batch``, and whether the graph needs the
+    :mod:`engines.onnx_batch` rewrite (its N is fixed at 1).
+
+    Raises:
+        ValueError: several inputs, an input that is not (N, 3, H, W), an N fixed above 1,
+            or --batch together with explicit shapes.
+    """
+    if opts.shape or opts.min_shape or opts.opt_shape or opts.max_shape:
+        raise ValueError("--batch sets the profile's N (min 1, opt and max N): give it "
+                         "without --shape/--min-shape/--opt-shape/--max-shape, or spell the "
+                         "whole profile with those instead")
+    if len(inputs) != 1 or len(next(iter(inputs.values()))) != 4:
+        raise ValueError(f"--batch needs one (N, 3, H, W) input; {onnx_path} has inputs "
+                         f"{list(inputs)}")
+    name, dims = next(iter(inputs.items()))
+    if dims[0] not in (None, 1):
+        raise ValueError(f"{onnx_path} fixes the batch at {dims[0]}; re-export it with a "
+                         "dynamic batch (`segstream export`)")
+    return {name: (None, *dims[1:])}, dims[0] == 1
 
 
 def _progress_monitor(trt: Any) -> Any:
@@ -367,6 +400,11 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None = None,
     on_status(f"parsing {prep.onnx_path} (strongly typed, {prep.precision.detected})")
     # ceil_mode AveragePools rewritten to PyTorch's meaning (engines/onnx_portable.py)
     portable = portable_model_bytes(prep.onnx_path)
+    if prep.rewrite_batch:  # N fixed at 1 in the file: made symbolic (engines.onnx_batch)
+        from engines.onnx_batch import dynamic_batch_bytes
+
+        portable, changed = dynamic_batch_bytes(portable or prep.onnx_path)
+        on_status(f"batch made dynamic: {'; '.join(changed)}")
     parsed = (parser.parse(portable, str(prep.onnx_path)) if portable is not None
               else parser.parse_from_file(str(prep.onnx_path)))
     if not parsed:

@@ -24,6 +24,7 @@ EPILOG = """examples:
   segstream build models/camvid_dyn.onnx --shape input:1x3x360x480 \\
       --min-shape input:1x3x240x320 --max-shape input:4x3x720x960 --workspace 1024
   segstream build models/camvid.onnx --dry-run      # check ONNX, precision, shapes only
+  segstream build models/camvid.fp16.onnx --batch 4  # then: segstream run --batch 4 ...
   segstream run --model models/camvid.fp16.trt.engine --source csi://0
 
 output: OUT (default MODEL.trt.engine) and OUT's sidecar (same stem, .json).
@@ -47,6 +48,10 @@ def register(subparsers: Any) -> None:
                    help="shape TensorRT tunes for (default: --shape)")
     p.add_argument("--max-shape", action="append", default=[], metavar="NAME:DxDxDxD",
                    help="largest input shape of the optimisation profile")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="frames per engine call for `segstream run --batch N`: optimisation "
+                        "profile N min 1, opt N, max N (a fixed-batch-1 ONNX is made dynamic "
+                        "first; default 1)")
     p.add_argument("--workspace", type=int, default=None, metavar="MiB",
                    help="builder scratch memory limit in MiB (default: TensorRT's, the GPU's "
                         "memory); keep it modest on Jetson, which shares RAM with the CPU")
@@ -86,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
                 return _fail(f"ONNX model {args.model} not found")
             precision = inspect_precision(onnx.load(str(args.model),
                                                     load_external_data=False)).detected
-        opts = BuildOptions(precision=precision, shape=tuple(args.shape),
+        if args.batch < 1:
+            return _fail(f"--batch must be >= 1, got {args.batch}")
+        opts = BuildOptions(precision=precision, shape=tuple(args.shape), batch=args.batch,
                             min_shape=tuple(args.min_shape), opt_shape=tuple(args.opt_shape),
                             max_shape=tuple(args.max_shape), workspace_mib=args.workspace,
                             timing_cache=(args.timing_cache.expanduser() if args.timing_cache

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="training checkpoint written by `segstream train`")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--dynamic", action="store_true",
-                   help="symbolic batch, height and width (default: static 1x3xHxW)")
+                   help="symbolic height and width too (default: Nx3xHxW, N symbolic)")
     p.add_argument("--argmax", action="store_true",
                    help="upsample + argmax in the graph: output uint8 labels (N,H,W)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..20 (default 17)")
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         print(prog, e)
         return 1
     h, w = spec.input_size
-    shape = "Nx3xHxW (dynamic)" if args.dynamic else f"1x3x{h}x{w}"
+    shape = "Nx3xHxW (dynamic)" if args.dynamic else f"Nx3x{h}x{w}"
     kind = "labels uint8" if args.argmax else "logits float32"
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {spec.architecture}, input "
           f"{shape}, output {kind}{', fp16' if args.fp16 else ''}) and "

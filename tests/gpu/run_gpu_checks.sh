@@ -68,6 +68,7 @@ PY
 status=0
 "$PY" -m pytest tests/engines/test_cuda_kernels.py tests/engines/test_prebuilt_kernels.py \
     tests/engines/test_trt.py tests/engines/test_trt_guard.py tests/stream/test_torchless.py tests/gpu \
+    tests/stream/test_pipeline_concurrency.py \
     -m "gpu or not gpu" -v -s -rs --junitxml "$OUT_DIR/junit.xml" 2>&1 | tee "$OUT_DIR/pytest.log" \
     || status=$?
 # A skip in the GPU tests here means the machine is not set up: treat it as a failure.

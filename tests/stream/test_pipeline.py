@@ -49,11 +49,12 @@ class ListSink:
         pass
 
 
-def test_pipeline_publishes_every_frame_of_two_sources(tiny_model):
+@pytest.mark.parametrize("overlap", ["on", "off"])
+def test_pipeline_publishes_every_frame_of_two_sources(tiny_model, overlap):
     seg = Segmenter.from_path(tiny_model, threads=1)
     a, b = ListSource("a", 5), ListSource("bb", 3, shape=(30, 40))
     sink = ListSink()
-    res = Pipeline([a, b], seg, sink, stats_interval=0).run()
+    res = Pipeline([a, b], seg, sink, stats_interval=0, overlap=overlap).run()
     assert res.error is None and res.published == 8
     seqs = {cam: [f.seq for f, _ in sink.sent if f.camera_id == cam] for cam in ("a", "bb")}
     assert seqs == {"a": [0, 1, 2, 3, 4], "bb": [0, 1, 2]}
@@ -107,7 +108,8 @@ def test_status_lines_report_fps_and_drops(tiny_model):
     assert any("cam0" in ln and "dropped 3" in ln and "fps" in ln for ln in lines)
 
 
-def test_dropped_makes_the_loss_formula_exact_for_every_pair(tiny_model):
+@pytest.mark.parametrize("overlap", ["on", "off"])
+def test_dropped_makes_the_loss_formula_exact_for_every_pair(tiny_model, overlap):
     """Wire 1.1: a source that skips frames while the engine is busy (and drops more while
     a map is in flight). For every pair of published maps of a camera,
     (seq2 - seq1 - 1) - (dropped2 - dropped1) must be exactly 0 (nothing lost)."""
@@ -128,7 +130,7 @@ def test_dropped_makes_the_loss_formula_exact_for_every_pair(tiny_model):
 
     seg = Segmenter.from_path(tiny_model, threads=1)
     sink = DroppedSink()
-    Pipeline([SkippingSource()], seg, sink, stats_interval=0).run()
+    Pipeline([SkippingSource()], seg, sink, stats_interval=0, overlap=overlap).run()
     assert len(sink.sent) > 10
     assert sink.sent[0][1] == sink.sent[0][0]  # frames before the first one never published
     for (s1, d1), (s2, d2) in itertools.pairwise(sink.sent):
