@@ -57,7 +57,6 @@ def _subscriber(endpoint: str, stop: threading.Event, ready: threading.Event,
 
 def measure(cfg: PipelineConfig, warmup_s: float) -> dict[str, Any]:
     """Run ``cfg``; per camera fps and capture->publish p50/p99 after ``warmup_s``."""
-    from stream.pipeline import CameraStats
     from stream.runner import run_pipeline
 
     endpoint = cfg.publish.endpoints[0]
@@ -71,8 +70,7 @@ def measure(cfg: PipelineConfig, warmup_s: float) -> dict[str, Any]:
         if stop.wait(warmup_s):
             return
         p = marks["pipeline"]
-        for cam in p.stats:
-            p.stats[cam] = CameraStats()
+        p.reset_stats()
         marks["t0"], marks["cpu0"], marks["others"] = time.monotonic(), _cpu(), Others()
 
     def sample_mode() -> None:  # the engine policy's mode, once per 0.1 s

@@ -153,7 +153,6 @@ def _subscribe(endpoint: str, stop: threading.Event, box: dict[str, Any]) -> Non
 def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float) -> dict[str, Any]:
     """Run ``cfg`` with a subscriber attached; with ``warmup_s`` > 0 the stage windows,
     counters and CPU clock are reset that long after the start (fps over the rest)."""
-    from stream.pipeline import CameraStats
     from stream.runner import run_pipeline
 
     endpoint = cfg.publish.endpoints[0].replace("*", "127.0.0.1")
@@ -174,8 +173,7 @@ def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float) -> dict[str, 
         if stop.wait(warmup_s):
             return
         p = ready["pipeline"]
-        for cam in p.stats:
-            p.stats[cam] = CameraStats()
+        p.reset_stats()
         usage.start()
         ready["t_reset"] = time.monotonic()
 

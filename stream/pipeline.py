@@ -202,6 +202,14 @@ class Pipeline:
             while self.engine.pending:
                 self._collect(None)
 
+    def reset_stats(self) -> None:
+        """Start every camera's figures afresh (e.g. after a benchmark's warm-up).
+
+        Entries are replaced in the shared dict, so the post worker counts into the new
+        ones; the wire's ``dropped`` does not depend on these figures."""
+        for cam in self.stats:
+            self.stats[cam] = CameraStats()
+
     def status_lines(self) -> list[str]:
         return [format_line(s.camera_id, self.stats[s.camera_id].times.fps(),
                             self.stats[s.camera_id].times.summaries(),
