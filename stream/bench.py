@@ -1,7 +1,9 @@
 """``segstream bench``: bare-engine and end-to-end FPS with per-stage latency, repeated.
 
-For each configuration (model x backend x camera resolution) every figure is measured
-``repeat`` times (default 3) and reported as the median and the range (min-max):
+For each configuration (model x backend x camera resolution x the pipeline's settings:
+overlap, engine policy, batch and batch wait, number of cameras; :class:`BenchCase`)
+every figure is measured ``repeat`` times (default 3) and reported as the median and the
+range (min-max):
 
 1. calibration (only when no ``--source-fps`` is given): a few short bare-engine runs
    per model and backend; the live test camera's rate is 1.5x the *fastest* of them
@@ -10,11 +12,17 @@ For each configuration (model x backend x camera resolution) every figure is mea
    best estimate of what the engine does once the load lifts (their median follows a
    busy minute down, and the camera then limits the pipeline). A pipeline run within
    10 % of the camera's rate is flagged ``source_limited``.
-2. rounds: round r runs, for every configuration in turn, one engine run, one pipeline
-   run and with ``--compare`` one hand-loop run and one pipeline run on the same clip
-   (:mod:`stream.bench_measure`, :mod:`stream.handloop`). Even rounds run these kinds in
-   that order, odd rounds in reverse, so slow drift (thermal, a neighbour's load) hits
-   every kind and configuration alike instead of all runs of one kind.
+2. rounds: round r runs, for every group of configurations that differ only in pipeline
+   settings (:func:`schedule`), one engine run, one pipeline run per configuration, and
+   with ``--compare`` one hand-loop run and one pipeline run per configuration on the
+   same clip (:mod:`stream.bench_measure`, :mod:`stream.handloop`). The engine and the
+   hand loop do not depend on the pipeline's settings, so the group's configurations
+   share them (and their ratios use the same denominator). Even rounds run in that
+   order, odd rounds in reverse, so slow drift (thermal, a neighbour's load) hits every
+   kind and configuration alike instead of all runs of one kind.
+
+With N cameras (:func:`camera_rate`) the calibrated rate is shared by the cameras, so
+one and N cameras are offered the same frames per second; ``--source-fps`` is per camera.
 
 Ratios (pipeline / engine, pipeline / hand loop) are taken within a round, then their
 median and range across rounds. The report keeps every run's raw figures
@@ -24,16 +32,18 @@ median and range across rounds. The report keeps every run's raw figures
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engines.spec import ModelSpec, sidecar_path
 from stream.bench_measure import (
     MachineLoad,
+    PipelineSettings,
     bench_clip_pipeline,
     bench_engine,
     bench_pipeline,
@@ -44,7 +54,6 @@ from stream.bench_report import BENCH_FORMAT, summarize_result
 
 SOURCE_FPS_FACTOR = 1.5
 SOURCE_FPS_RANGE = (30, 240)
-KINDS = ("engine", "pipeline", "hand_loop", "clip_pipeline")
 
 
 @dataclass(frozen=True)
@@ -64,16 +73,27 @@ class BenchOptions:
 
 @dataclass(frozen=True)
 class BenchCase:
-    """One configuration: model file, backend and camera resolution (H, W)."""
+    """One configuration: model file, backend, camera resolution (H, W) and the
+    pipeline's concurrency settings (overlap, engine policy, batch, cameras)."""
 
     model: Path
     backend: str
     resolution: tuple[int, int]
+    settings: PipelineSettings = field(default_factory=PipelineSettings)
+
+    @property
+    def group(self) -> tuple[Path, str, tuple[int, int]]:
+        """Cases of one group differ only in pipeline settings: they share the engine
+        and hand-loop runs of a round, which do not depend on them."""
+        return self.model, self.backend, self.resolution
 
     @property
     def label(self) -> str:
+        st = self.settings
         return (f"{self.model.stem}/{self.backend}/{precision_of(self.model)}/"
-                f"{self.resolution[0]}x{self.resolution[1]}")
+                f"{self.resolution[0]}x{self.resolution[1]} overlap={st.overlap} "
+                f"policy={st.engine_policy} batch={st.batch}/{st.batch_wait_ms:g}ms "
+                f"cameras={st.cameras}")
 
 
 def precision_of(model: Path) -> str:
@@ -103,22 +123,58 @@ def source_rate(engine_fps: Sequence[float]) -> int:
     return int(min(hi, max(lo, SOURCE_FPS_FACTOR * max(engine_fps))))
 
 
-def schedule(n_cases: int, repeat: int, compare: Sequence[bool]) -> list[tuple[int, int, str]]:
-    """Execution order: (round, case index, kind), rounds outermost, kinds alternating
-    forwards (even rounds) and backwards (odd rounds) within each case."""
+def groups_of(cases: Sequence[BenchCase]) -> list[list[int]]:
+    """Indices of the cases that share a group (:attr:`BenchCase.group`), in order."""
+    out: dict[tuple[Path, str, tuple[int, int]], list[int]] = {}
+    for i, c in enumerate(cases):
+        out.setdefault(c.group, []).append(i)
+    return list(out.values())
+
+
+def schedule(groups: Sequence[Sequence[int]], repeat: int,
+             compare: Sequence[bool]) -> list[tuple[int, int, str]]:
+    """Execution order: (round, case index, kind), rounds outermost. Per group in a round:
+    one engine run, each case's pipeline run, one hand-loop run (when a case of the
+    group compares) and each comparing case's clip run, forwards in even rounds and
+    backwards in odd ones. The shared runs carry the group's first (comparing) case."""
     out = []
     for r in range(repeat):
-        for i in range(n_cases):
-            kinds = [k for k in KINDS if compare[i] or k in ("engine", "pipeline")]
-            out += [(r, i, k) for k in (kinds if r % 2 == 0 else kinds[::-1])]
+        for group in groups:
+            cmp = [i for i in group if compare[i]]
+            runs = ([(group[0], "engine")] + [(i, "pipeline") for i in group]
+                    + ([(cmp[0], "hand_loop")] if cmp else [])
+                    + [(i, "clip_pipeline") for i in cmp])
+            out += [(r, i, k) for i, k in (runs if r % 2 == 0 else runs[::-1])]
     return out
+
+
+def expand(models: Sequence[Path], backends: Sequence[str], resolutions: Sequence[tuple[int, int]],
+           *, overlaps: Sequence[str] = ("auto",), policies: Sequence[str] = ("auto",),
+           batches: Sequence[int] = (1,), waits: Sequence[float] = (0.0,),
+           cameras: Sequence[int] = (1,)) -> list[BenchCase]:
+    """Every combination (model x resolution x backend x settings), in that order, without
+    duplicates; a batch of 1 never waits (``batch_wait_ms`` only applies to batches)."""
+    out: dict[BenchCase, None] = {}
+    for model, res, backend in itertools.product(models, resolutions, backends):
+        for ov, pol, b, w, n in itertools.product(overlaps, policies, batches, waits, cameras):
+            st = PipelineSettings(ov, pol, b, w if b > 1 else 0.0, n)
+            out[BenchCase(model, backend, res, st)] = None
+    return list(out)
 
 
 def compare_skip_reason(case: BenchCase) -> str:
     """Why ``--compare`` cannot run for ``case`` ("" when it can)."""
     if case.backend != "onnxruntime" or case.model.suffix != ".onnx":
         return "the hand-written loop runs ONNX Runtime on .onnx models only"
+    if case.settings.cameras > 1:
+        return "the hand-written loop and the clip serve one camera"
     return ""
+
+
+def camera_rate(calibrated: int, given: int, cameras: int) -> int:
+    """Each test camera's rate: ``given`` (``--source-fps``, per camera), else the
+    calibrated rate shared by the cameras (the same frames per second offered in all)."""
+    return given or max(1, calibrated // cameras)
 
 
 def calibrate(cases: Sequence[BenchCase], opts: BenchOptions) -> list[dict[str, Any]]:
@@ -145,7 +201,8 @@ def _run_one(kind: str, case: BenchCase, opts: BenchOptions, source_fps: int,
     elif kind == "pipeline":
         out = bench_pipeline(case.model, case.backend, case.resolution, source_fps=source_fps,
                              threads=opts.threads, encoding=opts.encoding,
-                             warmup_s=opts.warmup_s, duration_s=opts.duration_s)
+                             warmup_s=opts.warmup_s, duration_s=opts.duration_s,
+                             settings=case.settings)
     elif video is None:
         raise ValueError(f"{kind} runs need the --compare clip")
     elif kind == "hand_loop":
@@ -155,7 +212,8 @@ def _run_one(kind: str, case: BenchCase, opts: BenchOptions, source_fps: int,
                             threads=opts.threads)
     else:
         out = bench_clip_pipeline(case.model, case.backend, video, opts.compare_frames,
-                                  threads=opts.threads, encoding=opts.encoding)
+                                  threads=opts.threads, encoding=opts.encoding,
+                                  settings=case.settings)
     return {"started": round(t0, 3), **out, **load.stop()}
 
 
@@ -163,8 +221,10 @@ def run_bench(cases: list[BenchCase], opts: BenchOptions, *, compare: bool = Fal
               workdir: Path | None = None,
               progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Measure every case ``opts.repeat`` times, interleaved; returns the JSON-able report:
-    machine, options, calibration, the run order, and per case its raw ``runs`` (one dict
-    per round, one entry per kind) and their ``summary`` (:func:`summarize_result`).
+    machine, options, calibration, the run order, and per case its settings, its raw
+    ``runs`` (one dict per round, one entry per kind; the engine and hand-loop runs a
+    group shares appear in each of its cases) and their ``summary``
+    (:func:`summarize_result`).
 
     ``progress(done, total, text)`` is called before each run and at the end.
     """
@@ -177,24 +237,32 @@ def run_bench(cases: list[BenchCase], opts: BenchOptions, *, compare: bool = Fal
     results, videos = [], {}
     for case, why in zip(cases, skip, strict=True):
         spec = ModelSpec.load(sidecar_path(case.model))
+        st = case.settings
         results.append({
             "label": case.label, "model": str(case.model), "backend": case.backend,
             "precision": precision_of(case.model), "resolution": list(case.resolution),
+            **dataclasses.asdict(st),
             "model_input": list(spec.input_size), "model_output": spec.output,
-            "source_fps": opts.source_fps or rate[(str(case.model), case.backend)],
+            "source_fps": camera_rate(rate.get((str(case.model), case.backend), 0),
+                                      opts.source_fps, st.cameras),
             "compare": compare and not why, "compare_skipped": why,
             "runs": [{"round": r} for r in range(opts.repeat)]})
         if compare and not why and case.resolution not in videos:
             h, w = case.resolution
             videos[case.resolution] = make_video(workdir / f"compare_{h}x{w}.avi",
                                                  opts.compare_frames, case.resolution)
-    order = schedule(len(cases), opts.repeat, [compare and not why for why in skip])
+    groups = groups_of(cases)
+    group_of = {i: g for g in groups for i in g}
+    order = schedule(groups, opts.repeat, [r["compare"] for r in results])
     for done, (r, i, kind) in enumerate(order):
         case, entry = cases[i], results[i]
         if progress is not None:
             progress(done, len(order), f"round {r + 1}/{opts.repeat} {case.label}: {kind}")
-        entry["runs"][r][kind] = _run_one(kind, case, opts, entry["source_fps"],
-                                          videos.get(case.resolution))
+        out = _run_one(kind, case, opts, entry["source_fps"], videos.get(case.resolution))
+        shared = {"engine": group_of[i],
+                  "hand_loop": [j for j in group_of[i] if results[j]["compare"]]}
+        for j in shared.get(kind, [i]):  # the group's shared runs go to each of its cases
+            results[j]["runs"][r][kind] = out
     if progress is not None:
         progress(len(order), len(order), "done")
     for entry in results:

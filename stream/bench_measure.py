@@ -3,20 +3,24 @@ interleaves them):
 
 - :func:`bench_engine`: ``backend.infer`` on one pre-processed batch, after a warm-up;
   every call returns host memory, so GPU work is complete (synchronised) when timed.
-- :func:`bench_pipeline`: the real pipeline (GStreamer live test source -> Segmenter ->
-  ZeroMQ publisher) with a real subscriber attached over IPC; stage windows are reset
-  after the warm-up. Stages: capture (mailbox wait), pre, infer, post, publish (encode +
-  send), total (capture timestamp -> sent); encode is also timed alone on a published map.
+- :func:`bench_pipeline`: the real pipeline (GStreamer live test sources -> Segmenter ->
+  ZeroMQ publisher) with a real subscriber attached over IPC, with the concurrency
+  settings of a :class:`PipelineSettings` (overlap, engine policy, batch, cameras); stage
+  windows are reset after the warm-up. Stages: capture (mailbox wait), pre, infer,
+  handoff, post, publish (encode + send), total (capture timestamp -> sent), pooled over
+  the cameras and per camera; encode is also timed alone on a published map.
 - :func:`bench_clip_pipeline`: the pipeline on a video clip decoded as fast as consumed
   (no frame dropped), the counterpart of :func:`stream.handloop.run_hand_loop`.
 
-Process CPU use (all threads; 100% = one core), resident memory at the end of the run
-and, with ``nvidia-smi``, GPU utilisation and memory are recorded with each pipeline run.
+Process CPU use (all threads; 100% = one core) and per thread group
+(:mod:`stream.bench_cpu`), resident memory at the end of the run and, with
+``nvidia-smi``, GPU utilisation and memory are recorded with each pipeline run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import resource
 import shutil
@@ -24,12 +28,14 @@ import subprocess
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engines.backend import create_backend
+from stream.bench_cpu import ThreadCpu
 from stream.config import PipelineConfig, PublishConfig, SourceConfig
 from stream.stats import STAGES, Summary
 
@@ -150,65 +156,116 @@ def _subscribe(endpoint: str, stop: threading.Event, box: dict[str, Any]) -> Non
                    latency=Summary.of(latencies))
 
 
-def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float) -> dict[str, Any]:
-    """Run ``cfg`` with a subscriber attached; with ``warmup_s`` > 0 the stage windows,
-    counters and CPU clock are reset that long after the start (fps over the rest)."""
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The pipeline's concurrency settings a bench case varies (``segstream run``'s
+    ``--overlap``, ``--engine-policy``, ``--batch``, ``--batch-wait-ms``) and how many
+    live test cameras feed it."""
+
+    overlap: str = PipelineConfig.overlap
+    engine_policy: str = PipelineConfig.engine_policy
+    batch: int = PipelineConfig.batch
+    batch_wait_ms: float = PipelineConfig.batch_wait_ms
+    cameras: int = 1
+
+    def config(self) -> dict[str, Any]:
+        """The :class:`~stream.config.PipelineConfig` keys (all but ``cameras``)."""
+        return {"overlap": self.overlap, "engine_policy": self.engine_policy,
+                "batch": self.batch, "batch_wait_ms": self.batch_wait_ms}
+
+
+def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float,
+                          window_s: float = 0.0) -> dict[str, Any]:
+    """Run ``cfg`` with a subscriber attached. With ``window_s`` > 0 the run is measured
+    for ``window_s`` s after ``warmup_s`` s (stage windows, counters, CPU clocks reset
+    then) and stopped; otherwise it runs until ``cfg`` ends it and is measured whole.
+
+    Returns fps and counts over all cameras, pooled stage summaries, per camera
+    (``cameras``) fps, capture -> publish summary and drops, the engine's mode
+    (``engine``, with the share of time in latency mode), the process's CPU use and
+    per-thread-group CPU (``cpu_threads``, :mod:`stream.bench_cpu`).
+    """
     from stream.runner import run_pipeline
 
     endpoint = cfg.publish.endpoints[0].replace("*", "127.0.0.1")
     stop, sub_stop = threading.Event(), threading.Event()
     box: dict[str, Any] = {"ready": threading.Event()}
-    sub = threading.Thread(target=_subscribe, args=(endpoint, sub_stop, box), daemon=True)
-    usage, ready = _Usage(), {}
+    sub = threading.Thread(target=_subscribe, args=(endpoint, sub_stop, box),
+                           name="bench-subscriber", daemon=True)
+    usage, marks, cpu = _Usage(), {}, ThreadCpu()
+    modes: list[str] = []  # the engine's mode, once per CPU sample
 
     def on_ready(pipeline: Any) -> None:
-        ready["pipeline"] = pipeline
+        marks["pipeline"] = pipeline
+        cpu.engine_tid = threading.get_native_id()  # Pipeline.run runs on this thread
+        cpu.mark_publisher()  # before the subscriber's own ZeroMQ threads start
+        cpu.on_sample = lambda: modes.append(pipeline.engine_mode().mode)
         sub.start()
         box["ready"].wait(5)
-        if warmup_s > 0:
-            threading.Thread(target=reset_after_warmup, daemon=True).start()
-        ready["t_run"] = time.monotonic()  # Pipeline.run starts now
+        if window_s > 0:
+            threading.Thread(target=window, name="bench-window", daemon=True).start()
+        else:
+            cpu.reset()
+            modes.clear()
+        marks["t_run"] = time.monotonic()  # Pipeline.run starts now
 
-    def reset_after_warmup() -> None:
-        if stop.wait(warmup_s):
+    def window() -> None:
+        if warmup_s > 0 and stop.wait(warmup_s):
             return
-        p = ready["pipeline"]
+        p = marks["pipeline"]
         p.reset_stats()
+        marks["camera_dropped"] = {s.camera_id: s.dropped for s in p.sources}
         usage.start()
-        ready["t_reset"] = time.monotonic()
+        cpu.reset()
+        modes.clear()
+        marks["t_reset"] = time.monotonic()
+        if not stop.wait(window_s):
+            cpu.freeze()
+            stop.set()
 
     usage.start()
+    cpu.start()
     with open(os.devnull, "w") as devnull:
         code, result = run_pipeline(cfg, stop=stop, out=devnull, on_ready=on_ready)
     stop.set()
     used = usage.stop()
+    threads = cpu.result()
     sub_stop.set()
     if sub.is_alive():
         sub.join(5)
-    cam = next(iter(result.per_camera.values()))
-    stages = {s: dataclasses.asdict(cam.times.summary(s)) for s in STAGES}
-    if box.get("last") is not None:
-        stages["encode"] = dataclasses.asdict(_time_encode(box["last"], cfg.publish.encoding))
     # The loop's own end (closing the cameras and the publisher is not measured).
     seconds = result.seconds
-    if "t_reset" in ready:
-        seconds = ready["t_run"] + result.seconds - ready["t_reset"]
-    fps = cam.published / seconds if seconds > 0 else 0.0
-    return {"exit_code": code, "error": result.error, "fps": fps,
-            "published": cam.published, "seconds": seconds, "stages": stages,
-            "dropped": _dropped(ready.get("pipeline")),
+    if "t_reset" in marks:
+        seconds = marks["t_run"] + result.seconds - marks["t_reset"]
+    per_cam = result.per_camera
+    stages = {s: dataclasses.asdict(Summary.of(
+        itertools.chain.from_iterable(st.times.samples(s) for st in per_cam.values())))
+        for s in (*STAGES, "handoff")}
+    if box.get("last") is not None:
+        stages["encode"] = dataclasses.asdict(_time_encode(box["last"], cfg.publish.encoding))
+    at_reset = marks.get("camera_dropped", {})
+    cameras = {cam: {"published": st.published,
+                     "fps": st.published / seconds if seconds > 0 else 0.0,
+                     "dropped": result.camera_dropped.get(cam, 0) - at_reset.get(cam, 0),
+                     "handoff_dropped": st.dropped,
+                     "total": dataclasses.asdict(st.times.summary("total"))}
+               for cam, st in per_cam.items()}
+    published = sum(st.published for st in per_cam.values())
+    engine = dataclasses.asdict(result.engine) if result.engine is not None else {}
+    engine["latency_share"] = modes.count("latency") / len(modes) if modes else None
+    return {"exit_code": code, "error": result.error,
+            "fps": published / seconds if seconds > 0 else 0.0,
+            "published": published, "seconds": seconds, "stages": stages,
+            "dropped": sum(c["dropped"] for c in cameras.values()),
             # results a newer one replaced before post-processing (overlapped stages)
-            "post_dropped": getattr(cam, "dropped", 0),
+            "post_dropped": sum(c["handoff_dropped"] for c in cameras.values()),
+            "cameras": cameras, "engine": engine, "cpu_threads": threads,
             "config": {k: v for k, v in dataclasses.asdict(cfg).items()
                        if k not in ("sources", "publish", "model")},
             "subscriber": {"received": box.get("received", 0), "lost": box.get("lost", 0),
                            "latency": dataclasses.asdict(box["latency"])
                            if "latency" in box else None},
             **used}
-
-
-def _dropped(pipeline: Any) -> int:
-    return sum(s.dropped for s in pipeline.sources) if pipeline is not None else 0
 
 
 def _time_encode(labels: np.ndarray, encoding: str, n: int = 50) -> Summary:
@@ -225,27 +282,34 @@ def _time_encode(labels: np.ndarray, encoding: str, n: int = 50) -> Summary:
 
 def bench_pipeline(model: Path, backend: str, resolution: tuple[int, int], *,
                    source_fps: int, threads: int | None, encoding: str, warmup_s: float,
-                   duration_s: float) -> dict[str, Any]:
-    """The pipeline on a live ``videotestsrc`` camera at ``source_fps``, (H, W) frames."""
+                   duration_s: float,
+                   settings: PipelineSettings = PipelineSettings()) -> dict[str, Any]:
+    """The pipeline on ``settings.cameras`` live ``videotestsrc`` cameras (the same
+    pattern each) at ``source_fps`` each, (H, W) frames."""
     h, w = resolution
-    src = SourceConfig(f"test://smpte?width={w}&height={h}&fps={source_fps}", "bench")
-    cfg = PipelineConfig(sources=(src,), model=str(model), backend=backend, threads=threads,
+    n = settings.cameras
+    srcs = tuple(SourceConfig(f"test://smpte?width={w}&height={h}&fps={source_fps}",
+                              "bench" if n == 1 else f"cam{i}") for i in range(n))
+    cfg = PipelineConfig(sources=srcs, model=str(model), backend=backend, threads=threads,
                          stats_interval=0, publish=PublishConfig((ipc_endpoint(),),
                                                                  encoding=encoding),
-                         duration=warmup_s + duration_s)
-    run = run_pipeline_measured(cfg, warmup_s=warmup_s)
+                         duration=warmup_s + duration_s + 10,  # a backstop: the window stops it
+                         **settings.config())
+    run = run_pipeline_measured(cfg, warmup_s=warmup_s, window_s=duration_s)
     return {"source_fps": source_fps,
-            "source_limited": run["fps"] >= SOURCE_LIMITED * source_fps, **run}
+            "source_limited": run["fps"] >= SOURCE_LIMITED * source_fps * n, **run}
 
 
 def bench_clip_pipeline(model: Path, backend: str, video: Path, frames: int, *,
-                        threads: int | None, encoding: str) -> dict[str, Any]:
+                        threads: int | None, encoding: str,
+                        settings: PipelineSettings = PipelineSettings()) -> dict[str, Any]:
     """The pipeline on ``video`` decoded as fast as consumed, stopped after ``frames``
-    label maps: fps over the whole run, like the hand loop's."""
+    label maps: fps over the whole run, like the hand loop's (one camera)."""
     cfg = PipelineConfig(sources=(SourceConfig(f"{video}?realtime=0", "bench"),),
                          model=str(model), backend=backend, threads=threads,
                          stats_interval=0, max_frames=frames,
-                         publish=PublishConfig((ipc_endpoint(),), encoding=encoding))
+                         publish=PublishConfig((ipc_endpoint(),), encoding=encoding),
+                         **settings.config())
     return run_pipeline_measured(cfg, warmup_s=0.0)
 
 

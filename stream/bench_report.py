@@ -4,11 +4,18 @@ columns), Markdown and a PNG plot.
 Every figure is summarised over the repeated runs as median, min and max
 (:func:`spread`); ratios are per round (pipeline run r / engine run r) before that.
 Summaries are always derived from a report's raw ``runs``, so a saved ``--json`` report
-renders again to the same tables (``segstream bench --from-json``).
+renders again to the same tables (``segstream bench --from-json``; reports of format 2,
+written before the pipeline settings were options, are read too: :func:`upgrade`).
+
+Pipeline settings (:data:`SETTINGS`: overlap, engine policy, batch and its wait,
+cameras) that differ between the configurations of a report are part of each row's label
+(``ov-off``, ``ep-latency``, ``b4/5ms``, ``4cam``); those that are the same in all are
+said once above the tables.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import textwrap
@@ -17,11 +24,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stream.bench_cpu import GROUPS
+
 MAX_WIDTH = 120
 STAGE_NAMES = ("capture", "pre", "infer", "post", "encode", "publish")
-BENCH_FORMAT = 2  # the report's "segstream_bench" version
+BENCH_FORMAT = 3  # the report's "segstream_bench" version
+# 3: per-result pipeline settings (SETTINGS), per-camera figures ("cameras"), the engine's
+#    mode ("engine") and per-thread-group CPU ("cpu_threads") in each pipeline run.
+READABLE_FORMATS = (2, 3)
 LOAD_KEYS = ("others_cpu_percent", "steal_percent")
 BUSY_OTHERS, BUSY_STEAL = 50.0, 10.0  # % of one core: above this a run was disturbed
+SETTINGS = ("overlap", "engine_policy", "batch", "batch_wait_ms", "cameras")
+
+
+def upgrade(report: Any, where: str = "report") -> dict[str, Any]:
+    """``report`` in the current format. A format-2 report gets each result's pipeline
+    settings from its first pipeline run's recorded config (None where the run predates
+    them) and one camera.
+
+    Raises:
+        ValueError: not a segstream bench report of a format this version reads.
+    """
+    fmt = report.get("segstream_bench") if isinstance(report, dict) else None
+    if fmt not in READABLE_FORMATS:
+        raise ValueError(f"{where} is not a segstream bench report of format "
+                         f"{' or '.join(map(str, READABLE_FORMATS))} (written by "
+                         f"`segstream bench --json` since --repeat; it says format {fmt!r})")
+    if fmt == BENCH_FORMAT:
+        return report
+    results = []
+    for entry in report["results"]:
+        cfg = next((r["pipeline"].get("config", {}) for r in entry["runs"] if "pipeline" in r),
+                   {})
+        results.append({**{k: cfg.get(k) for k in SETTINGS[:-1]}, "cameras": 1, **entry})
+    return {**report, "segstream_bench": BENCH_FORMAT, "upgraded_from": fmt,
+            "results": results}
 
 
 def spread(values: Iterable[float | None]) -> dict[str, float] | None:
@@ -38,6 +75,22 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
     return a["fps"] / b["fps"]
 
 
+def _cpu_groups(run: dict[str, Any], prefix: str) -> dict[str, float | None]:
+    groups = (run.get("cpu_threads") or {}).get("groups") or {}
+    return {f"{prefix}{g}": groups.get(g) for g in GROUPS}
+
+
+def _cameras(p: dict[str, Any]) -> dict[str, float | None]:
+    """Per-camera figures of a pipeline run: fps min/max, worst p50/p99."""
+    cams = list((p.get("cameras") or {}).values())
+    if not cams:
+        return {}
+    fps = [c["fps"] for c in cams]
+    return {"camera_fps_min": min(fps), "camera_fps_max": max(fps),
+            "worst_p50_ms": max(c["total"]["p50_ms"] for c in cams),
+            "worst_p99_ms": max(c["total"]["p99_ms"] for c in cams)}
+
+
 def _per_run(run: dict[str, Any]) -> dict[str, float | None]:
     """One round's figures, by summary key."""
     e, p = run.get("engine"), run.get("pipeline")
@@ -50,12 +103,19 @@ def _per_run(run: dict[str, Any]) -> dict[str, float | None]:
         out.update(pipeline_fps=p["fps"], e2e_p50_ms=st["total"]["p50_ms"],
                    e2e_p99_ms=st["total"]["p99_ms"], cpu_percent=p["cpu_percent"],
                    rss_mib=p.get("rss_mib"), dropped=p["dropped"],
-                   pipeline_vs_engine=_ratio(p, e))
+                   handoff_dropped=p.get("post_dropped"), pipeline_vs_engine=_ratio(p, e))
         out.update({f"{s}_p50_ms": st.get(s, {}).get("p50_ms") for s in STAGE_NAMES})
+        mode = p.get("engine") or {}
+        share = mode.get("latency_share")
+        out.update(latency_mode_percent=None if share is None else 100 * share,
+                   mode_switches=mode.get("switches"))
+        out.update(_cameras(p))
+        out.update(_cpu_groups(p, "cpu_"))
     if h:
         out["hand_fps"] = h["fps"]
     if c:
         out.update(clip_fps=c["fps"], pipeline_vs_hand=_ratio(c, h))
+        out.update(_cpu_groups(c, "clip_cpu_"))
     return out
 
 
@@ -106,6 +166,12 @@ class Column:
     fmt: Callable[[float], str] = num
 
 
+def _cpu_columns(prefix: str) -> tuple[Column, ...]:
+    """% of one core per thread group, whole numbers (the kernel counts 1/100 s ticks)."""
+    names = {"subscriber": "bench sub %"}
+    return tuple(Column(names.get(g, f"{g} %"), f"{prefix}{g}", integer) for g in GROUPS)
+
+
 COLUMNS = {
     "throughput": (Column("engine fps", "engine_fps"), Column("pipeline fps", "pipeline_fps"),
                    Column("pipeline/engine", "pipeline_vs_engine", ratio)),
@@ -117,8 +183,16 @@ COLUMNS = {
                   Column("dropped frames", "dropped", integer),
                   Column("others cpu %", "others_cpu_percent"),
                   Column("steal %", "steal_percent")),
+    "cameras": (Column("total fps", "pipeline_fps"), Column("camera fps min", "camera_fps_min"),
+                Column("camera fps max", "camera_fps_max"),
+                Column("worst p50 ms", "worst_p50_ms"), Column("worst p99 ms", "worst_p99_ms")),
+    "engine": (Column("hand-off dropped", "handoff_dropped", integer),
+               Column("latency mode %", "latency_mode_percent", integer),
+               Column("mode switches", "mode_switches", integer)),
+    "cpu": _cpu_columns("cpu_"),
     "compare": (Column("hand loop fps", "hand_fps"), Column("pipeline fps", "clip_fps"),
                 Column("pipeline/hand", "pipeline_vs_hand", ratio)),
+    "cpu_clip": _cpu_columns("clip_cpu_"),
 }
 TITLES = {
     "throughput": "Throughput, live test camera at 'source fps': median (min-max) of {n} runs",
@@ -126,21 +200,73 @@ TITLES = {
     "stages": "Other pipeline stages, ms (p50 of each run)",
     "resources": "Resources: pipeline cpu (100 % = one core), rss, frames the camera "
                  "replaced; all runs: other processes' cpu, VM steal",
+    "cameras": "Cameras: all cameras' fps together; the slowest and fastest camera's fps; "
+               "the worst camera's capture -> publish",
+    "engine": "Engine mode: results the post worker's slot replaced (hand-off), time in "
+              "latency mode (--engine-policy), mode switches",
+    "cpu": "Where the CPU goes, pipeline on the live camera(s): % of one core per thread "
+           "group (stream/bench_cpu.py)",
     "compare": "--compare: the same {frames}-frame clip, every frame, hand-written loop vs "
                "pipeline",
+    "cpu_clip": "Where the CPU goes, pipeline on the --compare clip (capture includes "
+                "decoding): % of one core per thread group",
 }
+_ONLY = {"compare": lambda e: bool(e.get("compare")),
+         "cpu_clip": lambda e: bool(e.get("compare"))}
 
 
-def config_label(entry: dict[str, Any]) -> tuple[str, str]:
-    """(model stem, ``backend precision HxW``), e.g. (camvid_fastscnn, ort fp32 360x480)."""
+def varying(results: list[dict[str, Any]]) -> list[str]:
+    """The :data:`SETTINGS` whose values differ between ``results``."""
+    return [k for k in SETTINGS if len({json.dumps(e.get(k)) for e in results}) > 1]
+
+
+def _tokens(entry: dict[str, Any], keys: Iterable[str]) -> str:
+    """The settings ``keys`` of ``entry`` as short label words (``ov-off b4/5ms 4cam``)."""
+    keys = set(keys)
+    out = []
+    if "overlap" in keys:
+        out.append(f"ov-{entry.get('overlap')}")
+    if "engine_policy" in keys:
+        out.append(f"ep-{entry.get('engine_policy')}")
+    if keys & {"batch", "batch_wait_ms"}:
+        wait = entry.get("batch_wait_ms")
+        out.append(f"b{entry.get('batch')}" + (f"/{wait:g}ms" if wait else ""))
+    if "cameras" in keys:
+        out.append(f"{entry.get('cameras')}cam")
+    return " ".join(out)
+
+
+def common_settings(results: list[dict[str, Any]]) -> str:
+    """The settings every result shares, in words, and the legend of the label words."""
+    if not results:
+        return ""
+    e, vary = results[0], varying(results)
+    said = {"overlap": f"overlap {e.get('overlap')}",
+            "engine_policy": f"engine policy {e.get('engine_policy')}",
+            "batch": f"batch {e.get('batch')}", "batch_wait_ms":
+            f"batch wait {e.get('batch_wait_ms'):g} ms" if e.get("batch_wait_ms") else "",
+            "cameras": f"{e.get('cameras')} camera{'s' if e.get('cameras') != 1 else ''}"}
+    same = [said[k] for k in SETTINGS if k not in vary and e.get(k) is not None and said[k]]
+    text = f"Pipeline settings in every row: {', '.join(same)}." if same else ""
+    if vary:
+        text += (" Labels: ov = --overlap, ep = --engine-policy, b = --batch[/--batch-wait-ms],"
+                 " cam = --cameras.")
+    return text.strip()
+
+
+def config_label(entry: dict[str, Any], settings: Iterable[str] = ()) -> tuple[str, str]:
+    """(model stem, ``backend precision HxW [settings]``), e.g. (camvid_fastscnn,
+    ort fp32 360x480 ov-off) with the ``settings`` keys that vary in the report."""
     backend = {"onnxruntime": "ort", "tensorrt": "trt"}.get(entry["backend"], entry["backend"])
     h, w = entry["resolution"]
-    return Path(entry["model"]).stem, f"{backend} {entry['precision']} {h}x{w}"
+    extra = _tokens(entry, settings)
+    return Path(entry["model"]).stem, f"{backend} {entry['precision']} {h}x{w}" + (
+        f" {extra}" if extra else "")
 
 
-def _label(entry: dict[str, Any], width: int = 1000) -> str:
+def _label(entry: dict[str, Any], width: int = 1000, settings: Iterable[str] = ()) -> str:
     """The config label in ``width`` characters: the model stem is shortened first."""
-    stem, rest = config_label(entry)
+    stem, rest = config_label(entry, settings)
     room = width - len(rest) - 1
     if len(stem) > room:
         stem = stem[:max(1, room - 2)] + ".."
@@ -151,36 +277,49 @@ def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[:max(1, width - 3)] + "..."
 
 
-def _grid(header: list[str], rows: list[tuple[dict[str, Any], list[str]]]) -> list[str]:
+def _grid(header: list[str], rows: list[tuple[dict[str, Any], list[str]]],
+          settings: list[str]) -> list[str]:
     """Right-aligned figure columns after a left-aligned config column that takes what
     :data:`MAX_WIDTH` leaves (at most 44 characters)."""
     cells = [c for _, c in rows]
     widths = [max(len(r[i]) for r in [header[1:], *cells]) for i in range(len(header) - 1)]
     room = MAX_WIDTH - sum(widths) - 2 * len(widths)
-    first = max(len(header[0]), min(44, room, max(len(_label(e)) for e, _ in rows)))
+    first = max(len(header[0]), min(44, room, max(len(_label(e, settings=settings))
+                                                  for e, _ in rows)))
     lines = []
     for name, r in [(header[0], header[1:]), ("-" * first, ["-" * w for w in widths]),
-                    *((_label(e, first), c) for e, c in rows)]:
+                    *((_label(e, first, settings), c) for e, c in rows)]:
         lines.append("  ".join([name.ljust(first),
                                 *(c.rjust(w) for c, w in zip(r, widths, strict=True))]))
     return lines
 
 
 def _source(entry: dict[str, Any]) -> str:
+    """The test cameras' rate, ``N x rate`` for several, ``*`` when one limited a run."""
     star = "*" if summarize_result(entry)["source_limited_runs"] else ""
-    return f"{entry['source_fps']}{star}"
+    n = entry.get("cameras") or 1
+    return f"{n}x{entry['source_fps']}{star}" if n > 1 else f"{entry['source_fps']}{star}"
 
 
 def table(report: dict[str, Any]) -> str:
-    """Terminal tables, every line at most :data:`MAX_WIDTH` characters."""
+    """Terminal tables, every line at most :data:`MAX_WIDTH` characters. A table shows
+    the configurations it has figures for (the cameras table: when one has several
+    cameras), and none when no configuration has any."""
+    results = report["results"]
+    settings = varying(results)
     lines: list[str] = []
+    many = any((e.get("cameras") or 1) > 1 for e in results)
     for name, cols in COLUMNS.items():
+        if name == "cameras" and not many:
+            continue
         rows = []
-        for entry in report["results"]:
-            if name == "compare" and not entry.get("compare"):
+        for entry in results:
+            if not _ONLY.get(name, bool)(entry):
                 continue
             s = summarize_result(entry)
             cells = [cell(s.get(c.key), c.fmt) for c in cols]
+            if all(c == "-" for c in cells):
+                continue
             rows.append((entry, [_source(entry), *cells] if name == "throughput" else cells))
         if not rows:
             continue
@@ -188,9 +327,10 @@ def table(report: dict[str, Any]) -> str:
                   *(c.header for c in cols)]
         title = TITLES[name].format(n=report["options"]["repeat"],
                                     frames=report["options"]["compare_frames"])
-        lines += ["", _fit(title, MAX_WIDTH), *_grid(header, rows)]
+        lines += ["", _fit(title, MAX_WIDTH), *_grid(header, rows, settings)]
+    head = textwrap.wrap(common_settings(results), MAX_WIDTH, subsequent_indent="  ")
     notes = _notes(report)
-    return "\n".join(lines[1:] + (["", *notes] if notes else []))
+    return "\n".join(head + lines[0 if head else 1:] + (["", *notes] if notes else []))
 
 
 def _notes(report: dict[str, Any]) -> list[str]:
@@ -210,23 +350,32 @@ def _notes(report: dict[str, Any]) -> list[str]:
         out.append(f"! The machine was not quiet: {' and '.join(busy)} during some runs; these "
                    "figures are less reliable (see 'others cpu %', 'steal %'): rerun on an idle "
                    "machine.")
-    out += [f"{_label(e)}: no --compare: {e['compare_skipped']}." for e in report["results"]
-            if e.get("compare_skipped")]
+    settings = varying(report["results"])
+    out += [f"{_label(e, settings=settings)}: no --compare: {e['compare_skipped']}."
+            for e in report["results"] if e.get("compare_skipped")]
     return [line for note in out for line in textwrap.wrap(note, MAX_WIDTH,
                                                            subsequent_indent="  ")]
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """One Markdown table with every figure, then the machine and the notes."""
-    cols = [c for group in COLUMNS.values() for c in group]  # "-": not measured
-    header = ["config", "source fps", *(c.header for c in cols)]
+    """One Markdown table with every figure, then the settings, the machine and the notes."""
+    cols: dict[str, Column] = {}  # by summary key, once each; "-": not measured
+    for name, group in COLUMNS.items():
+        for c in group:
+            cols.setdefault(c.key, Column("clip " + c.header, c.key, c.fmt)
+                            if name == "cpu_clip" else c)
+    header = ["config", "source fps", *(c.header for c in cols.values())]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    settings = varying(report["results"])
     for entry in report["results"]:
         s = summarize_result(entry)
-        cells = [cell(s.get(c.key), c.fmt) for c in cols]
-        lines.append("| " + " | ".join([_label(entry), _source(entry), *cells]) + " |")
+        cells = [cell(s.get(c.key), c.fmt) for c in cols.values()]
+        lines.append("| " + " | ".join([_label(entry, settings=settings), _source(entry),
+                                        *cells]) + " |")
     m = report["machine"]
-    lines += ["", f"Median (min-max) of {report['options']['repeat']} interleaved runs. "
+    common = common_settings(report["results"])
+    lines += ["", (common + " " if common else "")
+              + f"Median (min-max) of {report['options']['repeat']} interleaved runs. "
               f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPUs: "
               f"{', '.join(g['name'] for g in m['gpus']) or 'none'}; "
               + ", ".join(f"{k} {v}" for k, v in m["versions"].items())]
@@ -258,7 +407,8 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     ax2.set_ylabel("capture -> publish latency (ms)")
     ax2.set_title("End-to-end latency")
     for ax in (ax1, ax2):
-        ax.set_xticks(x, [_label(r) for r in res], rotation=20, ha="right", fontsize=8)
+        ax.set_xticks(x, [_label(r, settings=varying(res)) for r in res], rotation=20,
+                      ha="right", fontsize=8)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     m = report["machine"]

@@ -6,12 +6,23 @@ the hot path. Exposed families (label ``camera`` where per camera):
     segstream_frames_published_total      label maps published
     segstream_frames_captured_total       frames that left the source
     segstream_frames_dropped_total        frames overwritten before the engine took them
+    segstream_handoff_dropped_total       engine results a newer one of the camera replaced
+                                          before the post worker took them (--overlap)
     segstream_source_reconnects_total     pipeline rebuilds after stalls/errors
     segstream_source_errors_total         error messages from the source
     segstream_source_up                   1 while the source state is "running"
     segstream_fps                         published frames per second (last 2 s)
     segstream_latency_seconds{stage,quantile}  per-stage p50/p99 over the last 2000 frames
     segstream_publisher_sent_total / _dropped_total / _connections
+
+and the engine's mode (one engine serves every camera), what ``--overlap``,
+``--engine-policy`` and ``--batch`` resolved to (:class:`stream.stats.EngineMode`):
+
+    segstream_engine_info{overlap,mode,policy}   1 (``mode``: latency, throughput, plain,
+                                                 fixed; ``policy``: auto or fixed)
+    segstream_engine_in_flight            engine calls that may run at once
+    segstream_engine_batch                most frames of different cameras per engine call
+    segstream_engine_mode_switches_total  switches of --engine-policy auto
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from stream.stats import STAGES
+from stream.stats import STAGES, EngineMode
 
 
 class PipelineCollector:
@@ -48,12 +59,16 @@ class PipelineCollector:
         fps = GaugeMetricFamily("segstream_fps", "published frames per second", labels=cam)
         lat = GaugeMetricFamily("segstream_latency_seconds", "per-stage latency quantiles",
                                 labels=["camera", "stage", "quantile"])
+        handoff = CounterMetricFamily("segstream_handoff_dropped",
+                                      "engine results a newer one replaced before the post "
+                                      "worker took them", labels=cam)
         for c in self.captures:
             st = c.stats()
             cs = self.pipeline.stats[c.camera_id]
             published.add_metric([c.camera_id], cs.published)
             captured.add_metric([c.camera_id], st.captured)
             dropped.add_metric([c.camera_id], st.dropped)
+            handoff.add_metric([c.camera_id], cs.dropped)
             reconnects.add_metric([c.camera_id], st.reconnects)
             errors.add_metric([c.camera_id], st.errors)
             up.add_metric([c.camera_id], 1.0 if st.state == "running" else 0.0)
@@ -64,12 +79,30 @@ class PipelineCollector:
                     lat.add_metric([c.camera_id, stage, "0.5"], s.p50_ms / 1e3)
                     lat.add_metric([c.camera_id, stage, "0.99"], s.p99_ms / 1e3)
         ps = self.publisher.stats()
-        yield from (published, captured, dropped, reconnects, errors, up, fps, lat)
+        yield from (published, captured, dropped, handoff, reconnects, errors, up, fps, lat)
+        yield from engine_metrics(self.pipeline.engine_mode())
         yield CounterMetricFamily("segstream_publisher_sent", "label maps sent", value=ps.sent)
         yield CounterMetricFamily("segstream_publisher_dropped", "sends refused at once",
                                   value=ps.dropped)
         yield GaugeMetricFamily("segstream_publisher_connections", "subscriber connections",
                                 value=ps.connections)
+
+
+def engine_metrics(mode: EngineMode) -> Iterator[Any]:
+    """The engine's mode as metric families (module docstring)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    info = GaugeMetricFamily("segstream_engine_info", "how the engine runs now (value 1)",
+                             labels=["overlap", "mode", "policy"])
+    info.add_metric(["on" if mode.overlap else "off", mode.mode,
+                     "auto" if mode.auto else "fixed"], 1.0)
+    yield info
+    yield GaugeMetricFamily("segstream_engine_in_flight", "engine calls that may run at once",
+                            value=mode.in_flight)
+    yield GaugeMetricFamily("segstream_engine_batch", "most frames per engine call",
+                            value=mode.batch)
+    yield CounterMetricFamily("segstream_engine_mode_switches",
+                              "engine mode switches (--engine-policy auto)", value=mode.switches)
 
 
 @contextmanager

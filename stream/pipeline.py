@@ -25,7 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -43,7 +43,7 @@ from stream.stages import (
     check_labels,
     engine_stage,
 )
-from stream.stats import format_line
+from stream.stats import EngineMode, format_line
 
 __all__ = ["CameraStats", "EngineError", "FrameSource", "LabelSink", "Pipeline",
            "PipelineResult", "check_labels", "frame_size_problem"]
@@ -99,8 +99,10 @@ class PipelineResult:
 
     published: int
     seconds: float
-    per_camera: dict[str, CameraStats]
+    per_camera: dict[str, CameraStats]  # its ``dropped``: results the hand-off replaced
     error: str | None = None
+    camera_dropped: dict[str, int] = field(default_factory=dict)  # frames the camera replaced
+    engine: EngineMode | None = None  # the engine's mode at the end
 
     @property
     def fps(self) -> float:
@@ -210,10 +212,22 @@ class Pipeline:
         for cam in self.stats:
             self.stats[cam] = CameraStats()
 
+    def engine_mode(self) -> EngineMode:
+        """What ``overlap``, the engine policy and the batch resolved to, now."""
+        backend = getattr(self.segmenter, "backend", None)
+        gov = self.governor
+        return EngineMode(overlap=self.overlap.post_worker,
+                          mode=str(getattr(backend, "mode", "") or "fixed"),
+                          auto=gov is not None, switches=gov.switches if gov else 0,
+                          in_flight=self.engine.depth, batch=self.batch)
+
     def status_lines(self) -> list[str]:
+        """One line per camera: fps, latency, frames dropped at the camera and in the
+        hand-off, and the engine's mode (:func:`stream.stats.format_line`)."""
+        mode = self.engine_mode()
         return [format_line(s.camera_id, self.stats[s.camera_id].times.fps(),
-                            self.stats[s.camera_id].times.summaries(),
-                            s.dropped + self.stats[s.camera_id].dropped, s.state)
+                            self.stats[s.camera_id].times.summaries(), s.dropped, s.state,
+                            self.stats[s.camera_id].dropped, mode)
                 for s in self.sources]
 
     def _will_publish(self) -> int:
@@ -242,7 +256,9 @@ class Pipeline:
         if worker is not None and worker.error is not None and error is None:
             error = str(worker.error)
             log.error("%s", error)
-        return PipelineResult(self._post.published, time.monotonic() - start, self.stats, error)
+        return PipelineResult(self._post.published, time.monotonic() - start, self.stats, error,
+                              {src.camera_id: src.dropped for src in self.sources},
+                              self.engine_mode())
 
     def _loop(self, stop: threading.Event, start: float, worker: PostWorker | None) -> None:
         next_status = start + self.stats_interval

@@ -39,6 +39,7 @@ No authentication: it listens on loopback unless a host is given, and says so th
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -59,7 +60,7 @@ from engines.spec import ModelSpec
 from stream.config import ConfigError, PreviewConfig
 from stream.frames import Frame
 from stream.pipeline import LabelSink
-from stream.stats import STAGES
+from stream.stats import STAGES, EngineMode
 
 INSTALL_HINT = "pip install 'segstream[preview]' (it needs tornado)"
 
@@ -222,12 +223,16 @@ def _ms(x: float) -> float | None:
     return round(x, 2) if math.isfinite(x) else None
 
 
-def camera_status(capture: _Capture, cam_stats: Any) -> dict[str, Any]:
+def camera_status(capture: _Capture, cam_stats: Any,
+                  engine: EngineMode | None = None) -> dict[str, Any]:
     """What a page shows for one camera: ``{"camera", "state", "detail", "fps",
-    "published", "captured", "dropped", "reconnects", "stages": {stage: {"p50", "p99"}
-    in ms}}``, stages in pipeline order (:data:`stream.stats.STAGES` first, then any other
-    the pipeline records); ``cam_stats`` is the pipeline's
-    :class:`~stream.pipeline.CameraStats`."""
+    "published", "captured", "dropped", "handoff_dropped", "reconnects", "engine",
+    "stages": {stage: {"p50", "p99"} in ms}}``, stages in pipeline order
+    (:data:`stream.stats.STAGES` first, then any other the pipeline records);
+    ``cam_stats`` is the pipeline's :class:`~stream.pipeline.CameraStats`. ``dropped``:
+    frames the camera replaced before the engine took them; ``handoff_dropped``: results
+    the post worker's slot replaced; ``engine``: the engine's mode
+    (:class:`~stream.stats.EngineMode` as a dict, the same for every camera), or None."""
     st = capture.stats()
     sums = _summaries(cam_stats.times)
     order = [s for s in STAGES if s in sums] + sorted(set(sums) - set(STAGES))
@@ -235,7 +240,10 @@ def camera_status(capture: _Capture, cam_stats: Any) -> dict[str, Any]:
               for s in order if sums[s].count}
     return {"camera": capture.camera_id, "state": st.state, "detail": capture.state_detail,
             "fps": round(cam_stats.times.fps(), 2), "published": cam_stats.published,
-            "captured": st.captured, "dropped": st.dropped, "reconnects": st.reconnects,
+            "captured": st.captured, "dropped": st.dropped,
+            "handoff_dropped": cam_stats.dropped, "reconnects": st.reconnects,
+            "engine": None if engine is None else
+            {**dataclasses.asdict(engine), "describe": engine.describe()},
             "stages": stages}
 
 
@@ -360,7 +368,8 @@ class Preview:
             raise RuntimeError("call tap() before start()")
 
         def status() -> dict[str, dict[str, Any]]:
-            return {c.camera_id: camera_status(c, pipeline.stats[c.camera_id])
+            mode = pipeline.engine_mode()
+            return {c.camera_id: camera_status(c, pipeline.stats[c.camera_id], mode)
                     for c in captures}
 
         self._server = PreviewServer(self, self._tap, status)

@@ -168,13 +168,19 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
 
 
 def summary(result: PipelineResult) -> str:
+    """The final report: label maps and fps, per camera its latency and the frames dropped
+    at the camera and in the hand-off, and the mode the engine ended in."""
     lines = [f"segstream: published {result.published} label maps in {result.seconds:.1f} s "
              f"({result.fps:.1f} fps)"]
+    if result.engine is not None:
+        lines.append(f"  engine: {result.engine.describe()}")
     for cam, st in result.per_camera.items():
         total = st.times.summary("total")
-        if total.count:
-            lines.append(f"  {cam}: {st.published} maps, capture->publish p50 "
-                         f"{total.p50_ms:.1f} ms p99 {total.p99_ms:.1f} ms")
+        latency = (f", capture->publish p50 {total.p50_ms:.1f} ms p99 {total.p99_ms:.1f} ms"
+                   if total.count else "")
+        lines.append(f"  {cam}: {st.published} maps{latency}, dropped "
+                     f"{result.camera_dropped.get(cam, 0)} at the camera, {st.dropped} in the "
+                     "hand-off")
     if result.error:
         lines.append(f"segstream: stopped on engine failure: {result.error}")
     return "\n".join(lines)

@@ -74,10 +74,50 @@ class StageTimes:
     def summaries(self) -> dict[str, Summary]:
         return {s: self.summary(s) for s in self._w if self._w[s]}
 
+    def samples(self, stage: str) -> list[int]:
+        """The window's durations of ``stage`` in ns, oldest first (e.g. to pool cameras)."""
+        return list(self._w.get(stage, ()))
+
+
+@dataclass(frozen=True)
+class EngineMode:
+    """How the pipeline runs its engine right now (what ``--overlap``, ``--engine-policy``
+    and ``--batch`` resolved to), as the status line, ``/metrics``, the preview's
+    ``/api/status`` and the final summary report it.
+
+    Attributes:
+        overlap: post, encode and publish run on the post worker (``--overlap`` on/auto).
+        mode: the backend's current mode: ONNX Runtime ``latency`` (one spinning
+            session), ``throughput`` (calls side by side) or ``plain`` (one session, no
+            policy); ``fixed`` for backends without modes (TensorRT, torch).
+        auto: ``--engine-policy auto`` switches ``mode`` by measured load.
+        switches: mode switches so far (auto).
+        in_flight: engine calls that may run at once now (2: double-buffered / side by side).
+        batch: most frames of different cameras one engine call takes.
+    """
+
+    overlap: bool
+    mode: str
+    auto: bool
+    switches: int
+    in_flight: int
+    batch: int
+
+    def describe(self) -> str:
+        """``overlap on, throughput (auto, 1 switch), 2 in flight, batch 1``."""
+        how = f"auto, {self.switches} switch{'es' if self.switches != 1 else ''}"
+        return (f"overlap {'on' if self.overlap else 'off'}, {self.mode}"
+                f"{f' ({how})' if self.auto else ''}, {self.in_flight} in flight, "
+                f"batch {self.batch}")
+
 
 def format_line(camera: str, fps: float, s: dict[str, Summary], dropped: int,
-                state: str = "running") -> str:
-    """One compact status line: ``cam0 29.8 fps | e2e p50 12.1 p99 20.3 ms | infer ...``."""
+                state: str = "running", handoff_dropped: int = 0,
+                engine: EngineMode | None = None) -> str:
+    """One compact status line: ``cam0 29.8 fps | e2e p50 12.1 p99 20.3 ms | infer ...
+    | dropped 4, hand-off 1 | overlap on, ...``: ``dropped`` are frames the camera's
+    newest-frame slot replaced before the engine took them, ``hand-off`` results the post
+    worker's slot replaced before it took them; then the engine's mode."""
     def part(name: str) -> str:
         x = s.get(name)
         return f"{name} {x.p50_ms:5.1f}/{x.p99_ms:5.1f}" if x and x.count else f"{name} -"
@@ -85,4 +125,6 @@ def format_line(camera: str, fps: float, s: dict[str, Summary], dropped: int,
     total = s.get("total")
     e2e = f"e2e p50 {total.p50_ms:6.1f} p99 {total.p99_ms:6.1f} ms" if total and total.count \
         else "e2e -"
-    return f"{camera:>8} {state:>8} {fps:6.1f} fps | {e2e} | {stages} ms | dropped {dropped}"
+    mode = f" | {engine.describe()}" if engine is not None else ""
+    return (f"{camera:>8} {state:>8} {fps:6.1f} fps | {e2e} | {stages} ms | dropped {dropped}, "
+            f"hand-off {handoff_dropped}{mode}")

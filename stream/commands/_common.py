@@ -1,8 +1,10 @@
-"""Helpers shared by the command modules: error reporting and logging setup."""
+"""Helpers shared by the command modules: error reporting, argument types, logging setup."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +41,33 @@ def report_errors(func: Callable[[Any], int]) -> Callable[[Any], int]:
 
     wrapper.__doc__ = func.__doc__
     return wrapper
+
+
+def positive(kind: type = float, what: str = "a number", *, zero: bool = False,
+             most: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` for a finite number > 0 (``zero``: >= 0), at most ``most``.
+
+    Every command words a bad value alike; argparse names the flag in front:
+    ``argument --repeat/-n: must be a whole number > 0, got '0'``. ``what`` says what the
+    value is (``"a number of seconds"``); ints read as ``"a whole number"`` by default.
+    """
+    if kind is int and what == "a number":
+        what = "a whole number"
+    low = ">= 0" if zero else "> 0"
+    rule = f"{what} {low}" + (f" and <= {most:g}" if most is not None else "")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or (
+                most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's fallback wording, never reached
+    return parse
 
 
 TORCH_PACKAGES = ("torch", "torchvision")

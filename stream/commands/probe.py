@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from stream.commands._common import report_errors
+from stream.commands._common import positive, report_errors
 
 DESCRIPTION = """Open one source the way `segstream run` does, and print the resolved GStreamer
 pipeline, the negotiated caps, state changes, and the measured frame rate for a few
@@ -23,27 +23,17 @@ EPILOG = """examples:
 """
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "probe", help="check a source: pipeline, caps, frame rate", description=DESCRIPTION,
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="SOURCE",
                    help="[ID=]URI, as for `segstream run --source` (see its --help)")
-    p.add_argument("--seconds", type=_positive, default=5.0,
+    p.add_argument("--seconds", type=positive(float, "a number of seconds"), default=5.0,
                    help="how long to measure (default 5; a file may end sooner)")
     p.add_argument("--backend", choices=("auto", "gstreamer", "opencv"), default="auto",
                    help="capture backend (default auto: GStreamer if importable)")
-    p.add_argument("--stall-timeout", type=_positive, default=3.0,
+    p.add_argument("--stall-timeout", type=positive(float, "a number of seconds"), default=3.0,
                    help="seconds without a frame before the source is rebuilt (default 3)")
     p.set_defaults(func=run)
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from stream.commands._common import report_errors
+from stream.commands._common import positive, report_errors
 from stream.stats import StageTimes
 from stream.wire import ClassTable, SourceEvent, terminal_safe
 
@@ -38,16 +38,6 @@ EPILOG = """examples:
 """
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def add_connection_args(p: argparse.ArgumentParser) -> None:
     """ENDPOINT, camera filter, CURVE keys, timeout and count (shared with ``view``)."""
     p.add_argument("endpoint", metavar="ENDPOINT",
@@ -56,7 +46,7 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
                    help="only this camera (repeatable; default: all)")
     p.add_argument("--count", "-n", type=int, default=0, metavar="N",
                    help="stop after N label maps (default: run until Ctrl-C)")
-    p.add_argument("--timeout", type=_positive, metavar="S",
+    p.add_argument("--timeout", type=positive(float, "a number of seconds"), metavar="S",
                    help="give up (exit 1) when no message arrives for S seconds")
     p.add_argument("--curve-server-key", type=Path, metavar="FILE",
                    help="the publisher's public key (server.key) to use CURVE encryption")
@@ -65,7 +55,8 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=8192 * 8192, metavar="N",
                    help="largest label map accepted; bigger frames are refused before they "
                         "are read (default 8192*8192)")
-    p.add_argument("--max-backlog-mb", type=_positive, default=256, metavar="MB",
+    p.add_argument("--max-backlog-mb", type=positive(float, "a number of MiB"), default=256,
+                   metavar="MB",
                    help="most MiB of messages kept waiting when this client falls behind "
                         "(default 256; the oldest maps are dropped beyond it)")
 

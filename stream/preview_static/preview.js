@@ -114,6 +114,8 @@ function cameraPage(root) {
     $("fps").textContent = fmt(c.fps);
     $("published").textContent = c.published;
     $("dropped").textContent = c.dropped;
+    $("handoff-dropped").textContent = c.handoff_dropped;
+    $("engine").textContent = c.engine ? c.engine.describe : "–";
     $("reconnects").textContent = c.reconnects;
     $("viewers").textContent = s.preview.viewers;
     root.classList.toggle("stale", c.state !== "running");

@@ -1,10 +1,14 @@
 """segstream bench on a tiny model: repeated interleaved runs, median (min-max) summaries,
-a hand loop of pipeline quality, tables that fit 120 columns, re-rendering from JSON."""
+a hand loop of pipeline quality, tables that fit 120 columns, re-rendering from JSON (and
+from reports of the previous format), pipeline settings and several cameras per row, and
+where each run's CPU goes per thread group."""
 
 from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -16,12 +20,24 @@ from stream.bench import (
     BenchCase,
     BenchOptions,
     calibrate,
+    camera_rate,
+    expand,
+    groups_of,
     precision_of,
     run_bench,
     schedule,
     source_rate,
 )
-from stream.bench_report import MAX_WIDTH, markdown, plot, spread, summarize_result, table
+from stream.bench_cpu import GROUPS, ThreadCpu, group_of, process_name, thread_times
+from stream.bench_report import (
+    MAX_WIDTH,
+    markdown,
+    plot,
+    spread,
+    summarize_result,
+    table,
+    upgrade,
+)
 from stream.cli import main
 from stream.handloop import HandLoop
 from tests.stream._media import require_gst
@@ -51,6 +67,10 @@ def test_bench_repeats_interleaved_with_compare(tiny_model, tmp_path, capsys):
         assert p["stages"]["total"]["p50_ms"] >= p["stages"]["infer"]["p50_ms"]
         assert run["hand_loop"]["frames"] == 20 and run["hand_loop"]["received"] == 20
         assert run["clip_pipeline"]["published"] == 20 and run["clip_pipeline"]["fps"] > 0
+        assert p["cameras"]["bench"]["published"] == p["published"]
+        assert p["engine"]["overlap"] is True and p["engine"]["batch"] == 1
+        groups = p["cpu_threads"]["groups"]
+        assert groups["engine"] > 0 and groups["capture"] > 0, p["cpu_threads"]
         assert all(run[k]["others_cpu_percent"] >= 0 for k in kinds)  # Linux: /proc/stat
         started = [run[k]["started"] for k in kinds]
         assert started == sorted(started, reverse=run["round"] == 1)
@@ -87,12 +107,75 @@ def test_calibration_runs_the_engine_several_times(tiny_model):
 
 
 def test_schedule_alternates_the_order_each_round():
-    order = schedule(2, 3, [True, False])
+    order = schedule([[0], [1]], 3, [True, False])
     assert order[:6] == [(0, 0, "engine"), (0, 0, "pipeline"), (0, 0, "hand_loop"),
                          (0, 0, "clip_pipeline"), (0, 1, "engine"), (0, 1, "pipeline")]
     assert order[6:12] == [(1, 0, "clip_pipeline"), (1, 0, "hand_loop"), (1, 0, "pipeline"),
                            (1, 0, "engine"), (1, 1, "pipeline"), (1, 1, "engine")]
     assert [o[0] for o in order] == sorted(o[0] for o in order) and len(order) == 18
+
+
+def test_cases_differing_only_in_settings_share_engine_and_hand_loop_runs(tmp_path):
+    model = tmp_path / "m.onnx"
+    cases = expand([model], ["onnxruntime"], [(360, 480), (720, 1280)],
+                   overlaps=["on", "off"], batches=[1, 2], waits=[0.0, 5.0])
+    # a batch of 1 never waits: (1, 0 ms) once, (2, 0 ms) and (2, 5 ms)
+    assert len(cases) == 2 * 2 * 3 and len(set(cases)) == len(cases)
+    assert {(c.settings.batch, c.settings.batch_wait_ms) for c in cases} == {
+        (1, 0.0), (2, 0.0), (2, 5.0)}
+    groups = groups_of(cases)
+    assert [len(g) for g in groups] == [6, 6]
+    order = schedule([[0, 1, 2]], 2, [True, False, True])
+    assert order[:6] == [(0, 0, "engine"), (0, 0, "pipeline"), (0, 1, "pipeline"),
+                         (0, 2, "pipeline"), (0, 0, "hand_loop"), (0, 0, "clip_pipeline")]
+    assert order[6:8] == [(0, 2, "clip_pipeline"), (1, 2, "clip_pipeline")]
+    assert order[-1] == (1, 0, "engine") and len(order) == 14
+    assert camera_rate(135, 0, 4) == 33 and camera_rate(135, 30, 4) == 30
+    assert camera_rate(135, 0, 1) == 135 and camera_rate(3, 0, 4) == 1
+
+
+def test_settings_and_cameras_per_row_in_one_interleaved_run(tiny_model, tmp_path):
+    """Two cameras vs one and overlap on vs off, in one run: per-camera figures, the mode
+    the engine actually ran in, where the CPU went, and one engine run a round shared."""
+    require_gst()
+    opts = BenchOptions(warmup_s=0.3, duration_s=1.0, engine_iters=20, repeat=1, source_fps=30,
+                        threads=1)
+    cases = expand([tiny_model], ["onnxruntime"], [(120, 160)], overlaps=["on", "off"],
+                   cameras=[1, 2])
+    report = run_bench(cases, opts, workdir=tmp_path)
+    assert report["segstream_bench"] == 3
+    assert [k for _, _, k in report["order"]] == ["engine"] + ["pipeline"] * 4
+    res = report["results"]
+    assert [(r["overlap"], r["cameras"]) for r in res] == [("on", 1), ("on", 2), ("off", 1),
+                                                          ("off", 2)]
+    engines = {id(r["runs"][0]["engine"]) for r in res}
+    assert len(engines) == 1  # one engine run, shared by the four rows
+    for r in res:
+        p = r["runs"][0]["pipeline"]
+        assert p["error"] is None and set(p["cameras"]) == (
+            {"bench"} if r["cameras"] == 1 else {"cam0", "cam1"})
+        assert sum(c["published"] for c in p["cameras"].values()) == p["published"]
+        assert all(c["fps"] > 0 and c["total"]["count"] > 0 for c in p["cameras"].values())
+        assert p["engine"]["overlap"] is (r["overlap"] == "on")
+        assert p["config"]["overlap"] == r["overlap"]
+        groups = p["cpu_threads"]["groups"]
+        assert groups["engine"] > 0, p["cpu_threads"]
+        # the post worker's thread exists (and works) only with overlap
+        assert (groups["post"] > 0) is (r["overlap"] == "on"), p["cpu_threads"]
+        s = r["summary"]
+        assert s["camera_fps_min"]["median"] <= s["camera_fps_max"]["median"]
+        assert s["worst_p99_ms"]["median"] >= s["worst_p50_ms"]["median"] > 0
+    two = res[1]["summary"]
+    assert two["pipeline_fps"]["median"] > res[0]["summary"]["pipeline_fps"]["median"]
+    text = table(report)
+    assert max(len(line) for line in text.splitlines()) <= MAX_WIDTH, "\n" + text
+    assert "Pipeline settings in every row: engine policy auto, batch 1." in text
+    for label in ("tiny ort fp32 120x160 ov-on 1cam", "tiny ort fp32 120x160 ov-off 2cam"):
+        assert label in text, text
+    for header in ("camera fps min", "worst p99 ms", "hand-off dropped", "engine %", "post %",
+                   "bench sub %"):
+        assert header in text, header
+    assert " 2x30" in text  # two cameras at 30 fps each
 
 
 def _frame(shape: tuple[int, int], seed: int = 1) -> np.ndarray:
@@ -204,8 +287,18 @@ def test_precision_is_read_from_the_model(tiny_model):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--resolution", "wide"], "HxW"),
-    (["--repeat", "0"], "--repeat must be > 0"),
-    (["--source-fps", "x"], "--source-fps must be a number"),
+    (["--repeat", "0"], "argument --repeat/-n: must be a whole number > 0, got '0'"),
+    (["--source-fps", "x"], "argument --source-fps: must be a whole number > 0, got 'x'"),
+    (["--duration", "nan"], "argument --duration: must be a number of seconds > 0, got 'nan'"),
+    (["--warmup", "-1"], "argument --warmup: must be a number of seconds >= 0, got '-1'"),
+    (["--overlap", "maybe"], "argument --overlap: invalid choice: 'maybe'"),
+    (["--engine-policy", "fast"], "argument --engine-policy: invalid choice: 'fast'"),
+    (["--batch", "0"], "argument --batch: must be a whole number of frames > 0 and <= 64"),
+    (["--batch", "65"], "argument --batch: must be a whole number of frames > 0 and <= 64"),
+    (["--batch-wait-ms", "-5"], "argument --batch-wait-ms: must be a number of milliseconds "
+                                ">= 0 and <= 1000, got '-5'"),
+    (["--cameras", "1", "--cameras", "0"], "argument --cameras: must be a whole number of "
+                                           "cameras > 0 and <= 16, got '0'"),
 ])
 def test_bench_cli_rejects_bad_input(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -213,8 +306,93 @@ def test_bench_cli_rejects_bad_input(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["probe", "test://smpte", "--seconds", "0"],
+     "argument --seconds: must be a number of seconds > 0, got '0'"),
+    (["probe", "test://smpte", "--stall-timeout", "inf"],
+     "argument --stall-timeout: must be a number of seconds > 0, got 'inf'"),
+    (["subscribe", "tcp://localhost:5555", "--timeout", "soon"],
+     "argument --timeout: must be a number of seconds > 0, got 'soon'"),
+    (["subscribe", "tcp://localhost:5555", "--max-backlog-mb", "-1"],
+     "argument --max-backlog-mb: must be a number of MiB > 0, got '-1'"),
+    (["bench", "--threads", "1.5"], "argument --threads: must be a whole number > 0, got '1.5'"),
+])
+def test_every_command_words_a_bad_number_alike(argv, message, capsys):
+    """One helper (stream.commands._common.positive): argparse names the flag, the
+    message says what the value must be and what it got; exit 2 before anything runs."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_bench_cli_rejects_a_file_that_is_not_a_report(tmp_path: Path, capsys):
     bad = tmp_path / "old.json"
     bad.write_text(json.dumps({"segstream_bench": 1, "results": []}))
     assert main(["bench", "--from-json", str(bad)]) == 2
-    assert "not a segstream bench report of format 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--from-json: {bad} is not a segstream bench report of format 2 or 3" in err
+    assert "it says format 1" in err
+
+
+def test_a_report_of_the_previous_format_renders_with_its_recorded_settings(tmp_path, capsys):
+    old = realistic_report()
+    old["segstream_bench"] = 2
+    for entry in old["results"]:  # format 2 kept each run's pipeline config, no settings
+        entry["runs"][0]["pipeline"]["config"] = {"overlap": "auto", "engine_policy": "auto",
+                                                  "batch": 1, "batch_wait_ms": 0.0}
+    new = upgrade(json.loads(json.dumps(old)))
+    assert new["segstream_bench"] == 3 and new["upgraded_from"] == 2
+    assert all((e["overlap"], e["cameras"]) == ("auto", 1) for e in new["results"])
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    assert main(["bench", "--from-json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Pipeline settings in every row: overlap auto, engine policy auto, "
+                          "batch 1, 1 camera.")
+    assert "79.3 (75.0-82.1)" in out and "Where the CPU goes" not in out  # not recorded then
+
+
+def test_thread_groups_from_python_names_and_kernel_names():
+    def group(tid: int, comm: str, py: str | None = None) -> str:
+        return group_of(tid, comm, py, engine_tid=1, publisher_zmq={10}, before={20})
+
+    assert group(1, "python", "MainThread") == "engine"  # the loop's thread
+    assert group(2, "python", "segstream-post") == "post"
+    assert group(3, "python", "segstream-ort_1") == "engine"
+    assert group(4, "python", "capture-front") == "capture"
+    assert group(5, "python", "bench-subscriber") == "subscriber"
+    assert group(6, "python", "Thread-3 (reset)") == "other"
+    assert group(10, "ZMQbg/IO/0") == "publish" and group(11, "ZMQbg/IO/0") == "subscriber"
+    assert group(12, "videotestsrc0:s", "Dummy-1") == "capture"  # GStreamer's, in Python too
+    assert group(13, "pool-python") == "capture"
+    assert group(20, process_name()) == "other"  # there before the run (e.g. a BLAS pool)
+    assert group(21, process_name()) == "engine"  # started during it under the process's name
+    assert group(22, "gmain") == "other"
+
+
+def test_thread_cpu_measures_a_busy_thread_in_its_group():
+    """Real threads: one burns CPU under the post worker's name while another sleeps."""
+    cpu = ThreadCpu(interval=0.05)
+    cpu.start()
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            sum(range(2000))
+
+    busy = threading.Thread(target=burn, name="segstream-post", daemon=True)
+    idle = threading.Thread(target=stop.wait, name="bench-subscriber", daemon=True)
+    busy.start()
+    idle.start()
+    cpu.reset()
+    time.sleep(0.4)
+    res = cpu.result()
+    stop.set()
+    busy.join()
+    assert res["wall_s"] >= 0.35 and set(res["groups"]) == set(GROUPS)
+    assert res["groups"]["post"] > 20, res  # busy: a core, less on a loaded machine
+    assert res["groups"]["subscriber"] < 5
+    top = res["threads"][0]
+    assert top["name"] == "segstream-post" and top["group"] == "post"
+    assert res["total_percent"] == pytest.approx(sum(res["groups"].values()), abs=0.5)
+    assert thread_times()[threading.get_native_id()][1] > 0  # this thread's CPU time, ns

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -74,3 +75,9 @@ def test_metrics_endpoint_reports_per_camera_figures(tiny_model):
                  if ln.startswith('segstream_frames_published_total{camera="front"}')]
     assert published and float(published[0].split()[-1]) > 0
     assert 'stage="infer"' in body and "segstream_source_reconnects_total" in body
+    # per camera: results the post worker's hand-off replaced; the engine's mode
+    assert re.search(r'^segstream_handoff_dropped_total\{camera="front"\} \d+\.0$', body, re.M)
+    assert re.search(r'^segstream_engine_info\{mode="(latency|throughput)",overlap="on",'
+                     r'policy="auto"\} 1\.0$', body, re.M), body
+    assert "segstream_engine_in_flight 1.0" in body  # threads 1: one session per mode
+    assert "segstream_engine_batch 1.0" in body and "segstream_engine_mode_switches_total" in body

@@ -105,7 +105,8 @@ def test_status_lines_report_fps_and_drops(tiny_model):
     p = Pipeline([src], seg, ListSink(), stats_interval=1e-9, on_status=lines.append)
     p.run()
     time.sleep(0)
-    assert any("cam0" in ln and "dropped 3" in ln and "fps" in ln for ln in lines)
+    assert any("cam0" in ln and "dropped 3, hand-off 0" in ln and "fps" in ln
+               and "overlap on" in ln for ln in lines)
 
 
 @pytest.mark.parametrize("overlap", ["on", "off"])

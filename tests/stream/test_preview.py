@@ -241,6 +241,11 @@ def test_http_and_websocket_against_a_real_run(gst, tiny_model):
         st = until(lambda: (s := status(url, "front")).get("published") and s, what="maps")
         assert st["state"] == "running" and st["fps"] > 0
         assert {"pre", "infer", "post", "publish", "total"} <= set(st["stages"])
+        assert st["dropped"] >= 0 and st["handoff_dropped"] >= 0
+        engine = st["engine"]  # the mode the engine runs in, as the status line says it
+        assert engine["overlap"] is True and engine["auto"] is True and engine["batch"] == 1
+        assert engine["mode"] in ("latency", "throughput") and engine["in_flight"] == 1
+        assert engine["describe"].startswith(f"overlap on, {engine['mode']} (auto, ")
         assert st["preview"]["frames"] == 0 and st["preview"]["viewers"] == 0  # no browser
 
         got = asyncio.run(ws_messages(url.replace("http", "ws") + "camera/front/ws", 5))

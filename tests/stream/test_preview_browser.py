@@ -112,6 +112,9 @@ def test_camera_page_in_headless_chromium(chromium, tmp_path):
         assert sum(tuple(p) in colours for p in drawn) / len(drawn) > 0.99
         page.wait_for_function("document.querySelectorAll('#stages tbody tr').length >= 5")
         assert "infer" in page.inner_text("#stages")
+        # the engine's mode and the hand-off's drops, as the status line says them
+        assert page.inner_text("#engine").startswith("overlap on, ")
+        assert page.inner_text("#handoff-dropped").isdigit()
         page.locator("#opacity").fill("50")
         page.wait_for_timeout(500)
         if target := os.environ.get("SEGSTREAM_PREVIEW_SCREENSHOT"):
