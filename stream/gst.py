@@ -101,26 +101,33 @@ def sample_to_bgr(sample: Any) -> np.ndarray:
     if not ok:
         raise ValueError("could not map the GStreamer buffer for reading")
     try:
-        # Plain PyGObject hands out a bytes copy of the mapped memory; gst-python's overrides
-        # (python3-gst-1.0, common on Jetson) a memoryview of the mapping itself, released by
-        # unmap. Either way the pixels are copied out here, before unmapping.
-        image = _copy_bgr(mapinfo.data, w, h, stride, offset)
+        # Plain PyGObject hands out a bytes copy of the mapped memory: packed rows are used
+        # in place (one copy per frame in all). gst-python's overrides (python3-gst-1.0,
+        # common on Jetson) hand out a memoryview of the mapping itself, released by unmap:
+        # the pixels are copied out here, before unmapping.
+        image = _bgr_from_mapped(mapinfo.data, w, h, stride, offset)
     finally:
         buf.unmap(mapinfo)
     image.flags.writeable = False
     return image
 
 
-def _copy_bgr(data: Any, w: int, h: int, stride: int, offset: int) -> np.ndarray:
-    """Mapped bytes (``bytes`` or a memoryview valid only until unmap) -> a fresh
-    (H, W, 3) uint8 array that owns its memory, row padding cut off."""
+def _bgr_from_mapped(data: Any, w: int, h: int, stride: int, offset: int) -> np.ndarray:
+    """Mapped bytes -> a C-contiguous (H, W, 3) uint8 array, row padding cut off, that
+    stays valid after unmap.
+
+    ``bytes`` (immutable, already a copy) with packed rows is viewed without copying: the
+    array keeps the bytes alive. A memoryview (valid only until unmap) or padded rows are
+    copied into a fresh array.
+    """
     flat = np.frombuffer(data, dtype=np.uint8)
     need = offset + (h - 1) * stride + w * 3
     if flat.size < need:
         raise ValueError(f"buffer of {flat.size} bytes is too small for {w}x{h} BGR "
                          f"(stride {stride}, needs {need})")
     if stride == w * 3:
-        return flat[offset:offset + h * stride].reshape(h, w, 3).copy()  # (H, W, 3)
+        image = flat[offset:offset + h * stride].reshape(h, w, 3)  # (H, W, 3)
+        return image if isinstance(data, bytes) else image.copy()
     # Rows 0..H-2 as a (H-1, stride) view cut to W*3 bytes; the last row separately,
     # since a buffer need not carry the padding after it.
     image = np.empty((h, w * 3), np.uint8)

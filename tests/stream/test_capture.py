@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 import time
@@ -105,10 +106,13 @@ def test_sample_to_bgr_cuts_row_padding(width: int, short_last_row: bool):
     raw = rng.integers(0, 256, h * stride, np.uint8)
     if short_last_row:  # a buffer may end right after the last row's pixels
         raw = raw[: (h - 1) * stride + width * 3]
-    image = sample_to_bgr(make_sample(raw.tobytes(),
-                                      f"video/x-raw,format=BGR,width={width},height={h}"))
+    sample = make_sample(raw.tobytes(), f"video/x-raw,format=BGR,width={width},height={h}")
+    image = sample_to_bgr(sample)
+    del sample  # packed rows are a view of the mapped copy: it must outlive the sample
+    gc.collect()
     expected = np.stack([raw[r * stride: r * stride + width * 3] for r in range(h)])
     assert image.shape == (h, width, 3) and image.flags.c_contiguous
+    assert not image.flags.writeable
     assert np.array_equal(image.reshape(h, width * 3), expected)
     with pytest.raises(ValueError, match="too small"):
         sample_to_bgr(make_sample(raw[: (h - 1) * stride + width * 3 - 1].tobytes(),
