@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     workers: int = 0
+    prefetch: int | None = None  # batches prepared ahead on a thread; 0: main; None: auto
     amp: bool = True
     resume: bool = False
     max_steps_per_epoch: int | None = None  # for smoke tests; None = full epochs
@@ -72,6 +73,9 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and lr must be positive")
         if self.encoder_lr_mult < 0:
             raise ValueError(f"encoder_lr_mult must be >= 0, got {self.encoder_lr_mult}")
+        if self.workers < 0 or (self.prefetch or 0) < 0:
+            raise ValueError(f"workers and prefetch must be >= 0, got {self.workers} and "
+                             f"{self.prefetch}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.bf16 not in BF16_MODES:
@@ -130,7 +134,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="model name in the sidecar")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes (default 0: the in-memory split is "
+                   "augmented by a prefetch thread instead, see --prefetch)")
+    p.add_argument("--prefetch", type=int, default=None, metavar="N",
+                   help="with --workers 0: batches augmented N ahead on a background thread "
+                   "while the model trains; 0 = on the main thread; default: 2 where a core "
+                   "is spare beside the training threads (GPU, or --threads below the "
+                   "cores), else 0 (docs/training.md has the figures)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="disable CUDA AMP")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
@@ -165,7 +176,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         aux_weight=args.aux_weight, arch_options=args.arch_options, fmt=args.fmt,
         train_split=args.train_split, val_split=args.val_split or None,
         val_every=args.val_every, input_size=args.input_size, seed=args.seed,
-        threads=args.threads, workers=args.workers, amp=args.amp, resume=args.resume,
+        threads=args.threads, workers=args.workers, prefetch=args.prefetch, amp=args.amp,
+        resume=args.resume,
         max_steps_per_epoch=args.max_steps_per_epoch, stop_after=args.stop_after,
         name=args.name, init_from=args.init_from, qat=args.qat, pretrained=args.pretrained,
         encoder_lr_mult=args.encoder_lr_mult, limit=args.limit, bf16=args.bf16,

@@ -18,7 +18,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engines.data.torch_dataset import TrainDataset  # noqa: E402
-from engines.train import TrainConfig, WarmupPoly, load_checkpoint_model, train  # noqa: E402
+from engines.train import (  # noqa: E402
+    TrainConfig,
+    WarmupPoly,
+    load_checkpoint_model,
+    prefetch_depth,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 COLORS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)  # BGR per class
@@ -146,6 +152,45 @@ def test_stop_after_then_resume_matches_straight_run(tiny_data: Path, tmp_path: 
         torch.testing.assert_close(b[k], v, rtol=0, atol=0, msg=k)
 
 
+def test_prefetch_thread_gives_the_same_run(tiny_data: Path, tmp_path: Path) -> None:
+    """Batches augmented on the prefetch thread: the same weights bit for bit as on the main
+    thread (the thread only runs ahead, never reorders)."""
+    main_thread, prefetched = tmp_path / "main", tmp_path / "prefetched"
+    train(tiny_config(tiny_data, main_thread, epochs=2, prefetch=0), progress=False)
+    train(tiny_config(tiny_data, prefetched, epochs=2, prefetch=2), progress=False)
+    a = torch.load(main_thread / "last.pt", weights_only=False)["model"]
+    b = torch.load(prefetched / "last.pt", weights_only=False)["model"]
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_failing_sample_stops_training_with_its_error(tiny_data: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        prefetch: int) -> None:
+    def broken(self: TrainDataset, i: int) -> None:
+        raise OSError(f"sample {i} is unreadable")
+
+    monkeypatch.setattr(TrainDataset, "__getitem__", broken)
+    with pytest.raises(OSError, match="unreadable"):
+        train(tiny_config(tiny_data, tmp_path / "run", prefetch=prefetch), progress=False)
+
+
+def test_prefetch_default_uses_a_thread_only_where_a_core_is_spare(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config(tmp_path, tmp_path)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert prefetch_depth(cfg, cpu) == 0  # 2 torch threads on 2 cores: no spare core
+    assert prefetch_depth(cfg, cuda) == 2  # the GPU does the maths
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert prefetch_depth(cfg, cpu) == 2
+    assert prefetch_depth(replace(cfg, prefetch=0), cpu) == 0  # explicit values win
+    assert prefetch_depth(replace(cfg, prefetch=3), cpu) == 3
+    assert prefetch_depth(replace(cfg, workers=2, prefetch=3), cpu) == 0  # processes do it
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no checkpoint .*last\.pt"):
         train(tiny_config(tiny_data, tmp_path / "new", resume=True), progress=False)
@@ -156,6 +201,8 @@ def test_bad_config_values() -> None:
         TrainConfig(model="fastscnn", data=".", out=".", optimizer="lbfgs")
     with pytest.raises(ValueError, match="class_weight"):
         TrainConfig(model="fastscnn", data=".", out=".", class_weight="inverse")
+    with pytest.raises(ValueError, match="prefetch"):
+        TrainConfig(model="fastscnn", data=".", out=".", prefetch=-1)
 
 
 def test_cli_help_and_errors(tiny_data: Path, tmp_path: Path,
