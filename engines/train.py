@@ -196,7 +196,8 @@ def prefetch_depth(cfg: TrainConfig, device: torch.device) -> int:
     """Batches to prepare ahead on a thread: ``cfg.prefetch``, or when unset 2 where a core
     is spare beside the training threads (a GPU does the maths, or torch uses fewer threads
     than this process may run on) and 0 otherwise: on 2 cores with 2 torch threads the
-    extra thread gained 7 % on one recipe and cost 8 % on another (docs/training.md)."""
+    extra thread gained 6-10 % on one recipe and cost about 10 % on another (0.78-1.12x
+    per round; docs/training.md)."""
     if cfg.workers:
         return 0
     if cfg.prefetch is not None:

@@ -136,7 +136,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch)")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader worker processes (default 0: the in-memory split is "
-                   "augmented by a prefetch thread instead, see --prefetch)")
+                   "augmented in this process, on a prefetch thread or the main thread, "
+                   "see --prefetch)")
     p.add_argument("--prefetch", type=int, default=None, metavar="N",
                    help="with --workers 0: batches augmented N ahead on a background thread "
                    "while the model trains; 0 = on the main thread; default: 2 where a core "

@@ -225,14 +225,16 @@ def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float,
 
     usage.start()
     cpu.start()
-    with open(os.devnull, "w") as devnull:
-        code, result = run_pipeline(cfg, stop=stop, out=devnull, on_ready=on_ready)
-    stop.set()
-    used = usage.stop()
-    threads = cpu.result()
-    sub_stop.set()
-    if sub.is_alive():
-        sub.join(5)
+    try:
+        with open(os.devnull, "w") as devnull:
+            code, result = run_pipeline(cfg, stop=stop, out=devnull, on_ready=on_ready)
+    finally:  # on an error too: the CPU sampler, window and subscriber threads end
+        stop.set()
+        used = usage.stop()
+        threads = cpu.result()
+        sub_stop.set()
+        if sub.is_alive():
+            sub.join(5)
     # The loop's own end (closing the cameras and the publisher is not measured).
     seconds = result.seconds
     if "t_reset" in marks:

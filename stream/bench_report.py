@@ -81,14 +81,17 @@ def _cpu_groups(run: dict[str, Any], prefix: str) -> dict[str, float | None]:
 
 
 def _cameras(p: dict[str, Any]) -> dict[str, float | None]:
-    """Per-camera figures of a pipeline run: fps min/max, worst p50/p99."""
+    """Per-camera figures of a pipeline run: fps min/max, worst p50/p99 of the cameras
+    that published (one that published nothing has no latency, NaN in the JSON: it
+    shows as 0 in the camera fps min, never as the worst latency or in place of it)."""
     cams = list((p.get("cameras") or {}).values())
     if not cams:
         return {}
     fps = [c["fps"] for c in cams]
+    served = [c["total"] for c in cams if c["total"]["count"]]
     return {"camera_fps_min": min(fps), "camera_fps_max": max(fps),
-            "worst_p50_ms": max(c["total"]["p50_ms"] for c in cams),
-            "worst_p99_ms": max(c["total"]["p99_ms"] for c in cams)}
+            "worst_p50_ms": max((t["p50_ms"] for t in served), default=None),
+            "worst_p99_ms": max((t["p99_ms"] for t in served), default=None)}
 
 
 def _per_run(run: dict[str, Any]) -> dict[str, float | None]:

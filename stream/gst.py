@@ -77,7 +77,8 @@ def missing_elements(description: str) -> list[str]:
 
 
 def sample_to_bgr(sample: Any) -> np.ndarray:
-    """Copy a ``video/x-raw,format=BGR`` appsink sample into a numpy image.
+    """A ``video/x-raw,format=BGR`` appsink sample as a numpy image that outlives the
+    sample (a copy only where needed: :func:`_bgr_from_mapped`).
 
     Rows in a GStreamer buffer are ``stride`` bytes apart, and the stride is rounded up
     to a multiple of 4 (a 322-pixel BGR row is 966 bytes of pixels in a 968-byte

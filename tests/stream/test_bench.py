@@ -281,6 +281,42 @@ def test_spread_and_summary_ratios_are_per_round():
     assert s["pipeline_vs_hand"]["min"] == 1.0 and s["pipeline_vs_hand"]["max"] == 2.0
 
 
+def test_worst_camera_latency_ignores_a_camera_that_published_nothing():
+    """A starved camera (no maps: NaN latency, as Summary.of writes it) shows in the
+    slowest camera's fps, and the worst latency is the served cameras', in any order."""
+    nan = float("nan")
+    starved = {"published": 0, "fps": 0.0, "total": {"count": 0, "mean_ms": nan,
+                                                     "p50_ms": nan, "p99_ms": nan, "max_ms": nan}}
+    served = {"published": 90, "fps": 30.0, "total": {"count": 90, "mean_ms": 21.0,
+                                                      "p50_ms": 20.0, "p99_ms": 31.0,
+                                                      "max_ms": 40.0}}
+    for cams in ([starved, served], [served, starved]):
+        run = _run(100.0, 30.0, 20.0, None, None)
+        run["pipeline"]["cameras"] = {f"cam{i}": c for i, c in enumerate(cams)}
+        s = summarize_result(_entry("m.onnx", "onnxruntime", "fp32", [1, 1], [run], False))
+        assert s["camera_fps_min"]["median"] == 0.0 and s["camera_fps_max"]["median"] == 30.0
+        assert s["worst_p50_ms"]["median"] == 20.0 and s["worst_p99_ms"]["median"] == 31.0
+
+
+def test_a_failing_pipeline_run_leaves_no_measuring_thread_behind(tmp_path):
+    """The run's error reaches the caller, and the CPU sampler (and the window and the
+    subscriber where they started) end instead of running for the rest of the process."""
+    from stream.bench_measure import ipc_endpoint, run_pipeline_measured
+    from stream.config import ConfigError, PipelineConfig, PublishConfig, SourceConfig
+
+    before = set(threading.enumerate())
+    cfg = PipelineConfig(sources=(SourceConfig("test://smpte?width=160&height=120", "bench"),),
+                         model=str(tmp_path / "missing.onnx"), stats_interval=0,
+                         publish=PublishConfig((ipc_endpoint(),)), duration=1.0)
+    with pytest.raises(ConfigError, match=r"missing\.onnx"):
+        run_pipeline_measured(cfg, warmup_s=0.0)
+    deadline = time.monotonic() + 2.0
+    while (left := [t.name for t in set(threading.enumerate()) - before if t.is_alive()]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert left == []
+
+
 def test_precision_is_read_from_the_model(tiny_model):
     assert precision_of(tiny_model) == "fp32"
 
