@@ -50,6 +50,7 @@ from engines.quant_sim import enable_fake_quant
 from engines.registry import build_model
 from engines.spec import ModelSpec
 from engines.train_config import TrainConfig, add_arguments, config_from_args
+from engines.train_curves import plot_curves
 
 __all__ = ["TrainConfig", "add_arguments", "config_from_args", "load_checkpoint_model", "train"]
 
@@ -444,36 +445,6 @@ def subset(data: SplitData, n: int) -> SplitData:
     """The first ``n`` samples of ``data`` (``--limit``)."""
     return SplitData(data.images[:n], data.labels[:n], data.names[:n], data.classes,
                      f"{data.source} (first {min(n, len(data))})")
-
-
-def plot_curves(log_path: Path, png: Path) -> Path | None:
-    """Loss and val mIoU per epoch from ``log.jsonl`` to a PNG (needs matplotlib: the
-    ``train`` extra); returns None, silently, without it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], color="tab:blue")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss", color="tab:blue")
-    val = [r for r in rows if "val_miou" in r]
-    if val:
-        ax2 = ax.twinx()
-        ax2.plot([r["epoch"] for r in val], [r["val_miou"] * 100 for r in val], "o-",
-                 color="tab:red")
-        ax2.set_ylabel("val mIoU (%)", color="tab:red")
-    ax.set_title(log_path.parent.name)
-    fig.tight_layout()
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png)
-    return png
 
 
 def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,

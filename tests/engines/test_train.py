@@ -96,6 +96,9 @@ def test_training_reduces_loss_and_writes_checkpoints(tiny_data: Path, tmp_path:
     with torch.no_grad():
         y = model(torch.zeros(1, 3, 32, 48))
     assert y.shape == (1, 3, 4, 6)  # eval mode: main logits only, at output stride 8
+    pytest.importorskip("matplotlib")
+    png = cv2.imread(str(out / "curves.png"))  # the run's loss curve, redrawn every epoch
+    assert png is not None and png.shape[0] > 100 and not list(out.glob("*.tmp.png"))
 
 
 def test_validation_picks_best_and_records_metrics(tiny_data: Path, tmp_path: Path) -> None:
