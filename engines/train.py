@@ -249,6 +249,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         raise FileExistsError(f"--out {out} already holds a run ({out / 'last.pt'}): continue "
                               "it with --resume, or give a new --out (nothing was changed)")
     _seed_everything(cfg.seed + info.rank)
+    if cfg.pretrained and not cfg.resume and not cfg.init_from:
+        # Missing weights fail here, before the data is read (a CamVid split: seconds).
+        load_pretrained(build_model(cfg.model, 2, **cfg.arch_options), cfg.model)
 
     train_data = open_split(cfg.data, cfg.train_split, cfg.fmt, progress=progress)
     if cfg.limit:
