@@ -248,10 +248,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     if not cfg.resume and (out / "last.pt").exists():
         raise FileExistsError(f"--out {out} already holds a run ({out / 'last.pt'}): continue "
                               "it with --resume, or give a new --out (nothing was changed)")
-    _seed_everything(cfg.seed + info.rank)
     if cfg.pretrained and not cfg.resume and not cfg.init_from:
-        # Missing weights fail here, before the data is read (a CamVid split: seconds).
+        # Missing weights fail here, before the data is read (a CamVid split: seconds), and
+        # before seeding, so that this probe model leaves the run's random init unchanged.
         load_pretrained(build_model(cfg.model, 2, **cfg.arch_options), cfg.model)
+    _seed_everything(cfg.seed + info.rank)
 
     train_data = open_split(cfg.data, cfg.train_split, cfg.fmt, progress=progress)
     if cfg.limit:
