@@ -128,8 +128,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aux-weight", type=float, default=0.4)
     p.add_argument("--arch-options", type=_opts, default={},
                    help='JSON constructor options, e.g. \'{"aux": true}\'')
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--val-split", default="val", help="split for validation ('' for none)")
+    p.add_argument("--train-split", default="train",
+                   help="split(s) to train on, e.g. train+val; ':except=SEQ[,SEQ]' holds whole "
+                   "recordings out (file name up to the first _), e.g. 'train+val:except=0001TP'")
+    p.add_argument("--val-split", default="val",
+                   help="split for validation ('' for none); ':only=SEQ[,SEQ]' scores on "
+                   "recordings held out of training, e.g. 'train:only=0001TP'")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument("--name", default=None, help="model name in the sidecar")
     p.add_argument("--seed", type=int, default=0)

@@ -283,12 +283,19 @@ def open_split(root: str | Path, split: str = "train", fmt: str = "auto", *,
     Args:
         root: dataset root folder.
         split: ``train`` / ``val`` / ``test``, or several joined by ``+`` (``train+val``:
-            the standard CamVid protocol for a final model reported on test). A
+            the standard CamVid protocol for a final model reported on test), optionally
+            followed by ``:only=SEQ[,SEQ]`` or ``:except=SEQ[,SEQ]`` to keep or drop whole
+            recordings (:mod:`engines.data.sequences`: validation on held-out drives). A
             ``folder`` dataset with ``images/`` at its root has a single split (``split``
             is ignored); else ``<root>/<split>/`` holds the images/ + masks/ of each split
             (class file there or at the root).
         fmt: one of :data:`FORMATS` or ``"auto"``.
     """
+    from engines.data.sequences import parse_split, select_sequences  # imports this module
+
+    split, seq_filter = parse_split(split)
+    if seq_filter is not None:
+        return select_sequences(open_split(root, split, fmt, progress=progress), seq_filter)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} not found (CamVid lives in ../shared/camvid)")

@@ -30,7 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="model file (.onnx, .engine, .pt); default: the shipped model")
     p.add_argument("--data", required=True, help="dataset root, e.g. ../shared/camvid")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val",
+                   help="split to score (default val); several joined by +, and "
+                   "':only=SEQ[,SEQ]' / ':except=SEQ[,SEQ]' to keep or drop whole recordings, "
+                   "e.g. 'train:only=0001TP'")
     p.add_argument("--format", dest="fmt", default="auto",
                    choices=("auto", "camvid", "cityscapes", "folder"))
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default=None,

@@ -17,6 +17,8 @@ EPILOG = r"""examples:
       --arch-options '{"aux": true, "frozen_stages": 2}' --val-every 4 --threads 2
   # the same on train+val (the CamVid protocol for a model reported on test)
   segstream train ... --train-split train+val --val-split ''
+  # choose a recipe on a drive the model never saw (val is a drive train also holds)
+  segstream train ... --train-split 'train+val:except=0001TP' --val-split 'train:only=0001TP'
   # a quick trial on 16 images
   segstream train --model litefpn --data ../shared/camvid --out runs/try --limit 16 \
       --epochs 2 --pretrained
