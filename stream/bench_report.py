@@ -331,7 +331,7 @@ def table(report: dict[str, Any]) -> str:
                   *(c.header for c in cols)]
         title = TITLES[name].format(n=report["options"]["repeat"],
                                     frames=report["options"]["compare_frames"])
-        lines += ["", _fit(title, MAX_WIDTH), *_grid(header, rows, settings)]
+        lines += ["", *textwrap.wrap(title, MAX_WIDTH), *_grid(header, rows, settings)]
     head = textwrap.wrap(common_settings(results), MAX_WIDTH, subsequent_indent="  ")
     notes = _notes(report)
     return "\n".join(head + lines[0 if head else 1:] + (["", *notes] if notes else []))
