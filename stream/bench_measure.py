@@ -37,6 +37,7 @@ import numpy as np
 from engines.backend import create_backend
 from stream.bench_cpu import ThreadCpu
 from stream.config import PipelineConfig, PublishConfig, SourceConfig
+from stream.machine import cpu_jiffies
 from stream.stats import STAGES, Summary
 
 SOURCE_LIMITED = 0.9  # pipeline fps >= this x the source rate: the camera may be the limit
@@ -97,13 +98,11 @@ class _Usage:
 
 def _proc_stat() -> tuple[float, float] | None:
     """(busy, steal) seconds of the whole machine since boot, from /proc/stat (Linux)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
+    fields = cpu_jiffies()
+    if fields is None:
         return None
     hz = os.sysconf("SC_CLK_TCK")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return (user + nice + system + irq + softirq) / hz, steal / hz
 
 

@@ -19,6 +19,18 @@ def _read(path: str) -> str | None:
         return None
 
 
+def cpu_jiffies() -> tuple[int, ...] | None:
+    """The machine's CPU time since boot, all cores, in clock ticks: (user, nice, system,
+    idle, iowait, irq, softirq, steal), from the first line of ``/proc/stat``; None where
+    there is none (not Linux). Fields an old kernel lacks read as 0."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return tuple(fields + [0] * (8 - len(fields)))
+
+
 def _cmd(*argv: str, timeout: float = 5.0) -> str | None:
     if not shutil.which(argv[0]):
         return None

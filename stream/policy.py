@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from engines.ort_backend import OrtBackend
 from stream.config import OVERLAP_MODES
+from stream.machine import cpu_jiffies
 
 log = logging.getLogger("segstream.pipeline")
 
@@ -73,10 +74,8 @@ def resolve_overlap(mode: str, backend: object) -> Overlap:
 def cpu_times() -> tuple[int, int] | None:
     """(idle, total) CPU time of all cores since boot in jiffies, from ``/proc/stat``;
     None where there is none (not Linux)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
+    fields = cpu_jiffies()
+    if fields is None:
         return None
     return fields[3] + fields[4], sum(fields)  # idle + iowait, all
 
