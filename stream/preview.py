@@ -58,6 +58,7 @@ import numpy as np
 
 from engines.spec import ModelSpec
 from stream.config import ConfigError, PreviewConfig
+from stream.frame_pub import encode_jpeg
 from stream.frames import Frame
 from stream.pipeline import LabelSink
 from stream.stats import STAGES, EngineMode
@@ -157,8 +158,8 @@ def scaled(shot: Shot, max_width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _jpeg(image: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
+    buf = encode_jpeg(image, image.shape[:2], quality)  # the frame topic's encoder
+    if buf is None:
         raise ValueError(f"JPEG encoding failed for a {image.shape} image")
     return buf.tobytes()
 
