@@ -66,6 +66,7 @@ log = logging.getLogger("segstream.publish")
 # that sends more, before allocating it (a 256 MiB "subscription" otherwise costs ~20x
 # that in its trie).
 MAX_INBOUND_MESSAGE_BYTES = 1024
+_INBOUND_QUEUE_MESSAGES = 16  # RCVHWM: see _configure
 _MAX_SUBSCRIPTIONS_PER_SERVICE = 1024  # bounds the time one service call holds the lock
 _GUARD_INTERVAL_S = 0.02
 _RESEND_GAP_S = 0.02
@@ -251,7 +252,14 @@ class Publisher:
         s = self._sock
         s.setsockopt(zmq.SNDHWM, sndhwm)
         s.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_MESSAGE_BYTES)
-        s.setsockopt(zmq.RCVHWM, 1000)  # per-peer queue of subscriptions not yet read
+        # Per-peer queue of subscriptions not yet read, kept short: whenever this thread
+        # looks at the socket, libzmq's XPUB moves everything queued on each peer's pipe into
+        # one unbounded socket-wide queue that only our recv() empties, and the peer's
+        # connection reads on as soon as its pipe has room. With 1000, four local flooders
+        # grew the process by 82-92 MiB in 3 s and starved an honest subscriber; with 16 by
+        # ~1.5 MiB (tests/stream/test_hostile_peers.py). An honest subscriber sends a handful
+        # of subscriptions; a longer list is flow-controlled, never dropped.
+        s.setsockopt(zmq.RCVHWM, _INBOUND_QUEUE_MESSAGES)
         s.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription reaches us (late joiners)
         s.setsockopt(zmq.LINGER, self._linger_ms)
         s.setsockopt(zmq.SNDTIMEO, 0)
