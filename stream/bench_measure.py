@@ -214,6 +214,7 @@ def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float,
         p = marks["pipeline"]
         p.reset_stats()
         marks["camera_dropped"] = {s.camera_id: s.dropped for s in p.sources}
+        marks["switches"] = p.engine_mode().switches
         usage.start()
         cpu.reset()
         modes.clear()
@@ -254,6 +255,8 @@ def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float,
     published = sum(st.published for st in per_cam.values())
     engine = dataclasses.asdict(result.engine) if result.engine is not None else {}
     engine["latency_share"] = modes.count("latency") / len(modes) if modes else None
+    if "switches" in engine:  # the measured window's, like the other engine-mode figures
+        engine["switches"] -= marks.get("switches", 0)
     return {"exit_code": code, "error": result.error,
             "fps": published / seconds if seconds > 0 else 0.0,
             "published": published, "seconds": seconds, "stages": stages,

@@ -206,8 +206,7 @@ TITLES = {
     "cameras": "Cameras: all cameras' fps together; the slowest and fastest camera's fps; "
                "the worst camera's capture -> publish",
     "engine": "Engine mode: results the post worker's slot replaced (hand-off), time in "
-              "latency mode (--engine-policy), in the measured window; mode switches since "
-              "the pipeline started (warm-up included)",
+              "latency mode (--engine-policy), mode switches, in the measured window",
     "cpu": "Where the CPU goes, pipeline on the live camera(s): % of one core per thread "
            "group (stream/bench_cpu.py)",
     "compare": "--compare: the same {frames}-frame clip, every frame, hand-written loop vs "
