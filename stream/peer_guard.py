@@ -10,8 +10,13 @@ connection that exceeds ``budget_bytes + budget_bytes_per_s * min(age, budget_ag
 libzmq then ends the peer's pipe and frees its subscriptions. The allowance has a ceiling
 (~180 KB by default), so what one connection can pin is bounded whatever its age; an honest
 subscriber reaches it only after hours of heartbeats, is cut once, and ZeroMQ reconnects it
-at once. Connections beyond ``max_connections`` are shut down on accept. One message can
-never be large (the XPUB's ``MAXMSGSIZE``).
+at once. Connections beyond ``max_connections`` are shut down on accept, and so are those
+beyond ``max_per_address`` from one remote address (loopback peers are exempt: they are
+this machine's own processes), so that one host cannot take every slot and lock new
+subscribers out; a connection that has not finished the ZMTP handshake after
+``handshake_s`` is dropped by libzmq (``ZMQ_HANDSHAKE_IVL``; its default is 30 s), so
+silent connections cannot hold slots either. One message can never be large (the XPUB's
+``MAXMSGSIZE``).
 
 Connections are learnt from the socket monitor (``EVENT_ACCEPTED`` / ``EVENT_DISCONNECTED``
 carry the fd). Only a connected TCP socket whose local port is one the publisher bound is
@@ -23,6 +28,7 @@ processes behind the socket file's permissions) are not limited.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -41,16 +47,20 @@ Key = tuple[object, object]  # (local address, peer address)
 
 @dataclass(frozen=True)
 class PeerLimits:
-    """Per-connection limits (see module docstring). ``max_connections`` 0: no cap."""
+    """Per-connection limits (see module docstring). ``max_connections`` and
+    ``max_per_address`` 0: no cap."""
 
     budget_bytes: int = 64 * 1024
     budget_bytes_per_s: int = 32
     budget_age_s: float = 3600.0
     max_connections: int = 64
+    max_per_address: int = 16
+    handshake_s: float = 10.0
 
     def __post_init__(self) -> None:
         if (self.budget_bytes < 1024 or self.budget_bytes_per_s < 0
-                or self.budget_age_s < 0 or self.max_connections < 0):
+                or self.budget_age_s < 0 or self.max_connections < 0
+                or self.max_per_address < 0 or not 0.1 <= self.handshake_s <= 3600):
             raise ValueError(f"peer limits out of range: {self}")
 
     def allowance(self, age_s: float) -> float:
@@ -62,6 +72,7 @@ class _Conn:
     key: Key
     since: float
     peer: str
+    host: str | None  # remote host, None for loopback (not counted per address)
 
 
 @contextmanager
@@ -105,6 +116,18 @@ def _received(s: socket.socket) -> int | None:
     if len(info) < _TCPI_BYTES_RECEIVED + 8:
         return None
     return struct.unpack_from("=Q", info, _TCPI_BYTES_RECEIVED)[0]
+
+
+def _host(peer: object) -> str | None:
+    """The remote host of a peer address tuple, IPv4-mapped IPv6 unwrapped; None for a
+    loopback peer (this machine's own processes)."""
+    try:
+        ip = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])  # type: ignore[index]
+    except (ValueError, TypeError, IndexError):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return None if ip.is_loopback else str(ip)
 
 
 def _shutdown(s: socket.socket) -> bool:
@@ -153,13 +176,23 @@ class PeerGuard:
         if key is None:
             return  # not one of our TCP connections (ipc://, or already gone)
         peer = f"{key[1][0]}:{key[1][1]}"
-        cap = self.limits.max_connections
+        host = _host(key[1])
+        why = self._refusal(host)
+        if why is None:
+            self._conns[fd] = _Conn(key, time.monotonic(), peer, host)
+        elif shutdown_fd(fd, key):
+            self._count_cut(f"refused {peer}: {why}")
+
+    def _refusal(self, host: str | None) -> str | None:
+        """Why a new connection from ``host`` (None: loopback) is over a cap, or None."""
+        cap, per = self.limits.max_connections, self.limits.max_per_address
         if cap and len(self._conns) >= cap:
-            if shutdown_fd(fd, key):
-                self._count_cut(f"refused {peer}: {len(self._conns)} subscribers already "
-                                f"connected (max_connections {cap})")
-            return
-        self._conns[fd] = _Conn(key, time.monotonic(), peer)
+            return f"{len(self._conns)} subscribers already connected (max_connections {cap})"
+        if host is None or not per:
+            return None
+        same = sum(1 for c in self._conns.values() if c.host == host)
+        return (f"{same} connections from {host} already (max_per_address {per})"
+                if same >= per else None)
 
     def disconnected(self, fd: int) -> None:
         self._conns.pop(fd, None)

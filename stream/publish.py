@@ -149,8 +149,9 @@ class Publisher:
         curve: enable CURVE encryption + client allow-list (see ``stream/security.py``).
         class_table_interval: seconds between periodic class-table re-sends (0: never).
         heartbeat_ms: ZMTP heartbeat interval; a peer silent for 3x this is dropped.
-        peer_limits: per-connection inbound byte budget and connection cap
-            (:mod:`stream.peer_guard`); None disables them (not recommended on a network).
+        peer_limits: per-connection inbound byte budget, connection caps (in all, per
+            remote address) and handshake deadline (:mod:`stream.peer_guard`); None
+            disables them (not recommended on a network).
         context: share a ZeroMQ context (needed for ``inproc://`` subscribers in the same
             process); by default the publisher owns one. One CURVE publisher per context.
         frames: publish camera frames (JPEG, ``img/<camera>``) that :meth:`send` is handed,
@@ -207,6 +208,8 @@ class Publisher:
         self._sock = self._ctx.socket(zmq.XPUB)
         try:
             self._configure(sndhwm, heartbeat_ms, curve)
+            if peer_limits is not None:  # silent connections must not hold slots for 30 s
+                self._sock.setsockopt(zmq.HANDSHAKE_IVL, round(peer_limits.handshake_s * 1000))
             self._monitor = self._sock.get_monitor_socket(_MONITOR_EVENTS)
             bound = []
             for ep in self.endpoints:

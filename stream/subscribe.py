@@ -412,7 +412,11 @@ class Subscriber:
             text = (f"the publisher refused this client's CURVE key (ZAP status "
                     f"{ev['value']}): add its public .key file to the publisher's "
                     "allowed_clients/ folder")
-        else:
+        elif ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:  # the connection ended
+            text = ("the publisher closed the connection during the handshake: it may be at "
+                    "its subscriber limit (its log says 'refused ...: max_connections' or "
+                    "'max_per_address'), or restarting; retrying")
+        else:  # a ZMTP protocol error, e.g. CURVE on one side only
             text = ("the security handshake failed: use CURVE keys exactly when the "
                     "publisher does, with --curve-server-key set to its server.key")
         self.stats.handshake_failures += 1

@@ -6,7 +6,9 @@ The attacker runs in its own process (its own buffers must not count in our RSS)
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -149,8 +151,9 @@ def test_hostile_peer_leaves_memory_bounded_and_honest_subscriber_served(attack)
 
 
 def test_oversized_subscription_ends_the_connection_and_limits_validate():
-    with pytest.raises(ValueError, match="peer limits"):
-        PeerLimits(budget_bytes=10)
+    for bad in ({"budget_bytes": 10}, {"max_per_address": -1}, {"handshake_s": 0}):
+        with pytest.raises(ValueError, match="peer limits"):
+            PeerLimits(**bad)
     with Publisher("tcp://127.0.0.1:*", class_table=TABLE) as pub:
         ctx = zmq.Context.instance()
         s = ctx.socket(zmq.XSUB)
@@ -159,6 +162,63 @@ def test_oversized_subscription_ends_the_connection_and_limits_validate():
         time.sleep(0.3)
         s.close(linger=0)
         assert pub.stats().subscriptions == 0
+
+
+def _own_address() -> str | None:
+    """This machine's address on its default route (not loopback), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("198.51.100.1", 9))  # TEST-NET-2: picks the route, sends nothing
+        except OSError:
+            return None
+        ip = s.getsockname()[0]
+    return None if ip.startswith("127.") else ip
+
+
+def _served(pub: Publisher, endpoint: str, seconds: float = 1.5) -> int:
+    """Label maps a new subscriber of ``endpoint`` receives while ``pub`` publishes."""
+    labels, n = np.zeros((36, 48), np.uint8), 0
+    with Subscriber(endpoint, timeout=0.5, heartbeat_ms=0) as sub:
+        t_end, seq = time.monotonic() + seconds, 0
+        while time.monotonic() < t_end:
+            pub.publish_labels("front", seq, labels, t_capture_ns=time.time_ns(),
+                               t_capture_mono_ns=time.monotonic_ns())
+            seq += 1
+            n += isinstance(sub.receive(0.02), LabelMessage)
+    return n
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux TCP_INFO, /proc")
+def test_one_host_cannot_take_every_connection_slot():
+    """Silent TCP connections from one remote address fill its own quota only: subscribers
+    from elsewhere are still served, the quota holds while slots are free, loopback peers
+    are not counted per address, and libzmq drops silent connections after handshake_s."""
+    own = _own_address()
+    if own is None:
+        pytest.skip("no non-loopback IPv4 address to connect from")
+    limits = PeerLimits(max_connections=12, max_per_address=4, handshake_s=3.0)
+    with Publisher("tcp://0.0.0.0:*", class_table=TABLE, peer_limits=limits) as pub:
+        port = int(pub.bound_endpoints[0].rsplit(":", 1)[1])
+        remote = [socket.create_connection((own, port)) for _ in range(10)]
+        local = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+        time.sleep(0.3)  # the housekeeping thread sees the ACCEPTED events
+        assert pub.stats().peers_cut == 6  # the remote address's 5th..10th
+        served = _served(pub, f"tcp://127.0.0.1:{port}", 0.7)  # slot 11 of 12
+        # The attacker's address is refused on accept (within one housekeeping period of
+        # 20 ms: a message may slip through before the cut, a stream never does).
+        refused = _served(pub, f"tcp://{own}:{port}", 0.7)
+        assert served > 20 and refused <= served // 10, (served, refused)
+        # Silent connections end when the handshake deadline passes: the remote ones we
+        # kept and the loopback ones alike read the greeting, then EOF.
+        t_end = time.monotonic() + 6
+        for c in remote[:4] + local:
+            c.settimeout(max(0.1, t_end - time.monotonic()))
+            with contextlib.suppress(ConnectionResetError):  # closed, or reset: ended
+                while c.recv(4096):
+                    pass
+        for c in remote + local:
+            c.close()
+        assert _served(pub, f"tcp://{own}:{port}", 0.7) > 20  # its slots are free again
 
 
 # ---------------------------------------------------------------- hostile publishers
