@@ -119,8 +119,9 @@ def _received(s: socket.socket) -> int | None:
 
 
 def _host(peer: object) -> str | None:
-    """The remote host of a peer address tuple, IPv4-mapped IPv6 unwrapped; None for a
-    loopback peer (this machine's own processes)."""
+    """The remote host of a peer address tuple, IPv4-mapped IPv6 unwrapped; None (not
+    counted per address) for a loopback peer, i.e. this machine's own processes, or for
+    anything that is not an IP address."""
     try:
         ip = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])  # type: ignore[index]
     except (ValueError, TypeError, IndexError):

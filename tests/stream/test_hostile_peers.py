@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from engines.spec import CAMVID_CLASSES
-from stream.peer_guard import PeerLimits
+from stream.peer_guard import PeerLimits, _host
 from stream.publish import Publisher
 from stream.sub_pump import OTHER
 from stream.subscribe import LabelMessage, Subscriber
@@ -162,6 +162,15 @@ def test_oversized_subscription_ends_the_connection_and_limits_validate():
         time.sleep(0.3)
         s.close(linger=0)
         assert pub.stats().subscriptions == 0
+
+
+@pytest.mark.parametrize(("peer", "host"), [
+    (("127.0.0.1", 5), None), (("127.3.2.1", 5), None), (("::1", 5, 0, 0), None),
+    (("::ffff:127.0.0.1", 5, 0, 0), None), (("::ffff:192.0.2.7", 5, 0, 0), "192.0.2.7"),
+    (("192.0.2.7", 5), "192.0.2.7"), (("2001:db8::1", 5, 0, 0), "2001:db8::1"),
+    (("fe80::1%eth0", 5, 0, 2), "fe80::1"), (("not an address", 5), None)])
+def test_connections_are_counted_per_remote_host_loopback_exempt(peer, host):
+    assert _host(peer) == host
 
 
 def _own_address() -> str | None:
