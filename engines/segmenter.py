@@ -59,21 +59,26 @@ class Segmenter:
         Args:
             batch: frames per engine call the pipeline may use: ONNX Runtime makes its
                 session take up to ``batch`` (rewriting a fixed-batch-1 graph, see
-                :mod:`engines.onnx_batch`); a TensorRT engine's own profile decides.
+                :mod:`engines.onnx_batch`); a TensorRT engine with a batch profile is
+                configured for ``batch`` clamped to its profile (an engine with a fixed N
+                takes N).
             policy: ONNX Runtime's engine thread policy (``auto``, ``latency``,
                 ``throughput``, or None: one plain session; see
                 :class:`engines.ort_backend.OrtBackend`).
 
-        TensorRT engines with logits output, no letterbox and batch 1 get the fused CUDA
-        pre/post-processing path (:class:`GpuFusedSegmenter`); batched TensorRT engines
-        run pre/post-processing on the CPU around the engine.
+        TensorRT engines with logits output, no letterbox and one frame per call (batch
+        1, or a batch-profile engine asked for 1) get the fused CUDA pre/post-processing
+        path (:class:`GpuFusedSegmenter`); TensorRT engines that take several frames per
+        call run pre/post-processing on the CPU around the engine.
         """
         name = backend or backend_for_path(model)
         if name == "onnxruntime":
             options = {"batch": batch, "policy": policy, **options}
+        elif name == "tensorrt":
+            options = {"batch": batch, **options}
         be = create_backend(model, backend, threads=threads, **options)
         if (be.name == "tensorrt" and be.spec.output == "logits" and not letterbox
-                and min(batch, max_batch_of(be)) <= 1):
+                and max_batch_of(be) == 1):
             return GpuFusedSegmenter(be)
         return cls(be, letterbox=letterbox)
 

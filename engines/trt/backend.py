@@ -11,10 +11,16 @@ While slot A's inference runs on the compute stream, ``submit`` of the next batc
 into slot B on the copy stream. ``infer`` is ``submit`` + ``collect``.
 
 Batches: an engine built with ``segstream build --batch N`` (profile N min 1, opt N,
-max N) runs N frames per call; ``max_batch`` says N. A call with fewer frames is padded
-with zeros to the configured N (the frames of a batch are independent, so the padding
-changes no frame's output), which keeps one input shape and so the CUDA graphs valid;
-``collect`` returns only the submitted frames' rows. Device buffers,
+max N) can run 1 to N frames per call; the backend is configured for ``batch`` frames
+(clamped to the profile; default: the profile's opt N) and ``max_batch`` says how many
+that is. A call with fewer frames is padded with zeros to the configured N (the frames of
+a batch are independent, so the padding changes no frame's output), which keeps one input
+shape and so the CUDA graphs valid; ``collect`` returns only the submitted frames' rows.
+
+Threads: pycuda makes the primary context current only on the thread that imported it
+(``pycuda.autoprimaryctx``). Every public method makes it current on the calling thread
+for its duration (:meth:`TensorRTBackend.cuda_context`), so a backend made on one thread
+can run on another (a ROS 2 executor's, the stream's engine thread). Device buffers,
 pinned buffers, streams and events come from pycuda on the device's primary context
 (``pycuda.autoprimaryctx``), the context TensorRT's runtime uses too.
 
@@ -26,6 +32,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +49,7 @@ log = logging.getLogger(__name__)
 NUM_SLOTS = 2
 
 
-@dataclass
+@dataclass(eq=False)  # a slot is a resource: compared by identity
 class Slot:
     """One set of I/O buffers; a batch owns a slot from submit until collect."""
 
@@ -65,6 +73,9 @@ class TensorRTBackend:
         cuda_graph: capture ``execute_async_v3`` per slot into CUDA graphs and replay them
             (fixed shapes only; falls back to plain enqueue when capture fails).
         force: load an engine built on another GPU model of the same compute capability.
+        batch: frames per call for an engine with a dynamic batch dimension, clamped to
+            its optimisation profile (None: the profile's opt N); an engine with a fixed
+            N always takes N.
 
     Raises:
         BackendError: TensorRT/pycuda missing, engine incompatible or unreadable, or an
@@ -74,7 +85,8 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, model_path: str | Path, spec: ModelSpec, *, threads: int | None = None,
-                 cuda_graph: bool = False, force: bool = False) -> None:
+                 cuda_graph: bool = False, force: bool = False,
+                 batch: int | None = None) -> None:
         del threads
         model_path = Path(model_path)
         self.spec = spec
@@ -87,16 +99,22 @@ class TensorRTBackend:
         self._trt, self._cuda = trt, cuda
         try:
             record = read_engine_record(model_path)
+            data = model_path.read_bytes()  # hashed and deserialised: the same bytes
             check_compatible(record, tensorrt_version=trt.__version__, gpu_name=device.name,
                              compute_capability=device.compute_capability,
-                             engine_path=model_path, force=force, device=device)
+                             engine_path=model_path, force=force, device=device,
+                             engine_bytes=data)
         except (EngineMismatchError, ModelSpecError) as e:
             raise BackendError(str(e)) from e
+        except OSError as e:
+            raise BackendError(f"cannot read the engine {model_path}: {e}") from e
         gpu_name = device.describe()
         self.record = record
+        # pycuda.autoprimaryctx made the device's primary context current on this thread
+        self._ctx = cuda.Context.get_current()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(model_path.read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise BackendError(f"TensorRT could not deserialise {model_path} (see the log "
                                "above); rebuild it with `segstream build`")
@@ -119,18 +137,22 @@ class TensorRTBackend:
         self._next = 0
         self._slots: list[Slot] = []
         self._use_graph = cuda_graph
-        self._configure(self._default_input_shape())
+        self._configure(self._initial_input_shape(batch))
         log.info("TensorRT %s engine %s: %s %s -> %s %s on %s (built %s, %s)",
                  trt.__version__, model_path.name, self._in_name, self._in_shape,
                  self._out_name, self._out_shape, gpu_name, record.built_at, record.precision)
 
     # -- shapes and buffers ------------------------------------------------------------
-    def _default_input_shape(self) -> tuple[int, ...]:
+    def _initial_input_shape(self, batch: int | None) -> tuple[int, ...]:
+        """The engine's static input shape, else its profile's opt shape with N =
+        ``batch`` clamped to the profile's N range (None: the opt N)."""
         shape = tuple(self._engine.get_tensor_shape(self._in_name))
         if -1 not in shape:
             return shape
-        _lo, opt, _hi = self._engine.get_tensor_profile_shape(self._in_name, 0)
-        return tuple(opt)
+        lo, opt, hi = (tuple(s) for s in
+                       self._engine.get_tensor_profile_shape(self._in_name, 0))
+        n = opt[0] if batch is None else min(max(int(batch), lo[0]), hi[0])
+        return (n, *opt[1:])
 
     def _configure(self, shape: tuple[int, ...]) -> None:
         """Set the input shape, (re)allocate both slots, capture graphs if asked."""
@@ -209,12 +231,26 @@ class TensorRTBackend:
 
     @property
     def max_batch(self) -> int:
-        """Frames one call takes: the input's static N, or its profile's largest N."""
-        n = int(self._engine.get_tensor_shape(self._in_name)[0])
-        if n > 0:
-            return n
-        _lo, _opt, hi = self._engine.get_tensor_profile_shape(self._in_name, 0)
-        return int(hi[0])
+        """Frames one call takes: the N the input is configured for (the engine's static
+        N, or ``batch`` within its profile); smaller calls are padded up to it."""
+        return int(self._in_shape[0])
+
+    @contextmanager
+    def cuda_context(self) -> Iterator[None]:
+        """Make this backend's CUDA context current on the calling thread while inside.
+
+        pycuda keeps a context stack per thread and aborts the process when a thread
+        ends with a context still pushed, so a thread without one gets it pushed here and
+        popped on the way out; on a thread where it is current this costs one query.
+        """
+        if self._ctx is None or self._cuda.Context.get_current() is not None:
+            yield
+            return
+        self._ctx.push()
+        try:
+            yield
+        finally:
+            self._cuda.Context.pop()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float -> (N, K, h, w) float32 logits or (N, H, W) labels."""
@@ -228,6 +264,10 @@ class TensorRTBackend:
 
         At most two batches are in flight; ``collect()`` returns them in order.
         """
+        with self.cuda_context():
+            self._submit(batch)
+
+    def _submit(self, batch: np.ndarray) -> None:
         if len(self._pending) == NUM_SLOTS:
             raise BackendError(f"{NUM_SLOTS} batches already in flight: collect() one first")
         n = int(batch.shape[0])
@@ -249,30 +289,39 @@ class TensorRTBackend:
     def _run_slot(self, slot: Slot, frames: int) -> None:
         """Queue upload, inference and download of ``slot``'s filled host input."""
         slot.frames = frames
-        self._cuda.memcpy_htod_async(slot.dev_in, slot.host_in, self._copy_stream)
-        slot.uploaded.record(self._copy_stream)
-        self._compute_stream.wait_for_event(slot.uploaded)
-        self.enqueue(slot)
-        self._cuda.memcpy_dtoh_async(slot.host_out, slot.dev_out, self._compute_stream)
+        try:
+            self._cuda.memcpy_htod_async(slot.dev_in, slot.host_in, self._copy_stream)
+            slot.uploaded.record(self._copy_stream)
+            self._compute_stream.wait_for_event(slot.uploaded)
+            self.enqueue(slot)
+            self._cuda.memcpy_dtoh_async(slot.host_out, slot.dev_out, self._compute_stream)
+        except BaseException:
+            self.abandon()
+            raise
         self.finish(slot)
 
     def ready(self) -> bool:
         """The oldest batch in flight has finished (collecting it will not wait)."""
-        return bool(self._pending) and bool(self._pending[0].done.query())
+        if not self._pending:
+            return False
+        with self.cuda_context():
+            return bool(self._pending[0].done.query())
 
     def collect(self) -> np.ndarray:
         """Wait for the oldest submitted batch and return its output (a fresh array)."""
         if not self._pending:
             raise BackendError("collect() without a submitted batch")
-        slot = self.pop_finished()
+        with self.cuda_context():
+            slot = self.pop_finished()
         out = slot.host_out[:slot.frames or None].copy()
         if out.dtype == np.float16:
             out = out.astype(np.float32)  # protocol: float32 logits
         return out
 
     def close(self) -> None:
-        self._drain()
-        self._close_slots()
+        with self.cuda_context():
+            self._drain()
+            self._close_slots()
         self._context = None
         self._engine = None
         self._runtime = None
@@ -289,12 +338,12 @@ class TensorRTBackend:
         return self._copy_stream, self._compute_stream
 
     def acquire_slot(self) -> Slot:
-        """The next free slot, round robin (the caller marks it with :meth:`finish`)."""
+        """The next free slot, round robin (the caller marks it with :meth:`finish`, or
+        calls :meth:`abandon` when queueing its work failed; until then the same slot is
+        handed out again, so a failed submit never hands out a slot still in flight)."""
         if len(self._pending) == NUM_SLOTS:
             raise BackendError(f"{NUM_SLOTS} batches already in flight: collect() one first")
-        slot = self._slots[self._next]
-        self._next = (self._next + 1) % NUM_SLOTS
-        return slot
+        return self._slots[self._next]
 
     def enqueue(self, slot: Slot) -> None:
         """Queue inference on ``slot``'s device buffers on the compute stream."""
@@ -310,6 +359,13 @@ class TensorRTBackend:
         """Record ``slot``'s completion on the compute stream and queue it for collect."""
         slot.done.record(self._compute_stream)
         self._pending.append(slot)
+        self._next = (self._slots.index(slot) + 1) % NUM_SLOTS
+
+    def abandon(self) -> None:
+        """After a failed submit: wait until both streams are idle, so that whatever part
+        of it was queued no longer reads the slot's buffers when the slot is reused."""
+        self._copy_stream.synchronize()
+        self._compute_stream.synchronize()
 
     def pop_finished(self) -> Slot:
         """Wait for the oldest in-flight slot and hand it back (pipeline use)."""

@@ -215,7 +215,8 @@ def read_engine_record(engine_path: str | Path) -> EngineRecord:
 def check_compatible(record: EngineRecord, *, tensorrt_version: str, gpu_name: str,
                      compute_capability: tuple[int, int], engine_path: str | Path,
                      verify_hash: bool = True, force: bool = False,
-                     device: DeviceIdentity | None = None) -> list[str]:
+                     device: DeviceIdentity | None = None,
+                     engine_bytes: bytes | None = None) -> list[str]:
     """Refuse an engine this process cannot run, naming the reason and the fix.
 
     TensorRT engines are tied to the exact TensorRT release and the GPU model (its
@@ -223,7 +224,8 @@ def check_compatible(record: EngineRecord, *, tensorrt_version: str, gpu_name: s
     does not tell Orin modules apart, so with ``device`` (this GPU's identity) the SM count,
     memory size and board model recorded at build time are compared too.
     ``force=True`` accepts another GPU model of the same compute capability (never another
-    TensorRT version or architecture, which cannot work).
+    TensorRT version or architecture, which cannot work). Give ``engine_bytes`` (the
+    file's content, read once) to hash exactly the bytes that will be deserialised.
 
     Returns:
         Warnings (also logged): a forced model mismatch, another CUDA driver (JetPack)
@@ -268,7 +270,8 @@ def check_compatible(record: EngineRecord, *, tensorrt_version: str, gpu_name: s
                 f"is {device.cuda_driver_version} (another JetPack / driver release); it may "
                 "load but is untested there. " + rebuild)
     if verify_hash:
-        actual = sha256_file(engine_path)
+        actual = (hashlib.sha256(engine_bytes).hexdigest() if engine_bytes is not None
+                  else sha256_file(engine_path))
         if actual != record.engine_sha256:
             raise EngineMismatchError(
                 f"{engine_path} does not match its sidecar (sha256 {actual[:12]}... vs "

@@ -119,18 +119,23 @@ class GpuSegmenter:
             self.backend.submit(self._cpu[0](_to_bgr(frame, fmt)))
             self._pending.append((h, w))
             return
-        slot = self.backend.acquire_slot()
-        buf = self._frame_buffers(slot, (h, w, fmt))
-        copy_stream, compute = self.backend.streams
-        np.copyto(buf.host_frame, frame.reshape(buf.host_frame.shape))
-        self._cuda.memcpy_htod_async(buf.dev_frame, buf.host_frame, copy_stream)
-        slot.uploaded.record(copy_stream)
-        compute.wait_for_event(slot.uploaded)
-        self._launch_pre(buf, slot, h, w, fmt, compute)
-        self.backend.enqueue(slot)
-        self._launch_post(slot, buf, h, w, compute)
-        self._cuda.memcpy_dtoh_async(buf.host_labels, buf.dev_labels, compute)
-        self.backend.finish(slot)
+        with self.backend.cuda_context():
+            slot = self.backend.acquire_slot()
+            buf = self._frame_buffers(slot, (h, w, fmt))
+            copy_stream, compute = self.backend.streams
+            np.copyto(buf.host_frame, frame.reshape(buf.host_frame.shape))
+            try:
+                self._cuda.memcpy_htod_async(buf.dev_frame, buf.host_frame, copy_stream)
+                slot.uploaded.record(copy_stream)
+                compute.wait_for_event(slot.uploaded)
+                self._launch_pre(buf, slot, h, w, fmt, compute)
+                self.backend.enqueue(slot)
+                self._launch_post(slot, buf, h, w, compute)
+                self._cuda.memcpy_dtoh_async(buf.host_labels, buf.dev_labels, compute)
+            except BaseException:
+                self.backend.abandon()
+                raise
+            self.backend.finish(slot)
         self._pending.append(buf)
 
     def collect(self) -> np.ndarray:
@@ -141,15 +146,19 @@ class GpuSegmenter:
         if isinstance(item, tuple):  # CPU pre/post fallback
             logits = self.backend.collect()[0]  # (K, h, w) float32
             return self._cpu[1](logits, item)  # type: ignore[index]
-        self.backend.pop_finished()
+        with self.backend.cuda_context():
+            self.backend.pop_finished()
         return item.host_labels.copy()
 
     def close(self) -> None:
         while self._pending:
             self.collect()
-        for buf in self._buffers.values():
-            buf.dev_frame.free()
-            buf.dev_labels.free()
+        if not self._buffers:
+            return
+        with self.backend.cuda_context():
+            for buf in self._buffers.values():
+                buf.dev_frame.free()
+                buf.dev_labels.free()
         self._buffers.clear()
 
     # -- internals --------------------------------------------------------------------
