@@ -48,6 +48,7 @@ MODE_NAMES = {MODE_LERP_FMA: "lerp-fma (IPP)", MODE_WEIGHTED: "weighted (OpenCV)
 MAX_CLASSES = 256  # uint8 labels
 _PROBE_VALUES = 4096  # interpolated values compared per probed mode, at least
 _MAX_GEOMETRIES = 64  # cached (h, w, out_h, out_w) entries
+_UNKNOWN = object()  # geometry_for: "not probed yet" (a cached None means "no mode fits")
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,9 @@ class FusedUpsampleArgmax:
         """The geometry in the mode ``cv2.resize`` computes here, probed once and cached;
         None when neither mode reproduces it (logged)."""
         key = (h, w, out_h, out_w)
-        if key in self._geometries:
-            return self._geometries[key]
+        cached = self._geometries.get(key, _UNKNOWN)  # one lookup: another thread may clear
+        if cached is not _UNKNOWN:
+            return cached
         geo = self._probe(h, w, out_h, out_w)  # another thread may probe it too: same result
         if len(self._geometries) >= _MAX_GEOMETRIES:
             self._geometries.clear()

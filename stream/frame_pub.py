@@ -139,7 +139,8 @@ class FrameTap:
             if self._wanted(cam):
                 self._publish(frame)
             else:  # its last subscriber left meanwhile
-                self.skipped += 1
+                with self._cond:  # offer() counts under the lock too
+                    self.skipped += 1
 
     def _publish(self, frame: Frame) -> None:
         h, w = frame.shape

@@ -247,6 +247,8 @@ class Pipeline:
         except EngineError as e:
             error = str(e)
             log.error("%s", e)
+            if self.engine.pending:
+                log.warning("%d engine call(s) still in flight abandoned", self.engine.pending)
         finally:
             if worker is not None:
                 self._handoff.close()  # the worker publishes what was handed off, then ends
@@ -281,6 +283,9 @@ class Pipeline:
             # Idle: wait for frames. A call in flight and room for another: look for a new
             # frame a little at a time, collecting the call as soon as it is done.
             timeout = 0.002 if engine.pending else 0.05
+            # Read before gathering: a camera hands over its last frame before it reports
+            # its end, so "ended" seen here means that frame is in the mailbox already.
+            ended = all(s.state in ENDED for s in self.sources)
             got, _ = fanin.gather(self.batch, timeout, self.batch_wait_s, self.refused)
             if governor is not None:
                 governor.update()
@@ -289,8 +294,7 @@ class Pipeline:
                 self._submit(frames, time.monotonic_ns())
             if engine.pending and (engine.pending >= engine.depth or engine.ready()):
                 self._collect(worker)
-            elif not got and not engine.pending and all(
-                    s.state in ENDED for s in self.sources):
+            elif not got and not engine.pending and ended:
                 log.info("all sources ended")
                 break
         while engine.pending and not (worker is not None and worker.failed.is_set()):

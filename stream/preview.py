@@ -209,17 +209,6 @@ class _Capture(Protocol):
     def stats(self) -> Any: ...
 
 
-def _summaries(times: Any) -> dict[str, Any]:
-    """``StageTimes.summaries()`` read from another thread: its window dict may grow
-    while read (a stage's first sample), which raises; read again then."""
-    for _ in range(3):
-        try:
-            return times.summaries()
-        except RuntimeError:
-            continue
-    return {}
-
-
 def _ms(x: float) -> float | None:
     return round(x, 2) if math.isfinite(x) else None
 
@@ -235,7 +224,7 @@ def camera_status(capture: _Capture, cam_stats: Any,
     the post worker's slot replaced; ``engine``: the engine's mode
     (:class:`~stream.stats.EngineMode` as a dict, the same for every camera), or None."""
     st = capture.stats()
-    sums = _summaries(cam_stats.times)
+    sums = cam_stats.times.summaries()
     order = [s for s in STAGES if s in sums] + sorted(set(sums) - set(STAGES))
     stages = {s: {"p50": _ms(sums[s].p50_ms), "p99": _ms(sums[s].p99_ms)}
               for s in order if sums[s].count}

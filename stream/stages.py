@@ -25,6 +25,7 @@ calls overlap), handoff (engine output ready -> the post stage taking it), post,
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -43,6 +44,8 @@ from stream.stats import StageTimes
 if TYPE_CHECKING:
     from engines.spec import ModelSpec
     from stream.pipeline import LabelSink
+
+log = logging.getLogger("segstream.pipeline")
 
 
 class EngineError(RuntimeError):
@@ -348,7 +351,11 @@ class PostWorker:
             except Exception as e:  # the sink's: re-raised by the pipeline's thread
                 self.exception = e
             if self.error is not None or self.exception is not None:
-                self.handoff.close(discard=True)
+                left = self.handoff.close(discard=True)
+                if left:  # computed, never to be published: say so
+                    log.warning("post worker stopped: %d computed label map(s) not "
+                                "published (cameras %s)", len(left),
+                                ", ".join(sorted({i.frame.camera_id for i in left})))
                 self.failed.set()
                 return
 

@@ -6,6 +6,7 @@ reported figures are milliseconds and frames per second.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -41,42 +42,55 @@ class StageTimes:
 
     ``add(stage, ns)`` records one duration; ``tick()`` counts one finished frame.
     Windows hold the last ``window`` samples, so percentiles follow the live state.
+
+    Thread use: the post worker writes while the status line, ``/metrics`` and the
+    preview read from other threads; one lock makes every read a consistent snapshot
+    (iterating a deque or dict that another thread appends to raises ``RuntimeError``).
     """
 
     def __init__(self, window: int = 2000) -> None:
         self._w: dict[str, deque[int]] = {s: deque(maxlen=window) for s in STAGES}
         self._ticks: deque[int] = deque(maxlen=window)
+        self._lock = threading.Lock()
         self.frames = 0
 
     def add(self, stage: str, ns: int) -> None:
-        self._w.setdefault(stage, deque(maxlen=self._ticks.maxlen)).append(int(ns))
+        with self._lock:
+            self._w.setdefault(stage, deque(maxlen=self._ticks.maxlen)).append(int(ns))
 
     def tick(self, t_ns: int | None = None) -> None:
-        self._ticks.append(time.monotonic_ns() if t_ns is None else t_ns)
-        self.frames += 1
+        t = time.monotonic_ns() if t_ns is None else t_ns
+        with self._lock:
+            self._ticks.append(t)
+            self.frames += 1
 
     def fps(self, horizon_s: float = 2.0) -> float:
         """Frames per second over the last ``horizon_s`` seconds of ticks."""
-        if len(self._ticks) < 2:
+        with self._lock:
+            ticks = list(self._ticks)
+        if len(ticks) < 2:
             return 0.0
-        end = self._ticks[-1]
+        end = ticks[-1]
         start_limit = end - int(horizon_s * 1e9)
         n, first = 0, end
-        for t in reversed(self._ticks):
+        for t in reversed(ticks):
             if t < start_limit:
                 break
             n, first = n + 1, t
         return (n - 1) * 1e9 / (end - first) if n > 1 and end > first else 0.0
 
     def summary(self, stage: str) -> Summary:
-        return Summary.of(self._w.get(stage, ()))
+        return Summary.of(self.samples(stage))
 
     def summaries(self) -> dict[str, Summary]:
-        return {s: self.summary(s) for s in self._w if self._w[s]}
+        with self._lock:
+            windows = {s: list(d) for s, d in self._w.items() if d}
+        return {s: Summary.of(v) for s, v in windows.items()}
 
     def samples(self, stage: str) -> list[int]:
         """The window's durations of ``stage`` in ns, oldest first (e.g. to pool cameras)."""
-        return list(self._w.get(stage, ()))
+        with self._lock:
+            return list(self._w.get(stage, ()))
 
 
 @dataclass(frozen=True)

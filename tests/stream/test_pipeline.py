@@ -136,3 +136,39 @@ def test_dropped_makes_the_loss_formula_exact_for_every_pair(tiny_model, overlap
     assert sink.sent[0][1] == sink.sent[0][0]  # frames before the first one never published
     for (s1, d1), (s2, d2) in itertools.pairwise(sink.sent):
         assert (s2 - s1 - 1) - (d2 - d1) == 0
+
+
+class LastFrameAtTheEnd(ListSource):
+    """A camera whose last frame and end of stream land together, between the loop's look
+    at the mailbox (empty) and its look at the cameras' states: the capture thread hands
+    the last frame over, then reports eos (as stream.capture_base does)."""
+
+    def __init__(self, camera_id: str, n: int) -> None:
+        super().__init__(camera_id, n)
+        self._held = self._images.pop()  # not captured yet
+        self._state = "running"
+
+    @property
+    def state(self) -> str:
+        if self._held is not None and self._seq >= len(self._images):
+            self._images.append(self._held)  # the capture thread puts the last frame...
+            self._held = None
+            self._state = "eos"  # ...then reaches the end of the stream
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+
+    def latest(self, timeout: float) -> Frame | None:
+        if self._seq >= len(self._images):
+            return None  # the end is reported by the capture thread, not here
+        return super().latest(timeout)
+
+
+@pytest.mark.parametrize("overlap", ["on", "off"])
+def test_a_last_frame_that_arrives_with_the_end_of_stream_is_published(tiny_model, overlap):
+    seg = Segmenter.from_path(tiny_model, threads=1)
+    sink = ListSink()
+    Pipeline([LastFrameAtTheEnd("a", 4)], seg, sink, stats_interval=0, overlap=overlap).run()
+    assert [f.seq for f, _ in sink.sent] == [0, 1, 2, 3]
