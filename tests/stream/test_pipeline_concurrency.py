@@ -316,6 +316,26 @@ def test_auto_policy_has_both_sessions_with_identical_outputs(tiny_model):
         create_backend(tiny_model, policy="fast")
 
 
+@pytest.mark.skipif(not shipped_models(), reason="no shipped model in engines/models")
+@pytest.mark.parametrize("model", shipped_models(), ids=lambda m: m.stem)
+def test_engine_modes_give_identical_labels_on_every_shipped_model(model):
+    """auto switches between a 2-thread session and 1-thread sessions mid-run: the labels
+    of a frame must not depend on which one ran it (same for a plain session)."""
+    seg = Segmenter.from_path(model, threads=2, policy="auto")
+    plain = Segmenter.from_path(model, threads=1)
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 256, (360, 480, 3), np.uint8)
+    frame[:120] = (235, 200, 180)  # a sky, so the map has several classes and boundaries
+    x = seg.pre(frame)
+    outs = {}
+    for mode in ("throughput", "latency"):
+        assert seg.backend.set_mode(mode) == mode
+        outs[mode] = seg.backend.infer(x)[0]
+    labels = {m: seg.finish(o, frame.shape[:2]) for m, o in outs.items()}
+    assert np.array_equal(labels["throughput"], labels["latency"])
+    assert np.array_equal(labels["latency"], plain(frame))
+
+
 def test_throughput_mode_runs_calls_side_by_side_in_order(tiny_model):
     plain = create_backend(tiny_model, threads=2)
     be = create_backend(tiny_model, threads=2, policy="throughput")
