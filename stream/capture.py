@@ -84,12 +84,12 @@ class GstCapture(BaseCapture):
     def _pull(self, pipeline: Any, sink: Any, bus: Any) -> tuple[Outcome, str]:
         Gst = self._gst.Gst
         poll_ns = int(self.options.poll_interval * Gst.SECOND)
-        stall = self.options.stall_timeout
+        first = self.options.first_frame_s(self.spec.kind)
         while not self._stopping:
             sample = sink.try_pull_sample(poll_ns)
             if sample is not None:
                 t_mono, t_wall = now_ns()
-                if not self._caps:
+                if not self._session_frames:  # a camera may come back with other caps
                     self._caps = sample.get_caps().to_string()
                 if not self._emit(sample_to_bgr(sample), t_mono, t_wall):
                     return Outcome.STOPPED, ""
@@ -101,6 +101,7 @@ class GstCapture(BaseCapture):
             result = self._drain_bus(bus, pipeline)
             if result is not None:
                 return result
+            stall = self.options.stall_timeout if self._session_frames else first
             if sample is None and self._since_progress() > stall:
                 what = "no frame" if self._session_frames else "no first frame"
                 detail = f"{what} for {stall:.1f} s"
@@ -142,6 +143,8 @@ class GstCapture(BaseCapture):
                 log.info("%s: end of file, looping", self.camera_id)
                 self._last_progress = time.monotonic()
                 return None
+            if not self._session_frames:  # reopening would only end the same way, at once
+                return Outcome.END, "end of file without a frame, cannot seek: not looping"
             return Outcome.RESTART, "end of file, cannot seek: reopening"
         if self.spec.live and self.spec.kind in _EOS_IS_LOSS:
             return Outcome.RETRY, "the stream ended (camera or server closed it)"

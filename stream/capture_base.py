@@ -58,13 +58,20 @@ class Backoff:
         return min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
 
 
+FIRST_FRAME_NETWORK_S = 10.0  # default first-frame allowance of RTSP and CSI sessions
+
+
 @dataclass(frozen=True)
 class CaptureOptions:
     """How a capture watches its source.
 
     Attributes:
-        stall_timeout: seconds without a frame (also: before the first one) after which a
-            live source is rebuilt and a file is declared failed.
+        stall_timeout: seconds without a frame after which a live source is rebuilt and
+            a file is declared failed.
+        first_frame_timeout: seconds a session may take to its first frame (connecting,
+            waiting for the first key frame); None: ``stall_timeout``, and at least
+            :data:`FIRST_FRAME_NETWORK_S` for RTSP and CSI sources (an RTSP handshake
+            over a cellular link, a camera with a long key-frame interval, Argus start-up).
         max_retries: reconnect attempts in a row (reset by a delivered frame) before the
             source is declared failed; -1 retries forever.
         backoff: waits between attempts.
@@ -73,13 +80,26 @@ class CaptureOptions:
     """
 
     stall_timeout: float = 3.0
+    first_frame_timeout: float | None = None
     max_retries: int = -1
     backoff: Backoff = field(default_factory=Backoff)
     poll_interval: float = 0.1
 
+    def first_frame_s(self, kind: str) -> float:
+        """Seconds a session of a ``kind`` source (``rtsp``, ``csi``, ...) may take to its
+        first frame."""
+        if self.first_frame_timeout is not None:
+            return self.first_frame_timeout
+        if kind in ("rtsp", "csi"):
+            return max(self.stall_timeout, FIRST_FRAME_NETWORK_S)
+        return self.stall_timeout
+
     def __post_init__(self) -> None:
         if self.stall_timeout <= 0:
             raise ValueError(f"stall_timeout must be > 0 seconds, got {self.stall_timeout}")
+        if self.first_frame_timeout is not None and self.first_frame_timeout <= 0:
+            raise ValueError(f"first_frame_timeout must be > 0 seconds, got "
+                             f"{self.first_frame_timeout}")
         if self.max_retries < -1:
             raise ValueError(f"max_retries must be >= 0, or -1 for forever; got {self.max_retries}")
         if not 0 < self.poll_interval <= self.stall_timeout:

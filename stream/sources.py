@@ -18,11 +18,22 @@ and none is lost (see :attr:`SourceSpec.lossless`).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import (
+    SplitResult,
+    parse_qsl,
+    unquote,
+    unquote_plus,
+    urlencode,
+    urlsplit,
+    urlunsplit,
+)
+
+log = logging.getLogger("segstream.sources")
 
 KINDS = ("file", "v4l2", "rtsp", "csi", "test", "gst")
 
@@ -287,9 +298,10 @@ def _v4l2(uri: str, camera_id: str) -> SourceSpec:
     if not dev.startswith("/dev/"):
         raise SourceError(f"source {uri!r}: expected a device such as v4l2:///dev/video0 "
                           f"or v4l2://0\n{VALID_FORMS}")
-    if not Path(dev).exists():
-        raise SourceError(f"source {uri!r}: camera device {dev} does not exist; list "
-                          f"cameras with `v4l2-ctl --list-devices` or `ls /dev/video*`")
+    if not Path(dev).exists():  # may enumerate late (USB at boot): the capture retries
+        log.warning("source %r: camera device %s does not exist (yet); it is retried like "
+                    "an unplugged camera. List cameras with `v4l2-ctl --list-devices`",
+                    uri, dev)
     opts = _Options(uri, parts.query, ("width", "height", "fps", "format"))
     w, h, fps = opts.integer("width", 0), opts.integer("height", 0), opts.integer("fps", 0, hi=1000)
     fmt = opts.choice("format", "raw", ("raw", "mjpeg"))
@@ -316,7 +328,9 @@ def _rtsp(uri: str, camera_id: str) -> SourceSpec:
     nvmm = opts.flag("nvmm", _is_jetson())
     url = uri
     if any(k in ours for k, _ in pairs):
-        rest = urlencode([(k, v) for k, v in pairs if k not in ours])
+        # the camera's own pieces stay byte for byte (tokens with '=' or '%2F', bare keys)
+        rest = "&".join(piece for piece in parts.query.split("&")
+                        if piece and unquote_plus(piece.split("=", 1)[0]) not in ours)
         url = urlunsplit(parts._replace(query=rest))
     # The caps filter picks the video stream: cameras often send audio too, and rtspsrc's
     # first pad (maybe the audio) would otherwise take the only decodebin.

@@ -72,6 +72,18 @@ def test_backoff_and_options():
         Backoff(initial=0)
 
 
+def test_first_frame_allowance_by_source_kind():
+    """A session's first frame may take longer than a stall on network and CSI cameras
+    (handshake, first key frame, Argus start-up); elsewhere it is the stall timeout."""
+    opts = CaptureOptions()
+    assert opts.first_frame_s("rtsp") == opts.first_frame_s("csi") == 10.0
+    assert opts.first_frame_s("v4l2") == opts.first_frame_s("file") == 3.0
+    assert CaptureOptions(stall_timeout=12).first_frame_s("rtsp") == 12
+    assert CaptureOptions(first_frame_timeout=0.5).first_frame_s("rtsp") == 0.5
+    with pytest.raises(ValueError, match="first_frame_timeout"):
+        CaptureOptions(first_frame_timeout=0)
+
+
 def test_mailbox_newest_wins_and_counts_drops():
     box = Mailbox()
     frames = [Frame("c", i, i, i, np.zeros((1, 1, 3), np.uint8)) for i in range(4)]

@@ -94,7 +94,7 @@ def test_hung_camera_is_detected_as_stalled_and_closes_promptly():
         hung.bind(("127.0.0.1", 0))
         hung.listen(8)
         url = f"rtsp://127.0.0.1:{hung.getsockname()[1]}/stream1"
-        opts = CaptureOptions(stall_timeout=0.5, poll_interval=0.05,
+        opts = CaptureOptions(stall_timeout=0.5, first_frame_timeout=0.5, poll_interval=0.05,
                               backoff=Backoff(initial=0.1, factor=2, maximum=0.2))
         cap = open_capture(parse_source_args([url])[0], backend="gstreamer", options=opts,
                            on_state=states)
