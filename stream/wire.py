@@ -201,6 +201,13 @@ def _dumps(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
+def _wellformed(text: str) -> str:
+    """``text`` without lone surrogates (a non-UTF-8 file name reaches Python as
+    ``\\udcXX``; JSON would carry it as an unpaired escape that strict parsers reject):
+    each becomes the visible text ``\\udcXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def pack_labels(header: LabelsHeader, payload: Buffer) -> list[Buffer]:
     """The three frames of a labels message (payload passed through untouched)."""
     return [(TOPIC_LABELS + header.camera).encode(), _dumps(header.to_json()), payload]
@@ -208,9 +215,10 @@ def pack_labels(header: LabelsHeader, payload: Buffer) -> list[Buffer]:
 
 def class_table_json(table: ClassTable) -> dict[str, Any]:
     return {"v": WIRE_VERSION, "v_minor": WIRE_MINOR, "type": "class_table", "id": table.id,
-            "classes": [{"id": c.id, "name": c.name, "color": list(c.color)}
+            "classes": [{"id": c.id, "name": _wellformed(c.name), "color": list(c.color)}
                         for c in table.classes],
-            "model": {"name": table.model.name, "architecture": table.model.architecture,
+            "model": {"name": _wellformed(table.model.name),
+                      "architecture": _wellformed(table.model.architecture),
                       "input_size": list(table.model.input_size)}}
 
 
@@ -221,7 +229,8 @@ def pack_class_table(table: ClassTable) -> list[Buffer]:
 def pack_event(event: SourceEvent) -> list[Buffer]:
     doc = {"v": WIRE_VERSION, "v_minor": WIRE_MINOR, "type": "source_state",
            "camera": event.camera,
-           "state": event.state, "detail": event.detail, "t_ns": event.t_ns}
+           "state": _wellformed(event.state), "detail": _wellformed(event.detail),
+           "t_ns": event.t_ns}
     return [(TOPIC_EVENT + event.camera).encode(), _dumps(doc), b""]
 
 
@@ -289,6 +298,8 @@ def parse_header(parts: Sequence[Buffer], *,
     if version != WIRE_VERSION:
         raise WireError(f"wire version {version} is not supported: this decoder reads version "
                         f"{WIRE_VERSION}; upgrade the older side")
+    if "v_minor" in doc:
+        _uint(doc, "v_minor", kind)  # every message type: an integer >= 0 when present
     mtype = _field(doc, "type", str, kind)
     if mtype != kind:
         raise WireError(f"header type {mtype!r:.40} does not match topic {topic!r:.60}")

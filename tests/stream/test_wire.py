@@ -93,6 +93,24 @@ def test_class_table_and_event_round_trip():
     assert decode(pack_event(ev)) == ev
 
 
+def test_free_text_never_carries_a_lone_surrogate():
+    """A non-UTF-8 file name reaches Python as a lone surrogate; strict JSON parsers
+    (serde_json, the C client's) reject a header that carries one as an escape."""
+    ev = SourceEvent("rear", "starting", "file /data/caf\udce9.mp4", 1)
+    header = pack_event(ev)[1]
+    detail = json.loads(header)["detail"]
+    assert detail == "file /data/caf\\udce9.mp4"
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for c in header.decode("ascii") + detail)
+    assert decode(pack_event(ev)).detail == detail
+
+
+def test_v_minor_is_checked_on_every_message_type():
+    doc = json.loads(pack_class_table(TABLE)[1])
+    doc["v_minor"] = "2"
+    with pytest.raises(WireError, match="v_minor"):
+        decode([pack_class_table(TABLE)[0], json.dumps(doc).encode(), b""])
+
+
 def test_class_table_id_changes_with_the_classes():
     renamed = (CAMVID_CLASSES[0].__class__(0, "heaven", (1, 2, 3)), *CAMVID_CLASSES[1:])
     assert class_table_id(renamed) != TABLE.id
