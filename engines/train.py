@@ -47,9 +47,9 @@ from engines.data.torch_dataset import EvalDataset, TrainDataset
 from engines.losses import SegLoss, class_weights
 from engines.metrics import ConfusionMatrix, SegMetrics, fmt_miou
 from engines.quant_sim import enable_fake_quant
-from engines.registry import build_model
+from engines.registry import UnknownModelError, build_model
 from engines.spec import ModelSpec
-from engines.train_config import TrainConfig, add_arguments, config_from_args
+from engines.train_config import TrainConfig, add_arguments, config_from_args, resumed_config
 from engines.train_curves import plot_curves
 
 __all__ = ["TrainConfig", "add_arguments", "config_from_args", "load_checkpoint_model", "train"]
@@ -245,9 +245,21 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    if not cfg.resume and (out / "last.pt").exists():
-        raise FileExistsError(f"--out {out} already holds a run ({out / 'last.pt'}): continue "
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if not cfg.resume and last_path.exists():
+        raise FileExistsError(f"--out {out} already holds a run ({last_path}): continue "
                               "it with --resume, or give a new --out (nothing was changed)")
+    ckpt = None
+    if cfg.resume:  # the run's own recipe, before anything is read or written
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint {last_path}; start without "
+                                    "--resume or point --out at the run to continue")
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        if ckpt.get("arch") != cfg.model:
+            raise ValueError(f"--resume: {last_path} is a {ckpt.get('arch')!r} run, not "
+                             f"{cfg.model!r}")
+        cfg = resumed_config(cfg, ckpt.get("config") or {})
+    check_model_options(cfg)
     if cfg.pretrained and not cfg.resume and not cfg.init_from:
         # Missing weights fail here, before the data is read (a CamVid split: seconds), and
         # before seeding, so that this probe model leaves the run's random init unchanged.
@@ -268,8 +280,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         src = load_pretrained(model, cfg.model)
         if progress and info.is_main:
             print(f"encoder: ImageNet weights from {src}", flush=True)
-    if info.is_main:  # created only once the inputs are known good: nothing left on failure
-        out.mkdir(parents=True, exist_ok=True)
+    if ckpt is not None and int(ckpt.get("num_classes", train_data.num_classes)) \
+            != train_data.num_classes:
+        raise ValueError(f"--resume: {last_path} has {ckpt['num_classes']} classes, the data "
+                         f"{cfg.data} has {train_data.num_classes}: resume with the run's "
+                         "own data, or start a new run")
     model = model.to(info.device)
     if info.device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # 1.35x faster on CPU
@@ -292,6 +307,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         raise ValueError(f"batch size {cfg.batch_size} is larger than the {per_rank} training "
                          f"images per process; lower --batch-size")
     steps = per_rank // cfg.batch_size
+    if info.is_main:  # created only once the inputs are known good: nothing left on failure
+        out.mkdir(parents=True, exist_ok=True)
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
 
@@ -311,15 +328,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, best_miou = 0, -1.0
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if cfg.resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint {last_path}; start without "
-                                    "--resume or point --out at the run to continue")
-        ckpt = torch.load(last_path, map_location=info.device, weights_only=False)
-        if ckpt["arch"] != cfg.model:
-            raise ValueError(f"--resume: {last_path} is a {ckpt['arch']!r} run, not "
-                             f"{cfg.model!r}")
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -449,6 +458,18 @@ def subset(data: SplitData, n: int) -> SplitData:
     """The first ``n`` samples of ``data`` (``--limit``)."""
     return SplitData(data.images[:n], data.labels[:n], data.names[:n], data.classes,
                      f"{data.source} (first {min(n, len(data))})")
+
+
+def check_model_options(cfg: TrainConfig) -> None:
+    """Fail before any data is read when ``--model`` is not registered or
+    ``--arch-options`` are not its constructor's (builds a 2-class instance once)."""
+    try:
+        build_model(cfg.model, 2, **cfg.arch_options)
+    except UnknownModelError as e:
+        raise ValueError(str(e)) from None
+    except TypeError as e:  # an option the architecture's constructor does not take
+        raise ValueError(f"--arch-options {json.dumps(cfg.arch_options)} do not fit "
+                         f"{cfg.model!r}: {e}") from None
 
 
 def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,

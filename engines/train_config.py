@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 CLASS_WEIGHTINGS = ("mfb", "sqrt-mfb", "none")
@@ -80,6 +80,62 @@ class TrainConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.bf16 not in BF16_MODES:
             raise ValueError(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
+        if self.val_every < 1:
+            raise ValueError(f"val_every must be >= 1 (epochs between validations), got "
+                             f"{self.val_every}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+# On --resume these come from the command line (the machine, where the schedule ends); the
+# others are the run's recipe and come from its checkpoint. epochs, val_every and name only
+# when given (a value other than the default).
+RESUME_FROM_COMMAND_LINE = ("data", "out", "resume", "epochs", "stop_after", "val_every",
+                            "threads", "workers", "prefetch", "amp", "bf16",
+                            "max_steps_per_epoch", "name")
+_ONLY_WHEN_GIVEN = ("epochs", "val_every", "name")
+_PAIRS = ("crop", "scale", "input_size")
+_REQUIRED = object()  # the default of a field without one: never equal to a given value
+
+
+def _flag(key: str) -> str:
+    return "--format" if key == "fmt" else "--" + key.replace("_", "-")
+
+
+def resumed_config(given: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
+    """The configuration a ``--resume`` continues with: the recipe stored in the run's
+    checkpoint (``saved``, ``asdict`` of its TrainConfig), with the fields of
+    :data:`RESUME_FROM_COMMAND_LINE` from ``given``. A recipe flag given with another value
+    than the run's is refused, so a resumed run never changes its recipe silently and the
+    short form ``--model M --data D --out RUN --resume`` continues exactly.
+
+    Raises:
+        ValueError: naming each flag that contradicts the run, with both values.
+    """
+    merged: dict[str, Any] = {}
+    conflicts = []
+    for f in fields(TrainConfig):
+        key, mine = f.name, getattr(given, f.name)
+        default = (f.default if f.default is not MISSING
+                   else f.default_factory() if f.default_factory is not MISSING
+                   else _REQUIRED)  # type: ignore[misc]
+        if key not in saved:  # a checkpoint older than this field
+            merged[key] = mine
+            continue
+        run = saved[key]
+        if key in _PAIRS and run is not None:
+            run = tuple(run)
+        if key in RESUME_FROM_COMMAND_LINE:
+            merged[key] = run if key in _ONLY_WHEN_GIVEN and mine == default else mine
+            continue
+        if mine not in (default, run):
+            conflicts.append(f"{_flag(key)} {mine!r} (the run has {run!r})")
+        merged[key] = run
+    if conflicts:
+        raise ValueError("--resume continues a run with its own recipe; these options "
+                         "differ from it: " + "; ".join(conflicts) + ". Leave them out, or "
+                         "start a new run with another --out")
+    return TrainConfig(**merged)
 
 
 def _pair(text: str, what: str) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 EPILOG = """examples:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate(model, args.data, args.split, fmt=args.fmt, backend=args.backend,
                           threads=args.threads, limit=args.limit)
     except (BackendError, DatasetError, EvalError, ModelSpecError, NoModelError) as e:
-        print(f"segstream eval: error: {e}")
+        print(f"segstream eval: error: {e}", file=sys.stderr)
         return 2
     print(f"{report.model} [{report.backend}] on {report.data}")
     print(report.metrics.table(report.class_names))

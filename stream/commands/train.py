@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         best = train(config_from_args(args))
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError,
             PretrainedWeightsError) as e:
-        print(f"segstream train: error: {e}")
+        print(f"segstream train: error: {e}", file=sys.stderr)
         return 2
     print(f"best checkpoint: {best}")
     return 0

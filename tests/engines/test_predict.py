@@ -152,7 +152,7 @@ def test_cli_predict_and_eval(tiny_model: Path, tmp_path: Path,
     assert "mIoU" in out and "100.00" in out
     assert (tmp_path / "r.json").is_file() and (tmp_path / "r_confusion.png").is_file()
     assert main(["eval", "--model", str(tmp_path / "nope.onnx"), "--data", str(root)]) == 2
-    assert "not found" in capsys.readouterr().out
+    assert "not found" in capsys.readouterr().err
 
 
 SHIPPED = sorted(p for p in MODELS_DIR.glob("camvid_*.onnx") if ".int8" not in p.name

@@ -102,7 +102,7 @@ def test_pretrained_on_an_architecture_without_weights_is_exit_2_nothing_written
     code = main(["train", "--model", "fastscnn", "--data", str(tmp_path / "no-data"),
                  "--out", str(out),
                  "--epochs", "1", "--limit", "8", "--pretrained", "--val-split", ""])
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err
     assert code == 2
     assert "has no pretrained weights" in text and "litefpn" in text
     assert not out.exists()
@@ -117,5 +117,5 @@ def test_train_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):
     code = main(["train", "--model", "litefpn", "--data", str(tmp_path / "nodata"),
                  "--out", str(out), "--epochs", "1"])
     assert code == 2
-    assert "already holds a run" in capsys.readouterr().out
+    assert "already holds a run" in capsys.readouterr().err
     assert (out / "last.pt").read_bytes() == b"a previous run"

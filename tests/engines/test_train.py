@@ -194,6 +194,49 @@ def test_prefetch_default_uses_a_thread_only_where_a_core_is_spare(
     assert prefetch_depth(replace(cfg, workers=2, prefetch=3), cpu) == 0  # processes do it
 
 
+def test_resume_short_form_continues_the_runs_own_recipe(tiny_data: Path,
+                                                         tmp_path: Path) -> None:
+    """`--model M --data D --out RUN --resume` (the help's example) takes the recipe from
+    the checkpoint: same weights as the straight run, not the defaults' recipe."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_config(tiny_data, straight, epochs=2), progress=False)
+    train(tiny_config(tiny_data, split, epochs=2, stop_after=1), progress=False)
+    short = TrainConfig(model="fastscnn", data=str(tiny_data), out=str(split), resume=True,
+                        threads=1)
+    train(short, progress=False)
+    a = torch.load(straight / "last.pt", weights_only=False)
+    b = torch.load(split / "last.pt", weights_only=False)
+    assert b["epoch"] == 2 and b["config"]["lr"] == 1e-2 and b["config"]["epochs"] == 2
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_resume_refuses_another_recipe_and_changes_nothing(tiny_data: Path,
+                                                            tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(tiny_data, run, epochs=2, stop_after=1), progress=False)
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"--crop \(16, 16\) \(the run has \(32, 48\)\); "
+                       r"--lr 0\.5 \(the run has 0\.01\)"):
+        train(tiny_config(tiny_data, run, epochs=2, resume=True, lr=0.5, crop=(16, 16)),
+              progress=False)
+    assert (run / "last.pt").read_bytes() == before and len(_log(run)) == 1
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model": "nosuch"}, "unknown model 'nosuch'; valid"),
+    ({"arch_options": {"auxx": True}}, r"--arch-options .*auxx.* do not fit 'fastscnn'"),
+    ({"crop": (0, 48)}, "crop must be"),
+    ({"batch_size": 64}, "batch size 64 is larger"),
+])
+def test_bad_training_input_leaves_no_run_folder(tiny_data: Path, tmp_path: Path,
+                                                 change: dict, message: str) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(tiny_data, out, **change), progress=False)
+    assert not out.exists()
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no checkpoint .*last\.pt"):
         train(tiny_config(tiny_data, tmp_path / "new", resume=True), progress=False)
@@ -206,6 +249,10 @@ def test_bad_config_values() -> None:
         TrainConfig(model="fastscnn", data=".", out=".", class_weight="inverse")
     with pytest.raises(ValueError, match="prefetch"):
         TrainConfig(model="fastscnn", data=".", out=".", prefetch=-1)
+    with pytest.raises(ValueError, match="val_every"):
+        TrainConfig(model="fastscnn", data=".", out=".", val_every=0)
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(model="fastscnn", data=".", out=".", threads=-1)
 
 
 def test_cli_help_and_errors(tiny_data: Path, tmp_path: Path,
@@ -227,7 +274,7 @@ def test_cli_help_and_errors(tiny_data: Path, tmp_path: Path,
     args = parser.parse_args(["train", "--model", "fastscnn", "--data",
                               str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert args.func(args) == 2
-    assert "not found" in capsys.readouterr().out
+    assert "not found" in capsys.readouterr().err
 
 
 def test_ddp_under_torchrun(tiny_data: Path, tmp_path: Path) -> None:
