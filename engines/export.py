@@ -56,6 +56,10 @@ class ExportError(RuntimeError):
     """The model cannot be exported as asked; the message says why and what to change."""
 
 
+class ExportInputError(ExportError):
+    """The arguments cannot work (output name, opset, classes); raised before any work."""
+
+
 class ExportCheckError(ExportError):
     """The exported graph does not reproduce torch within tolerance."""
 
@@ -137,16 +141,16 @@ def export_onnx(
     """
     path = Path(path)
     if path.suffix != ".onnx":
-        raise ExportError(f"output path {path} must end in .onnx (the sidecar takes .json)")
+        raise ExportInputError(f"output path {path} must end in .onnx (the sidecar takes .json)")
     k = getattr(model, "num_classes", spec.num_classes)
     if k != spec.num_classes:
-        raise ExportError(f"model has {k} classes but the spec lists {spec.num_classes}; "
+        raise ExportInputError(f"model has {k} classes but the spec lists {spec.num_classes}; "
                           "export with the spec saved in the training checkpoint")
     if argmax and spec.num_classes > 256:
-        raise ExportError(f"argmax output is uint8: {spec.num_classes} classes do not fit; "
+        raise ExportInputError(f"argmax output is uint8: {spec.num_classes} classes do not fit; "
                           "export logits (drop --argmax)")
     if not 13 <= opset <= 20:
-        raise ExportError(f"opset {opset} not supported; use 13..20 (17 recommended)")
+        raise ExportInputError(f"opset {opset} not supported; use 13..20 (17 recommended)")
     out_name = "labels" if argmax else "logits"
     spec = dataclasses.replace(spec, output=out_name)
     was_training = model.training
@@ -171,12 +175,16 @@ def export_onnx(
         model.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    side = sidecar_path(path)
+    side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    try:  # both written in full first, then renamed in place one after the other
         onnx.save(proto, tmp)
+        spec.save(side_tmp)
         os.replace(tmp, path)
+        os.replace(side_tmp, side)
     finally:
         tmp.unlink(missing_ok=True)
-    spec.save(sidecar_path(path))
+        side_tmp.unlink(missing_ok=True)
     return path
 
 

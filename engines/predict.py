@@ -7,6 +7,9 @@ backend -> post-process path).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,20 +52,31 @@ def predict_folder(model: str | Path, input_dir: str | Path, out_dir: str | Path
 
     Writes ``out_dir/<stem>.png``: (H, W) uint8 class ids at the image's own size, and
     with ``overlay_dir`` also ``overlay_dir/<stem>.jpg``: the colourised labels blended
-    over the image. Unreadable images raise :class:`PredictError` naming the file before
-    anything is half-written for it.
+    over the image. Unreadable images raise :class:`PredictError` naming the file; a
+    failed run leaves the output folders as they were (files are staged beside them and
+    moved in at the end). An output folder that is the input folder is refused.
     """
     images = list_images(input_dir)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ov_dir = Path(overlay_dir) if overlay_dir is not None else None
-    if ov_dir is not None:
-        ov_dir.mkdir(parents=True, exist_ok=True)
+    for d in (out_dir, ov_dir):
+        if d is not None and d.resolve() == Path(input_dir).resolve():
+            raise PredictError(f"output folder {d} is the input folder: its images would be "
+                               "replaced by label maps; give another --out / --overlay-dir")
     seg = Segmenter.from_path(model, backend, threads=threads, **options)
     labels_out: list[Path] = []
     overlays_out: list[Path] = []
     total_ns = 0
+    # Written into staging folders beside the outputs and moved in at the end: a failed
+    # run (an unreadable image, Ctrl-C) leaves the output folders as they were.
+    staged: list[tuple[Path, Path]] = []  # (staging folder, destination folder)
     try:
+        stage = _staging(out_dir)
+        staged.append((stage, out_dir))
+        ov_stage = None
+        if ov_dir is not None:
+            ov_stage = _staging(ov_dir)
+            staged.append((ov_stage, ov_dir))
         it = images
         if progress:
             from tqdm import tqdm
@@ -71,19 +85,34 @@ def predict_folder(model: str | Path, input_dir: str | Path, out_dir: str | Path
         for path in it:
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)  # (H, W, 3) uint8 BGR
             if frame is None:
-                raise PredictError(f"cannot read image {path}")
+                raise PredictError(f"cannot read image {path} (nothing was written)")
             labels, stages = seg.run(frame)  # (H, W) uint8
             total_ns += stages.pre + stages.infer + stages.post
-            dst = out_dir / f"{path.stem}.png"
-            if not cv2.imwrite(str(dst), labels):
-                raise PredictError(f"cannot write {dst}")
-            labels_out.append(dst)
-            if ov_dir is not None:
-                ov = ov_dir / f"{path.stem}.jpg"
-                if not cv2.imwrite(str(ov), overlay(frame, labels, seg.spec, alpha)):
-                    raise PredictError(f"cannot write {ov}")
-                overlays_out.append(ov)
+            name = f"{path.stem}.png"
+            if not cv2.imwrite(str(stage / name), labels):
+                raise PredictError(f"cannot write {stage / name} (nothing was written)")
+            labels_out.append(out_dir / name)
+            if ov_stage is not None and ov_dir is not None:
+                ov = f"{path.stem}.jpg"
+                if not cv2.imwrite(str(ov_stage / ov), overlay(frame, labels, seg.spec, alpha)):
+                    raise PredictError(f"cannot write {ov_stage / ov} (nothing was written)")
+                overlays_out.append(ov_dir / ov)
+        for src, dst in staged:
+            for f in sorted(src.iterdir()):
+                os.replace(f, dst / f.name)
     finally:
         seg.close()
+        for src, _ in staged:
+            shutil.rmtree(src, ignore_errors=True)
     return PredictResult(tuple(labels_out), tuple(overlays_out),
                          total_ns / 1e6 / max(1, len(labels_out)))
+
+
+def _staging(dest: Path) -> Path:
+    """A new empty folder beside ``dest`` (same file system: the final moves are renames);
+    ``dest`` itself is created (empty) if missing."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    except OSError as e:
+        raise PredictError(f"cannot write to {dest}: {e}") from None

@@ -9,6 +9,7 @@ the weights came from (architecture, training data, measured mIoU).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,8 +147,15 @@ class ModelSpec:
             raise ModelSpecError(f"{source}: {e}") from None
 
     def save(self, path: str | Path) -> Path:
+        """Write the sidecar atomically (a temporary file renamed over ``path``): a
+        reader never sees half a file, and a failed write leaves the old one."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

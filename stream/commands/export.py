@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from stream.commands._common import is_missing_torch, torch_missing_message
 
     try:
-        from engines.export import CheckReport, ExportError, export_onnx
+        from engines.export import CheckReport, ExportError, ExportInputError, export_onnx
         from engines.torch_backend import build_from_checkpoint, checkpoint_spec, load_checkpoint
     except ModuleNotFoundError as e:
         if not is_missing_torch(e):
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         model = build_from_checkpoint(ckpt, args.checkpoint)
         real = _real_inputs(args.check_images, spec) if args.check_images else []
     except (BackendError, ValueError, OSError) as e:
-        print(prog, e)
+        print(prog, e, file=sys.stderr)
         return 2
 
     def report(kind: str, r: CheckReport) -> None:
@@ -111,8 +111,11 @@ def run(args: argparse.Namespace) -> int:
         out = export_onnx(model, spec, args.out, dynamic=args.dynamic, argmax=args.argmax,
                           opset=args.opset, check=args.check, fp16=args.fp16,
                           check_inputs=real, on_check=report)
+    except ExportInputError as e:  # bad arguments: exit 2 like every usage error
+        print(prog, e, file=sys.stderr)
+        return 2
     except (ExportError, Fp16ConversionError) as e:
-        print(prog, e)
+        print(prog, e, file=sys.stderr)
         return 1
     h, w = spec.input_size
     shape = "Nx3xHxW (dynamic)" if args.dynamic else f"Nx3x{h}x{w}"

@@ -185,7 +185,13 @@ def test_export_command(model, tmp_path, capsys):
 
     assert cli_main(["export", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
     assert cli_main(["export", ckpt, "--out", str(out), "--size", "48by80"]) == 2
-    assert "expected HxW" in capsys.readouterr().out
+    assert "expected HxW" in capsys.readouterr().err
+    before = out.read_bytes()
+    assert cli_main(["export", ckpt, "--out", str(out), "--opset", "9"]) == 2
+    assert "opset 9 not supported" in capsys.readouterr().err
+    assert cli_main(["export", ckpt, "--out", str(tmp_path / "m.onx")]) == 2
+    assert "must end in .onnx" in capsys.readouterr().err
+    assert out.read_bytes() == before and not (tmp_path / "m.onx").exists()
 
 
 def test_models_command_lists_registry(capsys):

@@ -70,6 +70,27 @@ def test_predict_errors(tiny_model: Path, tmp_path: Path) -> None:
         predict_folder(tiny_model, tmp_path / "bad", tmp_path / "out", progress=False)
 
 
+def test_a_failed_predict_leaves_the_output_folders_as_they_were(tiny_model: Path,
+                                                                 tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _write_images(images, [(64, 96)] * 3, seed=1)
+    (images / "zz_broken.png").write_bytes(b"not a png")  # sorted last: after 3 good ones
+    out, ov = tmp_path / "out", tmp_path / "ov"
+    out.mkdir()
+    (out / "00.png").write_bytes(b"an older result")
+    with pytest.raises(PredictError, match="zz_broken"):
+        predict_folder(tiny_model, images, out, overlay_dir=ov, progress=False)
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no staging left
+    assert [f.name for f in out.iterdir()] == ["00.png"]
+    assert (out / "00.png").read_bytes() == b"an older result" and not any(ov.iterdir())
+    with pytest.raises(PredictError, match="is the input folder"):
+        predict_folder(tiny_model, images, images, progress=False)
+    (images / "zz_broken.png").unlink()
+    res = predict_folder(tiny_model, images, out, overlay_dir=ov, progress=False)
+    assert sorted(f.name for f in out.iterdir()) == ["00.png"] + [p.name for p in res.labels]
+    assert len(list(ov.iterdir())) == len(res.overlays) == len(res.labels)
+
+
 def _labelled_folder(root: Path, model: Path, n: int = 4) -> Path:
     """A folder dataset whose masks are the tiny model's own predictions."""
     spec = ModelSpec.load(sidecar_path(model))
