@@ -133,6 +133,13 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
     out = job.out_path
     if out.resolve() in (fm.path.resolve(), ref.path.resolve()):
         raise CalibrationDataError(f"--out {out} would overwrite an FP32 model")
+    fp32_files = {p.resolve() for m in (fm, ref) for p in (m.path, sidecar_path(m.path))}
+    for written in (sidecar_path(out), report_json_path(job.report_stem),
+                    report_md_path(job.report_stem)):
+        if written.resolve() in fp32_files:
+            raise CalibrationDataError(
+                f"--out {out} / --report {job.report_stem} would write {written}, a file of "
+                "the FP32 model; give an --out ending in .int8.onnx or another --report")
     # Read every input before the slow work so that bad data fails in seconds.
     calib = read_frames(job.data, job.samples)
     labelled: list[LabelledFrame] = []

@@ -431,9 +431,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                       f"{record['epoch_s']:.0f}s", flush=True)
             record["wall_s"] = round(time.monotonic() - t_run, 1)
             ckpt = make_ckpt(epoch + 1, metrics)
+            if improved or (val_data is None and is_last):  # first: last.pt records the
+                _save_atomic(ckpt, best_path)  # best score, which best.pt must then hold
             _save_atomic(ckpt, last_path)
-            if improved or (val_data is None and is_last):
-                _save_atomic(ckpt, best_path)
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             plot_curves(log_path, out / "curves.png")

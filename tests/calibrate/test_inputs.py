@@ -120,6 +120,24 @@ def test_bad_models_name_the_file(tmp_path: Path, seg_model: Path, frames_dir: P
         load_float_model(wrong)
 
 
+def test_outputs_never_overwrite_the_fp32_models_files(tmp_path: Path, seg_model: Path,
+                                                       frames_dir: Path, capsys) -> None:
+    model = tmp_path / "m" / "seg.onnx"
+    model.parent.mkdir()
+    shutil.copy(seg_model, model)
+    shutil.copy(seg_model.with_suffix(".json"), model.with_suffix(".json"))
+    sidecar = model.with_suffix(".json").read_bytes()
+    # --out without .onnx: its sidecar would be the FP32 one
+    rc, err = _run_cli(capsys, str(model), "--data", str(frames_dir), "--out",
+                       str(model.with_suffix("")))
+    assert rc == 2 and f"would write {model.with_suffix('.json')}" in err
+    rc, err = _run_cli(capsys, str(model), "--data", str(frames_dir), "--report",
+                       str(model.with_suffix("")))
+    assert rc == 2 and "a file of the FP32 model" in err
+    assert model.with_suffix(".json").read_bytes() == sidecar
+    assert sorted(f.name for f in model.parent.iterdir()) == ["seg.json", "seg.onnx"]
+
+
 def test_eval_data_needs_camvid_layout(tmp_path: Path, seg_model: Path, frames_dir: Path,
                                        capsys) -> None:
     rc, err = _run_cli(capsys, str(seg_model), "--data", str(frames_dir), "--eval-data",
