@@ -9,6 +9,7 @@ confusion matrix is accumulated over the whole split (void ignored).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -135,11 +136,14 @@ def save_confusion_png(metrics: SegMetrics, names: tuple[str, ...] | list[str],
     return path
 
 
-def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path]:
-    """Write ``out`` (JSON) and the confusion matrix PNG beside it (``<stem>_confusion.png``)."""
+def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path | None]:
+    """Write ``out`` (JSON) and the confusion matrix PNG beside it (``<stem>_confusion.png``;
+    None when matplotlib, an extra of ``train``/``dev``, is not installed)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if importlib.util.find_spec("matplotlib") is None:
+        return out, None
     png = out.with_name(f"{out.stem}_confusion.png")
     save_confusion_png(report.metrics, report.class_names, png,
                        title=f"{Path(report.model).name} on {report.split}: "

@@ -54,6 +54,13 @@ def run(args: argparse.Namespace) -> int:
     from engines.spec import ModelSpecError
     from engines.zoo import NoModelError, resolve_model
 
+    if args.limit is not None and args.limit < 1:
+        print(f"segstream eval: error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
+        return 2
+    if args.record and args.model and Path(args.model).suffix.lower() in (".pt", ".pth"):
+        print("segstream eval: error: --record needs a model with a JSON sidecar "
+              "(.onnx/.engine), not a checkpoint; export it first", file=sys.stderr)
+        return 2
     try:
         model = resolve_model(args.model)
         report = evaluate(model, args.data, args.split, fmt=args.fmt, backend=args.backend,
@@ -66,11 +73,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report.ms_per_image:.1f} ms/image (pre + infer + post)")
     if args.out:
         js, png = write_report(report, args.out)
-        print(f"wrote {js} and {png}")
+        print(f"wrote {js}" + (f" and {png}" if png is not None else
+                               " (no confusion-matrix PNG: matplotlib is not installed)"))
     if args.record:
-        if Path(model).suffix.lower() == ".pt":
-            print("segstream eval: error: --record needs a model with a JSON sidecar "
-                  "(.onnx/.engine), not a checkpoint")
-            return 2
         print(f"recorded metrics in {record_in_sidecar(report, model)}")
     return 0

@@ -139,6 +139,22 @@ def test_eval_report_files(tiny_model: Path, tmp_path: Path) -> None:
     assert png.name == "tiny_confusion.png" and img is not None and img.shape[0] > 100
 
 
+
+def test_eval_report_without_matplotlib_is_the_json_alone(tiny_model: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime-only install (no matplotlib): the report, no PNG, no traceback."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    root = _labelled_folder(tmp_path / "ds", tiny_model, n=2)
+    report = evaluate(tiny_model, root, threads=1, progress=False)
+    js, png = write_report(report, tmp_path / "r.json")
+    assert png is None and json.loads(js.read_text())["miou"] == 1.0
+    assert not (tmp_path / "r_confusion.png").exists()
+
+
 def test_record_in_sidecar(tiny_model: Path, tmp_path: Path) -> None:
     from engines.evaluate import record_in_sidecar
 
@@ -174,6 +190,14 @@ def test_cli_predict_and_eval(tiny_model: Path, tmp_path: Path,
     assert (tmp_path / "r.json").is_file() and (tmp_path / "r_confusion.png").is_file()
     assert main(["eval", "--model", str(tmp_path / "nope.onnx"), "--data", str(root)]) == 2
     assert "not found" in capsys.readouterr().err
+    # refused before any evaluation: nothing is scored, nothing written
+    assert main(["eval", "--model", str(tmp_path / "run.pt"), "--data", str(root),
+                 "--record"]) == 2
+    assert "--record needs a model with a JSON sidecar" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_model), "--data", str(root), "--limit", "0",
+                 "--out", str(tmp_path / "never.json")]) == 2
+    assert "--limit must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "never.json").exists()
 
 
 SHIPPED = sorted(p for p in MODELS_DIR.glob("camvid_*.onnx") if ".int8" not in p.name
