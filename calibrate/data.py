@@ -251,3 +251,24 @@ class FrameReader(CalibrationDataReader):
 
     def __len__(self) -> int:
         return len(self._frames)
+
+
+def check_label_ids(frames: list[LabelledFrame], num_classes: int,
+                    ignore_index: int | None) -> None:
+    """Refuse label maps with ids the model cannot mean: a class id is 0..K-1; K (CamVid's
+    void), 255 and the model's ignore index are skipped when scoring; anything else means
+    labels of another class table (e.g. raw Cityscapes ids) and would score as a plausible
+    but wrong mIoU.
+
+    Raises:
+        CalibrationDataError: naming the first such file and its ids.
+    """
+    allowed = {num_classes, 255} | ({ignore_index} if ignore_index is not None else set())
+    for f in frames:
+        ids = np.unique(f.label[f.label >= num_classes])
+        bad = [int(i) for i in ids if int(i) not in allowed]
+        if bad:
+            raise CalibrationDataError(
+                f"label map of {f.name} holds ids {bad[:8]} outside the model's "
+                f"{num_classes} classes (0..{num_classes - 1}; {num_classes} and 255 count "
+                "as void): labels of another class table? Give label maps in the model's ids")

@@ -27,6 +27,7 @@ from calibrate.data import (
     LabelledFrame,
     NamedFrame,
     camvid_split,
+    check_label_ids,
     evenly_spaced,
     read_frames,
     read_labelled,
@@ -145,6 +146,7 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
     labelled: list[LabelledFrame] = []
     if job.eval_images is not None and job.eval_labels is not None:
         labelled = read_labelled(job.eval_images, job.eval_labels, job.eval_samples)
+        check_label_ids(labelled, fm.spec.num_classes, fm.spec.ignore_index)
     agree = (read_frames(job.agreement_data, job.agreement_samples) if job.agreement_data
              else [calib[i] for i in evenly_spaced(len(calib), job.agreement_samples)])
     with tempfile.TemporaryDirectory(prefix="segstream-calib-") as tmp_name:

@@ -92,6 +92,15 @@ def test_bad_label_maps_name_the_file(frames_dir: Path, tmp_path: Path, seg_mode
     with pytest.raises(CalibrationDataError, match="differing channels"):
         read_labelled(frames_dir, labels)
 
+    # ids of another class table (e.g. raw Cityscapes ids): refused, not scored as void
+    k = ModelSpec.load(seg_model.with_suffix(".json")).num_classes
+    other = np.full((96, 128), k + 3, np.uint8)
+    other[:, :4] = 255  # void: fine
+    cv2.imwrite(str(labels / "f003.png"), other)
+    rc, err = _run_cli(capsys, str(seg_model), "--data", str(frames_dir), "--labels",
+                       str(labels))
+    assert rc == 2 and f"label map of f003 holds ids [{k + 3}] outside" in err
+
 
 def test_bad_models_name_the_file(tmp_path: Path, seg_model: Path, frames_dir: Path,
                                   capsys) -> None:
