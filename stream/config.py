@@ -507,8 +507,8 @@ def parse_launch(path: str | Path, overrides: Sequence[Override] = ()
     cfg = _build(PipelineConfig, data, "", errors)
     if errors or cfg is _BAD:
         return None, blame(errors, overrides), data
-    if cfg.model and not Path(cfg.model).is_absolute() and not Path(cfg.model).exists():
-        candidate = path.parent / cfg.model
+    if cfg.model and not Path(cfg.model).is_absolute():
+        candidate = path.parent / cfg.model  # next to the launch file first, then the cwd
         if candidate.exists():
             cfg = dataclasses.replace(cfg, model=str(candidate))
     return cfg, [], data

@@ -9,6 +9,7 @@ bounded waits, and the exit code says how it ended.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -79,7 +80,10 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     previous = {}
 
     def handler(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
+        if stop.is_set():  # a second signal: the user does not want to wait
+            log.warning("received %s again, exiting at once", signal.Signals(signum).name)
+            os._exit(130)
+        log.info("received %s, stopping (again to exit at once)", signal.Signals(signum).name)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,6 +93,15 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
+
+
+def _close_all(captures: list) -> None:
+    """Ask every camera to stop first, then wait for each: a stop takes the slowest
+    camera's time, not their sum (a service has TimeoutStopSec to finish in)."""
+    for cap in captures:
+        cap.request_stop()
+    for cap in captures:
+        cap.close()
 
 
 def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
@@ -135,9 +148,9 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
         for s, spec in zip(cfg.sources, specs, strict=True):
             opts = CaptureOptions(stall_timeout=s.stall_timeout, max_retries=s.max_retries,
                                   poll_interval=min(0.1, s.stall_timeout))
-            cap = open_capture(spec, options=opts, on_state=on_state)
-            stack.callback(cap.close)
-            captures.append(cap)
+            if not captures:  # closed in one go (LIFO: after the loop has stopped)
+                stack.callback(_close_all, captures)
+            captures.append(open_capture(spec, options=opts, on_state=on_state))
         by_id = {c.camera_id: c for c in captures}
         pipeline = Pipeline(captures, segmenter, sink, max_frames=cfg.max_frames,
                             duration=cfg.duration, stats_interval=cfg.stats_interval,

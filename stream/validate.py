@@ -123,8 +123,14 @@ def _check_model(name: str | None, backend: str | None, load_model: bool,
     except NoModelError as e:
         return [f"model: {e}"]
     if not model.is_file():
-        return [f"model: model file {model} not found; train one with `segstream train` or "
-                "leave out model to use the shipped CamVid model"]
+        make = ("build it with `segstream build MODEL.onnx --out ...`"
+                if model.suffix in (".engine", ".plan")
+                else "train one with `segstream train`")
+        where = "" if model.is_absolute() else (
+            f" ({model.absolute()}: a relative path is looked up next to the launch file, "
+            "then in the working directory)")
+        return [f"model: model file {model}{where} not found; {make} or leave out model to "
+                "use the shipped CamVid model"]
     side = sidecar_path(model)
     try:
         if side.is_file() or model.suffix != ".pt":  # a .pt may carry its own spec

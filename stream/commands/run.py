@@ -42,6 +42,7 @@ exit status:
      (a text file named .mp4, an empty or truncated file, a camera this machine lacks)
   3  every source ended and one that had delivered frames failed (retries used up,
      a file broken mid-way): worth a restart (systemd Restart=on-failure)
+  130  a second Ctrl-C / SIGTERM while stopping: exit at once, without flushing
 """
 
 
