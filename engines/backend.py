@@ -43,6 +43,12 @@ class BackendError(RuntimeError):
     """A backend could not be created or failed to run; the message says why and what to do."""
 
 
+class DeviceUnavailableError(BackendError):
+    """The accelerator could not be used just now (no CUDA context: a driver not up yet at
+    boot; an engine that did not deserialise: device memory, on Jetson shared with the
+    system): unlike a bad model or option, trying again later may succeed."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A loaded model that turns pre-processed batches into logits or labels."""

@@ -114,7 +114,12 @@ def _check_sources(sources: Sequence[tuple[str, str]]) -> list[str]:
 
 def _check_model(name: str | None, backend: str | None, load_model: bool,
                  batch: int = 1) -> list[str]:
-    from engines.backend import BackendError, backend_for_path, create_backend
+    from engines.backend import (
+        BackendError,
+        DeviceUnavailableError,
+        backend_for_path,
+        create_backend,
+    )
     from engines.spec import ModelSpec, ModelSpecError, sidecar_path
     from engines.zoo import NoModelError, resolve_model
 
@@ -138,6 +143,8 @@ def _check_model(name: str | None, backend: str | None, load_model: bool,
         if load_model:  # with --batch, also that ONNX Runtime can run the batches
             ort = batch > 1 and (backend or backend_for_path(model)) == "onnxruntime"
             create_backend(model, backend, threads=1, **({"batch": batch} if ort else {})).close()
+    except DeviceUnavailableError:
+        raise  # not a problem of the launch file: the caller exits 1 (worth a restart)
     except (ModelSpecError, BackendError) as e:
         return [f"model: {e}"]
     return []

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.backend import BackendError
+from engines.backend import BackendError, DeviceUnavailableError
 from engines.spec import ModelSpec, ModelSpecError
 from engines.trt import compat
 from engines.trt.engine_info import EngineMismatchError, check_compatible, read_engine_record
@@ -94,8 +94,10 @@ class TensorRTBackend:
             trt = compat.import_tensorrt()
             cuda = compat.import_pycuda()
             device = compat.device_identity(cuda)
-        except (compat.TensorRTImportError, compat.CudaContextError) as e:
+        except compat.TensorRTImportError as e:
             raise BackendError(str(e)) from e
+        except compat.CudaContextError as e:
+            raise DeviceUnavailableError(str(e)) from e
         self._trt, self._cuda = trt, cuda
         try:
             record = read_engine_record(model_path)
@@ -116,8 +118,10 @@ class TensorRTBackend:
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
-            raise BackendError(f"TensorRT could not deserialise {model_path} (see the log "
-                               "above); rebuild it with `segstream build`")
+            raise DeviceUnavailableError(
+                f"TensorRT could not deserialise {model_path} (see the log above): out of "
+                "device memory (on Jetson: system memory), or a damaged engine (rebuild it "
+                "with `segstream build`)")
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if compat.is_input(trt, self._engine, n)]
         outputs = [n for n in names if n not in inputs]

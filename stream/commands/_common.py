@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from engines.backend import BackendError
+from engines.backend import BackendError, DeviceUnavailableError
 from engines.spec import ModelSpecError
 from engines.zoo import NoModelError
 from stream.config import ConfigError
@@ -30,11 +30,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def report_errors(func: Callable[[Any], int]) -> Callable[[Any], int]:
-    """Wrap a command: user errors print ``segstream: error: ...`` and exit 2."""
+    """Wrap a command: user errors print ``segstream: error: ...`` and exit 2; an
+    accelerator that is not usable just now exits 1, which a service restarts."""
 
     def wrapper(args: Any) -> int:
         try:
             return func(args)
+        except DeviceUnavailableError as e:
+            print(f"segstream: error: {e}", file=sys.stderr)
+            return 1
         except user_errors() as e:
             print(f"segstream: error: {e}", file=sys.stderr)
             return 2

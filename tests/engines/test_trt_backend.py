@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from engines import segmenter as segmenter_mod
-from engines.backend import BackendError
+from engines.backend import BackendError, DeviceUnavailableError
 from engines.segmenter import Segmenter
 from engines.spec import ModelSpec
 from engines.trt import backend as backend_mod
@@ -324,3 +324,31 @@ def test_hash_of_the_given_bytes_is_compared(tmp_path: Path) -> None:
     check_compatible(record, engine_bytes=b"on disk", **kw)  # type: ignore[arg-type]
     with pytest.raises(EngineMismatchError, match="does not match its sidecar"):
         check_compatible(record, engine_bytes=b"swapped after the check", **kw)  # type: ignore[arg-type]
+
+
+def test_an_unusable_gpu_is_a_device_error_worth_a_restart(
+        fakes: SimpleNamespace, engine_file: tuple[Path, ModelSpec],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CUDA context (a driver not up yet at boot) and an engine that does not
+    deserialise (device memory) raise DeviceUnavailableError: the CLI exits 1 for it, which
+    a service restarts, where a bad model exits 2 and stays down."""
+    def no_context(_cuda: object) -> None:
+        raise compat.CudaContextError("cannot create a CUDA context (cuInit failed)")
+
+    monkeypatch.setattr(compat, "device_identity", no_context)
+    with pytest.raises(DeviceUnavailableError, match="CUDA context"):
+        TensorRTBackend(*engine_file)
+
+
+def test_cli_exits_1_when_the_device_is_not_usable(tiny_model: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from stream.cli import main
+
+    def unusable(*_a: object, **_k: object) -> None:
+        raise DeviceUnavailableError("TensorRT could not deserialise x.engine: out of memory")
+
+    monkeypatch.setattr(segmenter_mod.Segmenter, "from_path", unusable)
+    rc = main(["run", "--source", "test://?frames=3", "--model", str(tiny_model),
+               "--publish", "ipc:///tmp/segstream-test-unusable.sock", "--stats-interval", "0"])
+    assert rc == 1 and "could not deserialise" in capsys.readouterr().err
