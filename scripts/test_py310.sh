@@ -18,15 +18,28 @@ if [[ "${SEGSTREAM_PY310:-1}" == 0 ]]; then
   exit 0
 fi
 is310() { [[ -n "$1" && -x "$1" ]] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; }
-PY=${PYTHON310:-}
-if [[ -z "$PY" ]]; then
+find310() {
   for cand in $(ls -d "$(pyenv root 2>/dev/null || echo ~/.pyenv)"/versions/3.10.*/bin/python3.10 \
                   2>/dev/null | sort -V -r) "$(command -v python3.10 || true)"; do
-    if is310 "$cand"; then PY=$cand; break; fi
+    if is310 "$cand"; then PY=$cand; return; fi
   done
+}
+PY=${PYTHON310:-}
+[[ -n "$PY" ]] || find310
+if [[ -z "${PYTHON310:-}" ]] && ! is310 "$PY"; then
+  # A fresh machine without 3.10: the distribution's (Ubuntu 22.04 ships it), else pyenv's.
+  sudo=$([[ $(id -u) == 0 ]] && echo "" || echo sudo)
+  if command -v apt-get >/dev/null && apt-cache show python3.10-venv >/dev/null 2>&1; then
+    echo "py310: installing python3.10 with apt"
+    $sudo apt-get install -y -q python3.10 python3.10-venv >/dev/null || true
+  elif command -v pyenv >/dev/null; then
+    echo "py310: installing Python 3.10 with pyenv (a few minutes)"
+    pyenv install -s 3.10 || true
+  fi
+  find310
 fi
 if ! is310 "$PY"; then
-  echo "py310: no Python 3.10 found: install it (pyenv install 3.10) or set PYTHON310;" \
+  echo "py310: no Python 3.10 found or installable here: install it (pyenv install 3.10) or set PYTHON310;" \
        "SEGSTREAM_PY310=0 skips this leg" >&2
   exit 1
 fi

@@ -28,7 +28,7 @@ EPILOG = r"""examples:
   torchrun --nproc_per_node 4 -m engines.train --model fastscnn --data DATA --out runs/x
   # quantization-aware fine-tuning of a trained model, before INT8 calibration
   segstream train --model fastscnn --data ../shared/camvid --out runs/qat --qat \
-      --init-from runs/shipped/last.pt --arch-options '{"aux": true}' --epochs 8 \
+      --init-from runs/shipped/last.pt --arch-options '{"aux": true}' --epochs 6 \
       --lr 2e-4 --warmup-epochs 0 --class-weight sqrt-mfb --threads 2
   # your own data: images/ + masks/ + classes.txt
   segstream train --model fastscnn --data my_dataset --val-split '' --out runs/mine
