@@ -37,7 +37,7 @@ def live_ipc_owner(endpoint: str, timeout: float = 0.5) -> str | None:
     if path is None:
         return None
     try:
-        mode = path.stat().st_mode
+        mode = path.lstat().st_mode  # a symlink there is "not a socket": never followed
     except FileNotFoundError:
         return None
     except OSError as e:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import secrets
 import threading
 import time
@@ -37,7 +38,7 @@ from engines.spec import ClassInfo, ModelSpec
 from stream.config import PublishConfig
 from stream.frame_pub import FrameOptions, FrameTap
 from stream.frames import Frame
-from stream.ipc_guard import live_ipc_owner
+from stream.ipc_guard import ipc_path, live_ipc_owner
 from stream.peer_guard import PeerGuard, PeerLimits
 from stream.security import CurveConfig, start_server
 from stream.wire import (
@@ -69,6 +70,7 @@ MAX_INBOUND_MESSAGE_BYTES = 1024
 _INBOUND_QUEUE_MESSAGES = 16  # RCVHWM: see _configure
 _MAX_SUBSCRIPTIONS_PER_SERVICE = 1024  # bounds the time one service call holds the lock
 _GUARD_INTERVAL_S = 0.02
+_IPC_MODE = 0o660  # ipc:// socket files: the publishing user and its group may connect
 _RESEND_GAP_S = 0.02
 _FRAME_PREFIX = TOPIC_FRAME.encode()
 _MAX_FRAME_PREFIXES = 1024  # distinct img/ subscriptions remembered (one per camera is usual)
@@ -221,6 +223,10 @@ class Publisher:
                     raise PublishError(f"cannot bind {ep}: {e.strerror}; check the address, "
                                        "or another process already publishes there") from None
                 bound.append(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                if (path := ipc_path(ep)) is not None:
+                    # connecting needs write access: this user and its group, not others
+                    # (libzmq leaves the mode to the umask, 0755 or 0775 as a rule)
+                    os.chmod(path, _IPC_MODE)
             self.bound_endpoints = tuple(bound)
             if peer_limits is not None:  # the guard only ever touches our TCP connections
                 self._guard = PeerGuard(peer_limits, {int(ep.rsplit(":", 1)[1]) for ep in bound

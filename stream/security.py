@@ -27,6 +27,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 log = logging.getLogger("segstream.security")
 
@@ -95,9 +96,16 @@ def _load(path: str | Path) -> tuple[bytes, bytes | None]:
     except (OSError, ValueError) as e:
         raise SecurityError(f"{path} is not a ZeroMQ certificate file: {e}") from None
     for key in (public, secret):
-        if key is not None and len(key) != 40:
+        if key is not None and (len(key) != 40 or not _is_z85(key)):
             raise SecurityError(f"{path} holds a malformed key (expected 40 Z85 characters)")
     return public, secret
+
+
+def _is_z85(key: bytes) -> bool:
+    try:
+        return len(z85.decode(key)) == 32
+    except (ValueError, KeyError, IndexError, TypeError):  # characters outside Z85
+        return False
 
 
 def allowed_public_keys(folder: str | Path) -> list[bytes]:
@@ -120,12 +128,19 @@ def start_server(ctx: zmq.Context, sock: zmq.Socket, cfg: CurveConfig) -> Thread
     """
     public, secret = load_keypair(cfg.server_secret_file)
     keys = allowed_public_keys(cfg.allowed_clients_dir)
+    try:  # before the authenticator thread: a key libzmq refuses leaves nothing running
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_server = True
+    except zmq.ZMQError as e:
+        raise SecurityError(f"{cfg.server_secret_file}: libzmq refused the key ({e})") from None
     auth = ThreadAuthenticator(ctx, log=logging.getLogger("segstream.auth"))
     auth.start()
-    auth.configure_curve(domain="*", location=str(cfg.allowed_clients_dir))
-    sock.curve_secretkey = secret
-    sock.curve_publickey = public
-    sock.curve_server = True
+    try:
+        auth.configure_curve(domain="*", location=str(cfg.allowed_clients_dir))
+    except BaseException:
+        auth.stop()
+        raise
     log.info("CURVE on: %d allowed client key(s) from %s", len(keys), cfg.allowed_clients_dir)
     return auth
 
@@ -153,8 +168,9 @@ def generate_keys(keys_dir: str | Path, name: str = SERVER_NAME, *,
     keys_dir.mkdir(parents=True, exist_ok=True)
     public = keys_dir / f"{name}.key"
     secret = keys_dir / f"{name}.key_secret"
-    for p in (public, secret):
-        if p.exists() and not force:
+    admitted = keys_dir / ALLOWED_DIR / public.name if name != SERVER_NAME else None
+    for p in (public, secret, admitted):
+        if p is not None and (p.exists() or p.is_symlink()) and not force:
             raise SecurityError(f"{p} already exists; pass --force to replace it (clients or "
                                 "servers holding the old key will then be refused)")
     # Create inside a private (0700) temporary folder, then move into place, so the
@@ -168,8 +184,13 @@ def generate_keys(keys_dir: str | Path, name: str = SERVER_NAME, *,
         os.replace(tmp_pub, public)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if name != SERVER_NAME:
-        allowed = keys_dir / ALLOWED_DIR
-        allowed.mkdir(exist_ok=True)
-        shutil.copyfile(public, allowed / public.name)
+    if admitted is not None:
+        admitted.parent.mkdir(mode=0o755, exist_ok=True)
+        tmp_admit = admitted.with_name(f".{admitted.name}.{os.getpid()}.tmp")
+        try:  # a new file renamed over the path: a symlink there is replaced, not followed
+            shutil.copyfile(public, tmp_admit)
+            os.chmod(tmp_admit, 0o644)
+            os.replace(tmp_admit, admitted)
+        finally:
+            tmp_admit.unlink(missing_ok=True)
     return public, secret

@@ -4,6 +4,7 @@ camera is not a clean end; a file that plays to its end is. Real files, real GSt
 from __future__ import annotations
 
 import io
+import os
 import re
 import threading
 import time
@@ -154,6 +155,25 @@ def test_stale_ipc_socket_file_is_reused_and_a_plain_file_is_not(tiny_model, tmp
     with pytest.raises(PublishError, match="is not a socket"):
         Publisher.for_spec(f"ipc://{plain}", spec)
     assert plain.read_text() == "keep me"
+    link = tmp_path / "link.sock"  # a symlink is never followed, whatever it points at
+    link.symlink_to(stale)
+    with pytest.raises(PublishError, match="is not a socket"):
+        Publisher.for_spec(f"ipc://{link}", spec)
+
+
+def test_ipc_socket_admits_this_user_and_its_group_only(tiny_model, tmp_path):
+    import stat
+
+    from engines.spec import ModelSpec, sidecar_path
+    from stream.publish import Publisher
+
+    old = os.umask(0o002)  # a umask that would leave the socket group- and world-readable
+    try:
+        path = tmp_path / "seg.sock"
+        with Publisher.for_spec(f"ipc://{path}", ModelSpec.load(sidecar_path(tiny_model))):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    finally:
+        os.umask(old)
 
 
 # ------------------------------------------------------------------ frame sizes

@@ -56,6 +56,38 @@ def test_keygen_layout_permissions_and_no_overwrite(keys, capsys):
     assert "'server' or 'client-NAME'" in capsys.readouterr().err
 
 
+
+def test_keygen_never_replaces_an_admitted_key_without_force(keys, tmp_path, capsys):
+    """An operator's copy of a client's own key in allowed_clients/ survives a keygen of the
+    same name (else that client is locked out); a symlink there is never written through."""
+    d, _ = keys
+    (d / "client-laptop.key").unlink()
+    (d / "client-laptop.key_secret").unlink()
+    admitted = d / "allowed_clients" / "client-laptop.key"
+    theirs = admitted.read_bytes()
+    capsys.readouterr()
+    assert main(["keygen", str(d), "--name", "client-laptop"]) == 2
+    assert "allowed_clients/client-laptop.key already exists" in capsys.readouterr().err
+    assert admitted.read_bytes() == theirs
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("not a key")
+    admitted.unlink()
+    admitted.symlink_to(target)
+    assert main(["keygen", str(d), "--name", "client-laptop", "--force"]) == 0
+    assert target.read_text() == "not a key" and not admitted.is_symlink()
+    assert load_public_key(admitted) == load_public_key(d / "client-laptop.key")
+
+
+def test_a_key_libzmq_refuses_is_an_error_not_a_hang(keys, tmp_path):
+    d, _ = keys
+    bad = tmp_path / "bad.key_secret"
+    text = (d / "server.key_secret").read_text()
+    _, sec = load_keypair(d / "server.key_secret")
+    bad.write_text(text.replace(sec.decode(), "~" * 40))  # 40 characters, not Z85
+    with pytest.raises(SecurityError, match="malformed key"):
+        load_keypair(bad)
+
+
 def test_key_errors_name_the_file_and_the_fix(keys, tmp_path):
     d, _ = keys
     with pytest.raises(SecurityError, match="holds only a public key"):
