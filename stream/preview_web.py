@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -264,18 +266,28 @@ class PreviewServer:
 
 
 def host_allowed(host_name: str, listen_host: str) -> bool:
-    """Loopback previews answer only requests addressed to an IP or ``localhost``: a web
-    page cannot then reach them through a DNS name of its own pointed at 127.0.0.1
-    (DNS rebinding). A preview bound elsewhere answers any name."""
+    """Requests must be addressed to an IP, ``localhost``, the address the preview listens
+    on, or (bound beyond loopback) this machine's own name (``hostname``, its FQDN,
+    ``hostname.local``): a web page the operator opens cannot then reach the preview
+    through a DNS name of its own pointed at this machine (DNS rebinding)."""
     from stream.preview import is_loopback
 
-    if not is_loopback(listen_host) or host_name in ("localhost", listen_host):
+    name = host_name.lower().rstrip(".")
+    if name in ("localhost", listen_host.lower()):
         return True
     try:
-        ipaddress.ip_address(host_name.strip("[]"))
+        ipaddress.ip_address(name.strip("[]"))
+        return True
     except ValueError:
-        return False
-    return True
+        pass
+    return not is_loopback(listen_host) and name in _machine_names()
+
+
+@functools.cache
+def _machine_names() -> frozenset[str]:
+    short = socket.gethostname().lower()
+    return frozenset({short, socket.getfqdn().lower(), f"{short.split('.')[0]}.local",
+                      short.split(".")[0]})
 
 
 class _Base(tornado.web.RequestHandler):

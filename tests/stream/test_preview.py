@@ -332,3 +332,24 @@ def test_a_non_loopback_preview_warns_that_it_has_no_authentication(gst, tiny_mo
         assert any("warning" in line and "no authentication" in line for line in out.lines())
 
 
+
+
+@pytest.mark.parametrize(("listen", "host", "ok"), [
+    ("127.0.0.1", "127.0.0.1", True), ("127.0.0.1", "localhost", True),
+    ("127.0.0.1", "[::1]", True), ("127.0.0.1", "rebound.example", False),
+    ("0.0.0.0", "192.0.2.7", True), ("0.0.0.0", "localhost", True),
+    ("0.0.0.0", "rebound.example", False),  # bound to every interface: still no foreign name
+    ("0.0.0.0", "REBOUND.example.", False),
+])
+def test_preview_answers_only_names_of_this_machine(listen, host, ok):
+    from stream.preview_web import host_allowed
+
+    assert host_allowed(host, listen) is ok
+
+
+def test_preview_on_every_interface_answers_this_machines_own_name():
+    from stream.preview_web import host_allowed
+
+    name = socket.gethostname()
+    assert host_allowed(name, "0.0.0.0") and host_allowed(name.upper() + ".", "0.0.0.0")
+    assert not host_allowed(name, "127.0.0.1") or name == "localhost"  # loopback: IPs only
