@@ -297,6 +297,14 @@ class _Base(tornado.web.RequestHandler):
     def prepare(self) -> None:
         if not host_allowed(self.request.host_name, self.server.cfg.host):
             raise tornado.web.HTTPError(403, reason="unknown host name")
+        # Another site's page (an <img> of /camera/X/snapshot.jpg) must not make the
+        # vehicle encode frames for it: browsers say where a request comes from. A link
+        # from another site (a fleet dashboard) is a navigation, and stays allowed.
+        h = self.request.headers
+        if h.get("Sec-Fetch-Site", "").lower() == "cross-site" and not (
+                h.get("Sec-Fetch-Mode", "").lower() == "navigate"
+                and h.get("Sec-Fetch-Dest", "document").lower() == "document"):
+            raise tornado.web.HTTPError(403, reason="cross-site request")
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", CSP)

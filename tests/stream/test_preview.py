@@ -237,6 +237,11 @@ def test_http_and_websocket_against_a_real_run(gst, tiny_model):
         assert get(url + "camera/nosuch")[0] == 404
         assert get(url + "static/preview.js")[0] == 200
         assert get(url, {"Host": "rebound.example:80"})[0] == 403  # DNS rebinding
+        # another site's page asking for snapshots (browsers send Sec-Fetch-Site)
+        assert get(url + "camera/front/snapshot.jpg", {"Sec-Fetch-Site": "cross-site"})[0] == 403
+        assert get(url, {"Sec-Fetch-Site": "same-origin"})[0] == 200
+        assert get(url, {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                         "Sec-Fetch-Dest": "document"})[0] == 200  # a link from elsewhere
 
         st = until(lambda: (s := status(url, "front")).get("published") and s, what="maps")
         assert st["state"] == "running" and st["fps"] > 0
