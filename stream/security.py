@@ -82,8 +82,14 @@ def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
 
 
 def load_public_key(path: str | Path) -> bytes:
-    """The Z85 public key from a ``*.key`` (or ``*.key_secret``) certificate file."""
-    return _load(path)[0]
+    """The Z85 public key from a ``*.key`` (or ``*.key_secret``) certificate file; a file
+    that also holds the secret key is used with a warning (it never needs to leave the
+    machine it was made on: give the matching ``.key``)."""
+    public, secret = _load(path)
+    if secret is not None:
+        log.warning("%s holds a secret key where only a public key is needed; copy the "
+                    "matching .key file instead (secret keys never need to be shared)", path)
+    return public
 
 
 def _load(path: str | Path) -> tuple[bytes, bytes | None]:

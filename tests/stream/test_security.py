@@ -88,10 +88,13 @@ def test_a_key_libzmq_refuses_is_an_error_not_a_hang(keys, tmp_path):
         load_keypair(bad)
 
 
-def test_key_errors_name_the_file_and_the_fix(keys, tmp_path):
+def test_key_errors_name_the_file_and_the_fix(keys, tmp_path, caplog):
     d, _ = keys
     with pytest.raises(SecurityError, match="holds only a public key"):
         load_keypair(d / "server.key")
+    with caplog.at_level("WARNING", logger="segstream.security"):
+        assert load_public_key(d / "server.key_secret") == load_public_key(d / "server.key")
+    assert "holds a secret key where only a public key is needed" in caplog.text
     with pytest.raises(SecurityError, match="not found"):
         load_public_key(tmp_path / "missing.key")
     (tmp_path / "junk.key").write_text("hello\n")
