@@ -223,7 +223,7 @@ class Publisher:
                     raise PublishError(f"cannot bind {ep}: {e.strerror}; check the address, "
                                        "or another process already publishes there") from None
                 bound.append(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
-                if (path := ipc_path(ep)) is not None:
+                if (path := ipc_path(bound[-1])) is not None:  # ipc://* too: its real path
                     # connecting needs write access: this user and its group, not others
                     # (libzmq leaves the mode to the umask, 0755 or 0775 as a rule)
                     os.chmod(path, _IPC_MODE)
