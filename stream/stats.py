@@ -66,17 +66,16 @@ class StageTimes:
 
     def fps(self, horizon_s: float = 2.0) -> float:
         """Frames per second over the last ``horizon_s`` seconds of ticks."""
-        with self._lock:
-            ticks = list(self._ticks)
-        if len(ticks) < 2:
-            return 0.0
-        end = ticks[-1]
-        start_limit = end - int(horizon_s * 1e9)
-        n, first = 0, end
-        for t in reversed(ticks):
-            if t < start_limit:
-                break
-            n, first = n + 1, t
+        with self._lock:  # walks back over the horizon only, not the whole window
+            if len(self._ticks) < 2:
+                return 0.0
+            end = self._ticks[-1]
+            start_limit = end - int(horizon_s * 1e9)
+            n, first = 0, end
+            for t in reversed(self._ticks):
+                if t < start_limit:
+                    break
+                n, first = n + 1, t
         return (n - 1) * 1e9 / (end - first) if n > 1 and end > first else 0.0
 
     def summary(self, stage: str) -> Summary:
