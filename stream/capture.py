@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stream.capture_base import (
@@ -194,6 +194,15 @@ def open_capture(spec: SourceSpec, *, backend: str = "auto",
     return CvCapture(spec, **kwargs)
 
 
+def close_all(captures: Sequence[BaseCapture]) -> None:
+    """Ask every capture to stop first, then wait for each: closing takes the slowest
+    camera's time, not the sum of them (a service has TimeoutStopSec to finish in)."""
+    for cap in captures:
+        cap.request_stop()
+    for cap in captures:
+        cap.close()
+
+
 class MultiCapture:
     """Several sources in one process, each in its own capture thread; one that fails
     or stalls does not disturb the others.
@@ -258,10 +267,7 @@ class MultiCapture:
         return {cam: cap.stats() for cam, cap in self.captures.items()}
 
     def close(self) -> None:
-        for cap in self.captures.values():
-            cap.request_stop()  # stop them all first, then wait for each
-        for cap in self.captures.values():
-            cap.close()
+        close_all(list(self.captures.values()))
 
     def __enter__(self) -> MultiCapture:
         return self

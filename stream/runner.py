@@ -19,7 +19,7 @@ from typing import Protocol, TextIO
 
 from engines.segmenter import Segmenter
 from engines.zoo import resolve_model
-from stream.capture import open_capture
+from stream.capture import close_all, open_capture
 from stream.capture_base import CaptureOptions
 from stream.config import PipelineConfig
 from stream.pipeline import LabelSink, Pipeline, PipelineResult
@@ -95,15 +95,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, h)
 
 
-def _close_all(captures: list) -> None:
-    """Ask every camera to stop first, then wait for each: a stop takes the slowest
-    camera's time, not their sum (a service has TimeoutStopSec to finish in)."""
-    for cap in captures:
-        cap.request_stop()
-    for cap in captures:
-        cap.close()
-
-
 def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
                  out: TextIO | None = None,
                  on_ready: Callable[[Pipeline], None] | None = None,
@@ -149,7 +140,7 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
             opts = CaptureOptions(stall_timeout=s.stall_timeout, max_retries=s.max_retries,
                                   poll_interval=min(0.1, s.stall_timeout))
             if not captures:  # closed in one go (LIFO: after the loop has stopped)
-                stack.callback(_close_all, captures)
+                stack.callback(close_all, captures)
             captures.append(open_capture(spec, options=opts, on_state=on_state))
         by_id = {c.camera_id: c for c in captures}
         pipeline = Pipeline(captures, segmenter, sink, max_frames=cfg.max_frames,

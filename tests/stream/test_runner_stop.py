@@ -11,6 +11,7 @@ import time
 import pytest
 
 from stream import runner
+from stream.capture import close_all
 
 
 class SlowToClose:
@@ -26,7 +27,7 @@ class SlowToClose:
 
 def test_every_camera_is_asked_to_stop_before_any_is_waited_for() -> None:
     log: list[str] = []
-    runner._close_all([SlowToClose("a", log), SlowToClose("b", log), SlowToClose("c", log)])
+    close_all([SlowToClose("a", log), SlowToClose("b", log), SlowToClose("c", log)])
     assert log == ["stop a", "stop b", "stop c", "close a", "close b", "close c"]
 
 
