@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from engines.arch.efficientnet_lite import PretrainedWeightsError
+from engines.backend import BackendError
 from engines.data.augment import AugmentConfig
 from engines.data.prefetch import Prefetcher
 from engines.data.readers import IGNORE, SplitData, open_split
@@ -110,6 +111,17 @@ def _save_atomic(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _read_checkpoint(path: Path, what: str) -> dict[str, Any]:
+    """A training checkpoint read without running pickled code (tensors, numpy arrays and
+    plain Python values only: a checkpoint from elsewhere cannot execute anything)."""
+    from engines.torch_backend import load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except BackendError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def _rng_state() -> dict[str, Any]:
@@ -254,7 +266,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint {last_path}; start without "
                                     "--resume or point --out at the run to continue")
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        ckpt = _read_checkpoint(last_path, "--resume")
         if ckpt.get("arch") != cfg.model:
             raise ValueError(f"--resume: {last_path} is a {ckpt.get('arch')!r} run, not "
                              f"{cfg.model!r}")
@@ -478,7 +490,7 @@ def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: in
     path = Path(cfg.init_from)
     if not path.is_file():
         raise FileNotFoundError(f"--init-from: no checkpoint {path}")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = _read_checkpoint(path, "--init-from")
     if ckpt.get("arch") != cfg.model or ckpt.get("num_classes") != num_classes:
         raise ValueError(f"--init-from: {path} is a {ckpt.get('arch')!r} model with "
                          f"{ckpt.get('num_classes')} classes; this run trains {cfg.model!r} "
@@ -492,7 +504,7 @@ def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: in
 def load_checkpoint_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module,
                                                                           ModelSpec]:
     """Rebuild the network of a training checkpoint in eval mode, with its spec."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = _read_checkpoint(Path(path), "checkpoint")
     model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("arch_options", {}))
     model.load_state_dict(ckpt["model"])
     return model.eval().to(device), ModelSpec.from_json(ckpt["spec"], source=str(path))

@@ -41,9 +41,9 @@ def load_run(run_dir: Path) -> dict:
             if line.strip()]
     if not rows:
         raise SystemExit(f"{run_dir}/log.jsonl is empty: not a finished run")
-    import torch  # the checkpoint holds the run's config
+    from engines.torch_backend import load_checkpoint  # the checkpoint holds the run's config
 
-    ckpt = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(run_dir / "last.pt")
     cfg = ckpt.get("config") or {}
     if ckpt.get("epoch") != cfg.get("epochs"):
         raise SystemExit(f"{run_dir}/last.pt is epoch {ckpt.get('epoch')} of "

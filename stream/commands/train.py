@@ -94,5 +94,8 @@ def run(args: argparse.Namespace) -> int:
             PretrainedWeightsError) as e:
         print(f"segstream train: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # diverged: the inputs were fine, the recipe was not
+        print(f"segstream train: error: {e}", file=sys.stderr)
+        return 1
     print(f"best checkpoint: {best}")
     return 0

@@ -346,3 +346,54 @@ def test_init_from_must_match_the_architecture(tiny_data: Path, tmp_path: Path) 
     with pytest.raises(FileNotFoundError, match="--init-from"):
         train(tiny_config(tiny_data, tmp_path / "y", init_from=str(tmp_path / "no.pt")),
               progress=False)
+
+
+class _Planted:
+    """Pickles to a call of ``os.system``: loading it with plain pickle would run a command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("flag", ["resume", "init_from"])
+def test_checkpoints_are_read_without_running_pickled_code(tiny_data: Path, tmp_path: Path,
+                                                           flag: str) -> None:
+    """--resume and --init-from read a checkpoint from anywhere: a planted object in it is
+    refused, not executed (weights_only loading)."""
+    import torch
+
+    base = tmp_path / "base"
+    train(tiny_config(tiny_data, base, epochs=1), progress=False)
+    ckpt = torch.load(base / "last.pt", weights_only=False)
+    marker = tmp_path / "ran"
+    ckpt["config"]["note"] = _Planted(marker)
+    torch.save(ckpt, base / "last.pt")
+    kw = {"resume": True} if flag == "resume" else {"init_from": str(base / "last.pt")}
+    out = base if flag == "resume" else tmp_path / "new"
+    with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')}: cannot read checkpoint"):
+        train(tiny_config(tiny_data, out, epochs=2, **kw), progress=False)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint_model(base / "last.pt")
+    assert not marker.exists()
+
+
+def test_a_diverging_loss_ends_with_a_message_not_a_traceback(
+        tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from stream.commands import train as train_cmd
+
+    parser = argparse.ArgumentParser(prog="segstream")
+    train_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--model", "fastscnn", "--data", str(tiny_data),
+                              "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size",
+                              "4", "--crop", "32x48", "--lr", "1e30", "--warmup-epochs", "0",
+                              "--arch-options", '{"width": 0.25}', "--threads", "1",
+                              "--val-split", ""])
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert "segstream train: error: loss became" in err and "lower --lr" in err
