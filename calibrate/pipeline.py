@@ -10,7 +10,6 @@ Outputs (written only once everything succeeded; nothing partial is left on fail
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -50,6 +49,7 @@ from calibrate.sensitivity import (
     measure_candidates,
     rank_by_sqnr,
 )
+from engines.atomic import staged
 from engines.spec import sidecar_path
 
 
@@ -311,20 +311,14 @@ def _write_outputs(fm: FloatModel, int8: Path, out: Path, report: CalibrationRep
                    metrics=report.sidecar_metrics(dict(fm.spec.metrics)))
     targets = {
         out: lambda p: shutil.copyfile(int8, p),
-        sidecar_path(out): spec.save,
+        sidecar_path(out): lambda p: p.write_text(spec.to_text()),
         report_json_path(report_stem): lambda p: p.write_text(
             json.dumps(report.to_json(), indent=2) + "\n"),
         report_md_path(report_stem): lambda p: p.write_text(report.to_markdown()),
     }
-    staged = {final: final.with_name(f".{final.name}.tmp") for final in targets}
-    try:
-        for final, write in targets.items():
-            write(staged[final])
-        for final, tmp in staged.items():
-            os.replace(tmp, final)
-    finally:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
+    with staged(*targets) as tmps:
+        for write, tmp in zip(targets.values(), tmps, strict=True):
+            write(tmp)
 
 
 def report_json_path(stem: Path) -> Path:

@@ -27,8 +27,6 @@ import contextlib
 import inspect
 import io
 import logging
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,6 +44,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.registry import QDQRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from engines.atomic import staged
 from engines.spec import ModelSpec, ModelSpecError, sidecar_path
 
 METHODS = {
@@ -233,11 +232,7 @@ def quantize_to(prepped: Path, out: Path, config: QuantConfig, *,
             raise QuantizeError(f"no calibration ranges for {cache}: this ONNX Runtime cannot "
                                 "cache them, so the first quantize_to() per cache needs a reader")
         reader.rewind()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=out.parent, prefix=f".{out.stem}.")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with staged(out, mkdir=True) as (tmp,):
         extra = config.extra_options()
         chunk = getattr(reader, "chunk", None)
         if chunk:  # feed calibration in chunks; see FrameReader.chunk
@@ -253,9 +248,6 @@ def quantize_to(prepped: Path, out: Path, config: QuantConfig, *,
                 extra_options=extra,
                 **cache_args,  # type: ignore[arg-type]
             )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

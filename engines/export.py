@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.atomic import staged
 from engines.spec import ModelSpec, sidecar_path
 
 INPUT_NAME = "input"
@@ -173,18 +173,10 @@ def export_onnx(
                     on_check("fp16", report)
     finally:
         model.train(was_training)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    side = sidecar_path(path)
-    side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    try:  # both written in full first, then renamed in place one after the other
+    # both written in full first, then renamed in place one after the other
+    with staged(path, sidecar_path(path), mkdir=True) as (tmp, side_tmp):
         onnx.save(proto, tmp)
-        spec.save(side_tmp)
-        os.replace(tmp, path)
-        os.replace(side_tmp, side)
-    finally:
-        tmp.unlink(missing_ok=True)
-        side_tmp.unlink(missing_ok=True)
+        side_tmp.write_text(spec.to_text())
     return path
 
 

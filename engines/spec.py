@@ -9,11 +9,12 @@ the weights came from (architecture, training data, measured mIoU).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engines.atomic import write_text
 
 SIDECAR_VERSION = 1
 OUTPUT_KINDS = ("logits", "labels")
@@ -149,14 +150,11 @@ class ModelSpec:
     def save(self, path: str | Path) -> Path:
         """Write the sidecar atomically (a temporary file renamed over ``path``): a
         reader never sees half a file, and a failed write leaves the old one."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_text(path, self.to_text())
+
+    def to_text(self) -> str:
+        """The sidecar's JSON text (what :meth:`save` writes)."""
+        return json.dumps(self.to_json(), indent=2) + "\n"
 
     @classmethod
     def load(cls, path: str | Path) -> ModelSpec:

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from engines.arch.efficientnet_lite import PretrainedWeightsError
+from engines.atomic import staged
 from engines.backend import BackendError
 from engines.data.augment import AugmentConfig
 from engines.data.prefetch import Prefetcher
@@ -108,9 +109,8 @@ def setup_distributed() -> DistInfo:
 
 
 def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with staged(path) as (tmp,):
+        torch.save(obj, tmp)
 
 
 def _read_checkpoint(path: Path, what: str) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from engines.atomic import staged
 
 
 def plot_curves(log_path: Path, png: Path) -> Path | None:
@@ -30,8 +31,9 @@ def plot_curves(log_path: Path, png: Path) -> Path | None:
         ax2.set_ylabel("val mIoU (%)", color="tab:red")
     ax.set_title(log_path.parent.name)
     fig.tight_layout()
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png)
+    try:
+        with staged(png) as (tmp,):
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return png

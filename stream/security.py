@@ -29,6 +29,8 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from engines.atomic import staged
+
 log = logging.getLogger("segstream.security")
 
 SERVER_NAME = "server"
@@ -192,11 +194,8 @@ def generate_keys(keys_dir: str | Path, name: str = SERVER_NAME, *,
         shutil.rmtree(tmp, ignore_errors=True)
     if admitted is not None:
         admitted.parent.mkdir(mode=0o755, exist_ok=True)
-        tmp_admit = admitted.with_name(f".{admitted.name}.{os.getpid()}.tmp")
-        try:  # a new file renamed over the path: a symlink there is replaced, not followed
+        # a new file renamed over the path: a symlink there is replaced, not followed
+        with staged(admitted) as (tmp_admit,):
             shutil.copyfile(public, tmp_admit)
             os.chmod(tmp_admit, 0o644)
-            os.replace(tmp_admit, admitted)
-        finally:
-            tmp_admit.unlink(missing_ok=True)
     return public, secret

@@ -24,6 +24,7 @@ from typing import Any
 
 import onnx
 
+from engines.atomic import write_bytes
 from engines.onnx_portable import portable_model_bytes
 from engines.spec import ModelSpec, sidecar_path
 from engines.trt import compat
@@ -33,7 +34,6 @@ from engines.trt.engine_info import (
     ShapeRange,
     fmt_shape,
     sha256_file,
-    write_atomic,
     write_engine_sidecar,
 )
 
@@ -433,7 +433,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None = None,
                          "above (rerun with --verbose for details)")
     on_status(f"built in {time.monotonic() - t0:.1f} s")
     try:
-        write_atomic(prep.out_path, bytes(serialized))
+        write_bytes(prep.out_path, bytes(serialized), mkdir=True)
     except OSError as e:
         raise BuildError(f"cannot write the engine to {prep.out_path} ({e}); pass a writable "
                          "--out") from e
@@ -496,7 +496,7 @@ def save_timing_cache(cache: Any, path: Path, on_status: Callable[[str], None]) 
     so a cache problem never loses the engine that was just built."""
     try:
         data = bytes(cache.serialize())
-        write_atomic(path, data)
+        write_bytes(path, data, mkdir=True)
     except (OSError, RuntimeError, TypeError) as e:
         _warn(on_status, f"timing cache not saved to {path} ({e}); the engine is fine, the "
               "next build just times kernels again. Pick a writable --timing-cache, e.g. "

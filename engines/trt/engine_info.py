@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.atomic import write_text
 from engines.spec import ModelSpec, ModelSpecError, sidecar_path
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -168,26 +168,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a truncated file.
-
-    Missing parent folders are created.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_engine_sidecar(engine_path: Path, spec: ModelSpec, record: EngineRecord) -> Path:
     """``model.trt.engine`` -> ``model.trt.json``: the spec plus the ``tensorrt`` record."""
     data = spec.to_json()
     data[RECORD_KEY] = record.to_json()
     path = sidecar_path(engine_path)
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+    write_text(path, json.dumps(data, indent=2) + "\n", mkdir=True)
     return path
 
 
