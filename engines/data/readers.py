@@ -158,13 +158,17 @@ def read_class_file(root: Path) -> tuple[ClassInfo, ...]:
                 continue
             if not isinstance(entry, dict) or "name" not in entry:
                 raise DatasetError(f"{jpath}: entry {i} must be a name or an object with 'name'")
-            if int(entry.get("id", i)) != i:
-                raise DatasetError(f"{jpath}: entry {i} has id {entry['id']}; ids must be 0..K-1"
-                                   " in order")
-            color = tuple(int(v) for v in entry.get("color", default_color(i)))
-            if len(color) != 3:
-                raise DatasetError(f"{jpath}: entry {i} colour must be [r, g, b]")
-            classes.append(ClassInfo(i, str(entry["name"]), color))
+            cid = entry.get("id", i)
+            if isinstance(cid, bool) or not isinstance(cid, int) or cid != i:
+                raise DatasetError(f"{jpath}: entry {i} has id {cid!r}; ids must be the "
+                                   "integers 0..K-1 in order (or leave 'id' out)")
+            color = entry.get("color", default_color(i))
+            if (not isinstance(color, (list, tuple)) or len(color) != 3
+                    or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255
+                           for v in color)):
+                raise DatasetError(f"{jpath}: entry {i} has colour {color!r}; write [r, g, b] "
+                                   "with integers 0..255")
+            classes.append(ClassInfo(i, str(entry["name"]), tuple(color)))
         return tuple(classes)
     if tpath.is_file():
         names = [ln.strip() for ln in tpath.read_text().splitlines()]

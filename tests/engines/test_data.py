@@ -143,10 +143,28 @@ def test_classes_json_forms(tmp_path: Path) -> None:
     classes = read_class_file(tmp_path)
     assert classes[0].color == (1, 2, 3) and classes[1].name == "car"
     (tmp_path / "classes.json").write_text(json.dumps([{"id": 3, "name": "x"}]))
-    with pytest.raises(DatasetError, match=r"ids must be 0\.\.K-1"):
+    with pytest.raises(DatasetError, match=r"ids must be the integers 0\.\.K-1"):
         read_class_file(tmp_path)
     (tmp_path / "classes.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not valid JSON"):
+        read_class_file(tmp_path)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"id": "0", "name": "road"}, r"id '0'"),
+    ({"id": None, "name": "road"}, r"id None"),
+    ({"id": True, "name": "road"}, r"id True"),
+    ({"name": "road", "color": "red"}, r"colour 'red'"),
+    ({"name": "road", "color": [0, 0, 300]}, r"colour \[0, 0, 300\].*0\.\.255"),
+    ({"name": "road", "color": [0, 0, 1.5]}, r"colour \[0, 0, 1\.5\]"),
+    ({"name": "road", "color": [0, 0]}, r"colour \[0, 0\]"),
+])
+def test_classes_json_bad_entries_name_the_entry(tmp_path: Path, entry: dict,
+                                                 message: str) -> None:
+    """Bad ids and colours are a DatasetError naming the file and entry (the CLIs report
+    those and exit 2), not a TypeError/ValueError from deep inside int()."""
+    (tmp_path / "classes.json").write_text(json.dumps([entry]))
+    with pytest.raises(DatasetError, match=f"classes.json: entry 0 has {message}"):
         read_class_file(tmp_path)
 
 
