@@ -63,6 +63,12 @@ def predict_folder(model: str | Path, input_dir: str | Path, out_dir: str | Path
         if d is not None and d.resolve() == Path(input_dir).resolve():
             raise PredictError(f"output folder {d} is the input folder: its images would be "
                                "replaced by label maps; give another --out / --overlay-dir")
+    by_stem: dict[str, Path] = {}
+    for path in images:  # outputs are named by stem: a.png and a.jpg would overwrite
+        if (other := by_stem.setdefault(path.stem, path)) is not path:
+            raise PredictError(f"images {other.name} and {path.name} would both write "
+                               f"{path.stem}.png; rename one, or predict them from separate "
+                               "folders (nothing was written)")
     seg = Segmenter.from_path(model, backend, threads=threads, **options)
     labels_out: list[Path] = []
     overlays_out: list[Path] = []

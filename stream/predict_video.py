@@ -338,7 +338,9 @@ def predict_video(model: str | Path, source: str, out_dir: str | Path, *,
         visualize: "overlay", "mask", "side-by-side" or "none" (no annotated video).
         max_frames: stop after this many frames (0: until the source ends; Ctrl-C stops a
             live source and keeps what was written, and so does a live source lost after
-            delivering frames: see ``lost_source``).
+            delivering frames: see ``lost_source``; Ctrl-C during a file, or before a
+            live source's first frame, raises KeyboardInterrupt and leaves ``out_dir`` as
+            it was).
         fps: frame rate written into the video; 0: the file's own, else the source's
             requested rate, else 30.
         capture_backend: "auto" (:func:`pick_capture`), "gstreamer" or "opencv".
@@ -415,6 +417,8 @@ def _loop(seg: Segmenter, spec: SourceSpec, outputs: Outputs, capture_backend: s
             if on_frame is not None:
                 on_frame(frames)
     except KeyboardInterrupt:  # Ctrl-C ends a live source; what was written is kept
+        if not (spec.live and frames):  # a file half done, or nothing yet: an earlier
+            raise  # run's complete outputs stay, this run's are discarded
         interrupted = True
     finally:
         state, detail, dropped = cap.state, cap.state_detail, cap.dropped

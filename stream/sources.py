@@ -18,6 +18,7 @@ and none is lost (see :attr:`SourceSpec.lossless`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -119,7 +120,11 @@ class SourceSpec:
 
 def split_source_arg(text: str) -> tuple[str, str]:
     """``[ID=]URI`` -> (id or "", uri). An ``=`` inside the URI (a query) is not an id:
-    the id part may not contain ``/``, ``:`` or ``?``."""
+    the id part may not contain ``/``, ``:`` or ``?``; and a file that exists as written
+    is that file, even with ``=`` in its name (``take=2.mp4``)."""
+    with contextlib.suppress(OSError):  # a name too long for a path, e.g. an RTSP token
+        if Path(text).exists():
+            return "", text
     head, sep, tail = text.partition("=")
     if sep and head and not any(c in head for c in "/:?"):
         return head, tail
@@ -148,9 +153,10 @@ def parse_source(uri: str, camera_id: str = "cam0") -> SourceSpec:
         SourceError: unknown scheme, unknown or bad query option, missing file or
             device; the message names the source and lists the valid forms.
     """
-    if not _ID_RE.match(camera_id):
+    if not _ID_RE.match(camera_id) or camera_id in (".", ".."):
         raise SourceError(f"camera id {camera_id!r} must be 1-64 characters from "
-                          f"A-Z a-z 0-9 _ . -")
+                          f"A-Z a-z 0-9 _ . -, other than '.' and '..' (ids name files, "
+                          f"folders and preview pages)")
     uri = uri.strip()
     if not uri:
         raise SourceError(f"source {camera_id}: empty source\n{VALID_FORMS}")

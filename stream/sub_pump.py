@@ -57,6 +57,9 @@ class SocketPump:
         max_other: most non-label messages (class tables, events) kept waiting.
         max_header_bytes: frame 1 larger than this is dropped on arrival.
         table_topic: topic prefix of class tables (a newer one replaces a waiting one).
+        per_topic: most label maps (and camera frames) of one topic kept waiting; beyond
+            it the oldest of that topic is dropped, so that one camera's burst never
+            pushes out another camera's map (None: only the overall bounds).
         on_monitor_event: called on this thread with each decoded monitor event.
     """
 
@@ -64,7 +67,7 @@ class SocketPump:
                  label_topic: bytes, max_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
                  max_other: int = DEFAULT_MAX_OTHER, max_header_bytes: int = 1 << 20,
                  table_topic: bytes = b"cls/", frame_topic: bytes = b"img/",
-                 max_frames: int | None = None,
+                 max_frames: int | None = None, per_topic: int | None = None,
                  on_monitor_event: Callable[[dict], None] | None = None) -> None:
         if max_labels < 1 or max_bytes < 1 or max_other < 1:
             raise ValueError(f"max_labels, max_bytes and max_other must be >= 1, got "
@@ -80,6 +83,9 @@ class SocketPump:
         self.max_labels = max_labels
         self.max_frames = max_labels if max_frames is None else max(1, max_frames)
         self._label_topic, self._frame_topic = label_topic, frame_topic
+        if per_topic is not None and per_topic < 1:
+            raise ValueError(f"per_topic must be >= 1, got {per_topic}")
+        self._per_topic = per_topic
         self._on_monitor_event = on_monitor_event
         # (kind, bytes of all ZeroMQ frames, ZeroMQ frames), oldest first
         self._inbox: deque[tuple[int, int, list[zmq.Frame]]] = deque()
@@ -144,6 +150,12 @@ class SocketPump:
             topic = bytes(frames[0].buffer)
             if topic.startswith(self._table_topic):
                 self._drop_same_topic(topic)
+        elif self._per_topic is not None:
+            topic = bytes(first)
+            same = [i for i, (k, _, f) in enumerate(self._inbox)
+                    if k == kind and bytes(f[0].buffer) == topic]
+            if len(same) >= self._per_topic:
+                self._remove(same[0])
         limit = (self.max_other, self.max_labels, self.max_frames)[kind]
         if self._count[kind] >= limit:
             self._drop_oldest(kind)

@@ -64,6 +64,7 @@ __all__ = ["FrameMessage", "FramePairer", "LabelMessage", "SourceEvent", "Subscr
 log = logging.getLogger("segstream.subscribe")
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+LATEST_CAMERAS = 64  # latest_only: cameras whose newest maps wait at once (2 each)
 _SOCKET_HWM = 64  # libzmq's own queue: the reader thread keeps it near empty
 
 
@@ -164,8 +165,10 @@ class Subscriber:
         timeout: seconds ``receive()`` waits by default, and iteration waits before
             raising :class:`SubscribeTimeoutError`; None waits forever.
         curve: CURVE client keys, required when the publisher uses CURVE.
-        rcvhwm: most label maps waiting to be read (default 2 if latest_only else 100);
-            beyond it the oldest is dropped and counted in ``overflow``.
+        rcvhwm: most label maps waiting to be read (default 100; under latest_only 2 per
+            camera, up to ``LATEST_CAMERAS`` cameras); beyond it the oldest is dropped and
+            counted in ``overflow``. Under latest_only a camera's third waiting map drops
+            that camera's oldest, never another camera's.
         max_pixels: largest label map accepted. Also bounds memory: ZeroMQ refuses any
             frame larger than a valid message of that size can have
             (:func:`max_frame_bytes`: ~5x ``max_pixels`` for worst-case RLE) before
@@ -243,7 +246,8 @@ class Subscriber:
                                      "e.g. tcp://host:5555 or ipc:///path") from None
             self._pump = SocketPump(
                 s, self._monitor, label_topic=TOPIC_LABELS.encode(),
-                max_labels=(2 if latest_only else 100) if rcvhwm is None else rcvhwm,
+                max_labels=(LATEST_CAMERAS * 2 if latest_only else 100)
+                if rcvhwm is None else rcvhwm, per_topic=2 if latest_only else None,
                 max_bytes=max_backlog_bytes, max_header_bytes=MAX_HEADER_BYTES,
                 table_topic=TOPIC_CLASS_TABLE.encode(),
                 on_monitor_event=self._on_monitor_event)
@@ -283,12 +287,17 @@ class Subscriber:
         while True:
             msg = self.receive()
             if msg is None:
-                why = (f"; {self.stats.handshake_failures} security handshake(s) failed, last: "
-                       f"{self._handshake_error}" if self.stats.handshake_failures else "")
-                raise SubscribeTimeoutError(
-                    f"no message from {self.endpoint} in {self.timeout} s: is the publisher "
-                    f"running and reachable (and, with CURVE, are the keys right)?{why}")
+                raise self.timeout_error()
             yield msg
+
+    def timeout_error(self) -> SubscribeTimeoutError:
+        """The error of ``timeout`` seconds without a message: what to check, and the last
+        security handshake failure if any."""
+        why = (f"; {self.stats.handshake_failures} security handshake(s) failed, last: "
+               f"{self._handshake_error}" if self.stats.handshake_failures else "")
+        return SubscribeTimeoutError(
+            f"no message from {self.endpoint} in {self.timeout} s: is the publisher "
+            f"running and reachable (and, with CURVE, are the keys right)?{why}")
 
     def _process(self, batch: list[list[zmq.Frame]], overflowed: dict[bytes, int]) -> None:
         """Decode received messages into ``_pending``: events as they come, then label

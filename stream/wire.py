@@ -171,7 +171,8 @@ def check_camera_id(camera: object) -> str:
     """Camera ids are 1-64 printable ASCII characters (0x21-0x7E) other than ``/``.
 
     A decoding rule as well: a message naming any other camera id is rejected, so ids are
-    always safe to print, to use in file names and to match byte-wise.
+    always safe to print and to match byte-wise, and to use as a file name apart from
+    ``.`` and ``..`` (which segstream's own sources refuse).
     """
     if (not isinstance(camera, str) or not 0 < len(camera) <= MAX_CAMERA_ID_CHARS
             or any(ch == "/" or not "!" <= ch <= "~" for ch in camera)):

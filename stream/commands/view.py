@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import cv2
 import numpy as np
 
 from engines.postprocess import colorize, overlay
-from stream.commands._common import report_errors
+from stream.commands._common import positive, report_errors
 from stream.commands.subscribe import add_connection_args, connection_errors, open_subscriber
 from stream.wire import ClassTable, terminal_safe
 
@@ -44,6 +46,7 @@ EPILOG = """examples:
 """
 
 LEGEND_W = 150
+WINDOW_POLL_S = 0.05  # how often an idle window redraws and reads keys
 ROW_H = 18
 
 
@@ -56,7 +59,7 @@ def register(subparsers: Any) -> None:
                    help="write an mp4v video ({camera} in the name: one file per camera)")
     p.add_argument("--save-dir", type=Path, metavar="DIR",
                    help="write DIR/<camera>/<seq>.png")
-    p.add_argument("--fps", type=float, default=30.0,
+    p.add_argument("--fps", type=positive(float, "frames per second"), default=30.0,
                    help="frame rate of --save videos (default 30); maps are placed on the "
                         "video's timeline by their capture time, so the video plays at the "
                         "stream's real speed whatever its rate (repeating maps of a slower "
@@ -118,6 +121,32 @@ def has_display() -> bool:
     return True
 
 
+def path_part(camera: str) -> str:
+    """``camera`` as one file or folder name. Wire camera ids are printable ASCII without
+    ``/``, which leaves ``.`` and ``..``: those would name this folder or its parent."""
+    return camera.replace(".", "%2E") if camera in (".", "..") else camera
+
+
+def messages(sub: Any, sinks: Sinks) -> Iterator[Any]:
+    """The subscriber's messages. With a window, waits in short slices so that the window
+    redraws and reads keys while nothing arrives (a publisher gone quiet must not freeze
+    it): yields None once q / Esc was pressed; ``--timeout`` still ends the wait."""
+    if not sinks.window:
+        yield from sub
+        return
+    idle_since = time.monotonic()
+    while True:
+        msg = sub.receive(timeout=WINDOW_POLL_S)
+        if msg is not None:
+            idle_since = time.monotonic()
+            yield msg
+        elif not sinks.poll_window():
+            yield None
+            return
+        elif sub.timeout is not None and time.monotonic() - idle_since > sub.timeout:
+            raise sub.timeout_error()
+
+
 class Timeline:
     """How many video frames each map takes so that a constant-rate video follows the
     maps' capture times: ``fps`` frames per second of stream time, the map on screen until
@@ -167,7 +196,7 @@ class Sinks:
                       "--camera, or put {camera} in the file name)", file=sys.stderr)
                 self.skipped_cams.add(camera)
             return None
-        path = Path(self.save.replace("{camera}", camera))
+        path = Path(self.save.replace("{camera}", path_part(camera)))
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
         if not writer.isOpened():
@@ -191,7 +220,7 @@ class Sinks:
                     writer.write(video)
                 delivered = True
         if self.save_dir:
-            path = self.save_dir / camera / f"{seq:08d}.png"
+            path = self.save_dir / path_part(camera) / f"{seq:08d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(path), img):
                 raise OSError(f"cannot write {path}: check the folder is writable")
@@ -199,9 +228,12 @@ class Sinks:
         self.written += delivered
         if self.window:
             cv2.imshow(f"segstream {camera}", img)
-            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                return False
+            return self.poll_window()
         return True
+
+    def poll_window(self) -> bool:
+        """Let the windows redraw and read a key; False when the user pressed q / Esc."""
+        return not self.window or cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
 
     def close(self) -> None:
         for writer, _ in self.writers.values():
@@ -217,12 +249,11 @@ def run(args: argparse.Namespace) -> int:
         print("segstream: error: no display here; record with --save out.mp4 or "
               "--save-dir DIR (or set DISPLAY)", file=sys.stderr)
         return 2
-    if args.count < 0 or args.fps <= 0 or not 0 <= args.alpha <= 1:
-        print("segstream: error: --count must be >= 0, --fps > 0 and --alpha in 0..1",
-              file=sys.stderr)
+    if args.count < 0 or not 0 <= args.alpha <= 1:
+        print("segstream: error: --count must be >= 0 and --alpha in 0..1", file=sys.stderr)
         return 2
-    try:
-        sub = open_subscriber(args, latest_only=window and not args.save,
+    try:  # a window shows the newest map per camera; recordings keep every map
+        sub = open_subscriber(args, latest_only=window and not (args.save or args.save_dir),
                               frames=not args.no_frames)
     except connection_errors() as e:
         print(f"segstream: error: {e}", file=sys.stderr)
@@ -233,7 +264,9 @@ def run(args: argparse.Namespace) -> int:
     pairer = FramePairer()
     code = 0
     try:
-        for msg in sub:
+        for msg in messages(sub, sinks):
+            if msg is None:  # nothing came: the window was kept responsive, q/Esc pressed
+                break
             if isinstance(msg, SourceEvent):
                 state, detail = terminal_safe(msg.state, 40), terminal_safe(msg.detail)
                 print(f"[{msg.camera}] {state}{': ' + detail if detail else ''}",

@@ -95,7 +95,7 @@ function cameraPage(root) {
     busy = true;
     try {
       await show(buf);
-      if (banner.textContent === "connecting…") say("");
+      if (banner.textContent) say(""); // drawn: connected again and drawing works
     } catch (e) {
       say("cannot draw a frame: " + e.message);
     }

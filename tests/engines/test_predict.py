@@ -68,6 +68,13 @@ def test_predict_errors(tiny_model: Path, tmp_path: Path) -> None:
     (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(PredictError, match=r"cannot read image .*broken\.png"):
         predict_folder(tiny_model, tmp_path / "bad", tmp_path / "out", progress=False)
+    (tmp_path / "twins").mkdir()
+    img = np.zeros((8, 8, 3), np.uint8)
+    for name in ("a.png", "a.jpg", "b.png"):
+        cv2.imwrite(str(tmp_path / "twins" / name), img)
+    with pytest.raises(PredictError, match=r"a\.jpg and a\.png would both write a\.png"):
+        predict_folder(tiny_model, tmp_path / "twins", tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists()
 
 
 def test_a_failed_predict_leaves_the_output_folders_as_they_were(tiny_model: Path,

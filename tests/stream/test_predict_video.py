@@ -215,3 +215,44 @@ def test_a_live_source_lost_after_frames_keeps_them_and_exits_3(
     assert "the source was lost after" in capsys.readouterr().err
     frames = len(list((out / "labels").iterdir()))
     assert frames >= 1 and len(_rows(out / "class_share.csv")) == frames + 1
+
+
+def _interrupt_after(n: int):
+    def on_frame(frames: int) -> None:
+        if frames >= n:
+            raise KeyboardInterrupt
+    return on_frame
+
+
+def test_ctrl_c_during_a_file_keeps_the_earlier_complete_run(video: Path, tiny_model: Path,
+                                                             tmp_path: Path) -> None:
+    """Ctrl-C half-way through a file (or before a live source's first frame) must not
+    replace a complete earlier run with a partial one."""
+    out = tmp_path / "out"
+    first = predict_video(tiny_model, str(video), out, threads=1, progress=False)
+    before = sorted(p.name for p in first.labels_dir.iterdir())
+    video_bytes = (out / "annotated.mp4").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        predict_video(tiny_model, str(video), out, threads=1, progress=False,
+                      on_frame=_interrupt_after(3))
+    assert sorted(p.name for p in (out / "labels").iterdir()) == before and len(before) == N
+    assert (out / "annotated.mp4").read_bytes() == video_bytes
+    assert len(_rows(out / "class_share.csv")) == N + 1 and _leftovers(out) == []
+
+
+def test_ctrl_c_on_a_live_source_keeps_what_was_written(tiny_model: Path,
+                                                        tmp_path: Path) -> None:
+    require_gst()
+    res = predict_video(tiny_model, "test://ball?width=96&height=64&fps=30", tmp_path / "o",
+                        threads=1, progress=False, on_frame=_interrupt_after(3))
+    assert res.interrupted and res.frames == 3 and len(list(res.labels_dir.iterdir())) == 3
+
+
+def test_a_file_with_an_equals_sign_in_its_name_is_that_file(
+        video: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    odd = video.with_name("take=2.avi")
+    video.rename(odd)
+    monkeypatch.chdir(odd.parent)  # "take=2.avi" as typed in its folder: not camera "take"
+    spec = resolve_source("take=2.avi")
+    assert spec.kind == "file" and spec.target == str(odd.resolve()) and spec.id == "cam0"
+    assert resolve_source(f"front={odd}").id == "front"  # ID=PATH still names the camera

@@ -424,6 +424,39 @@ def test_reader_thread_bounds_the_backlog_and_keeps_events():
         ctx.term()
 
 
+def test_a_burst_of_one_camera_never_pushes_out_another_cameras_map():
+    """per_topic (what latest_only uses): four cameras' maps arrive back to back, then a
+    burst of one camera: every camera's newest maps still wait, only the bursting
+    camera's older ones went."""
+    from stream.sub_pump import SocketPump
+
+    ctx = zmq.Context()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    pub.setsockopt(zmq.SNDHWM, 1000)
+    pub.bind("inproc://pump-topic-test")
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect("inproc://pump-topic-test")
+    pump = SocketPump(sub, None, max_labels=128, per_topic=2, label_topic=b"seg/")
+    try:
+        time.sleep(0.1)  # subscription reaches the publisher
+        for i in range(3):
+            for cam in (b"cam0", b"cam1", b"cam2", b"cam3"):
+                pub.send_multipart([b"seg/" + cam, b"%d" % i])
+        for i in range(3, 10):
+            pub.send_multipart([b"seg/cam3", b"%d" % i])
+        wait_until(lambda: pump.overflow == 4 + 7)
+        got, dropped = pump.take(1.0, everything=True)
+        seen = [(bytes(f[0].buffer)[4:], bytes(f[1].buffer)) for f in got]
+        assert seen == [(b"cam0", b"1"), (b"cam1", b"1"), (b"cam2", b"1"), (b"cam0", b"2"),
+                        (b"cam1", b"2"), (b"cam2", b"2"), (b"cam3", b"8"), (b"cam3", b"9")]
+        assert dropped == {b"seg/cam0": 1, b"seg/cam1": 1, b"seg/cam2": 1, b"seg/cam3": 8}
+    finally:
+        pump.close()
+        sub.close(linger=0)
+        pub.close(linger=0)
+        ctx.term()
+
+
 def test_slow_reader_counts_its_own_drops_as_overflow_not_lost():
     """Maps the subscriber's queue dropped are not transport losses, also when the read
     that follows the drops returns a class table (re-sent here every 50 ms)."""

@@ -54,6 +54,10 @@ def test_ids_default_by_position_and_must_be_unique():
         parse_source_args(["a=test://", "a=test://ball"])
     with pytest.raises(SourceError, match="camera id"):
         parse_source("test://", "bad id!")
+    for dots in (".", ".."):  # would name this folder or its parent in --save-dir, URLs
+        with pytest.raises(SourceError, match=r"other than '\.' and '\.\.'"):
+            parse_source("test://", dots)
+    assert parse_source("test://", "cam.front").id == "cam.front"
 
 
 def test_file_plain_path_and_file_uri(video: Path):

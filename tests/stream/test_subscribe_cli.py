@@ -184,3 +184,66 @@ def test_helpers():
     assert [t["id"] for t in top] == [3, 0, 1] and top[0]["name"] == "class3"
     img = render(scene(), None, legend=True)  # before a class table: fallback colours
     assert img.shape[1] == 64 + LEGEND_W and img.dtype == np.uint8
+
+
+def test_view_file_names_stay_inside_the_save_dir(tmp_path):
+    """Wire camera ids are printable ASCII without '/': '..' is one, and must not make
+    --save-dir write into the folder's parent."""
+    pub = Publisher(f"ipc:///tmp/segstream-dots-{uuid.uuid4().hex[:10]}.sock",
+                    class_table=TABLE, encoding="rle")
+    stop = threading.Event()
+
+    def loop() -> None:
+        seq = 0
+        while not stop.is_set():
+            pub.publish_labels("..", seq, scene(), t_capture_ns=time.time_ns(),
+                               t_capture_mono_ns=time.monotonic_ns())
+            seq += 1
+            time.sleep(0.01)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    out = tmp_path / "a" / "frames"
+    try:
+        assert main(["view", pub.bound_endpoints[0], "--no-window", "--save-dir", str(out),
+                     "--count", "3", "--timeout", "10"]) == 0
+    finally:
+        stop.set()
+        t.join()
+        pub.close()
+    assert len(list((out / "%2E%2E").glob("*.png"))) == 3
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["frames"]
+
+
+def test_view_window_stays_responsive_while_nothing_arrives(monkeypatch, capsys):
+    """No publisher: the window keeps polling keys (q quits at once) instead of blocking
+    in receive until --timeout."""
+    from stream.commands import view
+
+    keys = iter([-1, -1, ord("q")])
+    calls = []
+
+    def wait_key(ms: int) -> int:
+        calls.append(ms)
+        return next(keys, ord("q"))
+
+    monkeypatch.setattr(view, "has_display", lambda: True)
+    monkeypatch.setattr(cv2, "waitKey", wait_key)
+    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: None)
+    t0 = time.monotonic()
+    assert main(["view", f"ipc:///tmp/segstream-none-{uuid.uuid4().hex[:8]}.sock",
+                 "--count", "1", "--timeout", "20"]) == 0
+    assert len(calls) == 3 and time.monotonic() - t0 < 10  # not the 20 s timeout
+    monkeypatch.setattr(view, "WINDOW_POLL_S", 0.01)
+    keys = iter([])  # no key: --timeout still ends an idle window
+    monkeypatch.setattr(cv2, "waitKey", lambda ms: -1)
+    assert main(["view", f"ipc:///tmp/segstream-none-{uuid.uuid4().hex[:8]}.sock",
+                 "--count", "1", "--timeout", "0.3"]) == 1
+    assert "no message from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fps", ["nan", "inf", "0"])
+def test_view_refuses_a_bad_fps(fps, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["view", "ipc:///tmp/none", "--save", "x.mp4", "--fps", fps])
+    assert e.value.code == 2 and "--fps: must be frames per second > 0" in capsys.readouterr().err
