@@ -43,6 +43,7 @@ from engines.predict import PredictError
 from engines.segmenter import Segmenter
 from stream.capture import open_capture
 from stream.capture_base import CaptureOptions
+from stream.mp4 import Mp4Writer
 from stream.sources import SourceSpec, parse_source, split_source_arg
 
 VISUALIZE = ("overlay", "mask", "side-by-side", "none")
@@ -229,7 +230,7 @@ class Outputs:
         self._csv_file: TextIO = self.tmp_csv.open("w", newline="")
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(["frame", "time_s", *names])
-        self._video: cv2.VideoWriter | None = None
+        self._video: Mp4Writer | None = None
         self._renderer: Renderer | None = None
         self._queue: queue.Queue[tuple[int, np.ndarray, np.ndarray] | None] = queue.Queue(4)
         self._error: BaseException | None = None
@@ -274,16 +275,12 @@ class Outputs:
         if self._renderer is None:
             self._renderer = Renderer(self.visualize, self.names, self.palette_rgb,
                                       frame.shape[:2], self.alpha)
-            self._video = cv2.VideoWriter(str(self.tmp_video), cv2.VideoWriter_fourcc(*"mp4v"),
-                                          self.fps, self._renderer.size)
-            if not self._video.isOpened():
+            self._video = Mp4Writer(self.tmp_video, self.fps, self._renderer.size)
+            if not self._video.opened:
                 raise PredictError(f"cannot write video {self.tmp_video}: this OpenCV has "
                                    f"no mp4v encoder, or the folder is not writable")
-        img = self._renderer(frame, labels)
-        if (img.shape[1], img.shape[0]) != self._renderer.size:  # the source changed size
-            img = cv2.resize(img, self._renderer.size, interpolation=cv2.INTER_NEAREST)
         assert self._video is not None
-        self._video.write(img)
+        self._video.write(self._renderer(frame, labels))  # resized if the source changed size
 
     def finish(self) -> None:
         """Wait for the writer thread and close the files; raises its error."""

@@ -17,6 +17,7 @@ import numpy as np
 from engines.postprocess import colorize, overlay
 from stream.commands._common import positive, report_errors
 from stream.commands.subscribe import add_connection_args, connection_errors, open_subscriber
+from stream.mp4 import Mp4Writer
 from stream.wire import ClassTable, terminal_safe
 
 DESCRIPTION = """Colour received label maps with the class table's colours and draw a
@@ -182,14 +183,14 @@ class Sinks:
         self.save = args.save
         self.save_dir = args.save_dir
         self.fps = args.fps
-        self.writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int]]] = {}
+        self.writers: dict[str, Mp4Writer] = {}
         self.skipped_cams: set[str] = set()
         self.written = 0
         self.timeline = Timeline(self.fps)
 
-    def _writer(self, camera: str, size: tuple[int, int]) -> cv2.VideoWriter | None:
+    def _writer(self, camera: str, size: tuple[int, int]) -> Mp4Writer | None:
         if camera in self.writers:
-            return self.writers[camera][0]
+            return self.writers[camera]
         if "{camera}" not in self.save and self.writers:
             if camera not in self.skipped_cams:
                 print(f"segstream: --save records one camera; skipping {camera} (use "
@@ -198,10 +199,10 @@ class Sinks:
             return None
         path = Path(self.save.replace("{camera}", path_part(camera)))
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
-        if not writer.isOpened():
+        writer = Mp4Writer(path, self.fps, size)
+        if not writer.opened:
             raise OSError(f"cannot write video {path}: check the folder and the .mp4 suffix")
-        self.writers[camera] = (writer, size)
+        self.writers[camera] = writer
         print(f"segstream: recording {camera} to {path}", file=sys.stderr)
         return writer
 
@@ -212,12 +213,9 @@ class Sinks:
         if self.save:
             size = (img.shape[1], img.shape[0])
             writer = self._writer(camera, size)
-            if writer is not None:
-                fixed = self.writers[camera][1]
-                video = img if size == fixed else cv2.resize(  # a video has one frame size
-                    img, fixed, interpolation=cv2.INTER_NEAREST)
+            if writer is not None:  # a video has one frame size: resized to it
                 for _ in range(self.timeline.copies(camera, t_ns)):
-                    writer.write(video)
+                    writer.write(img)
                 delivered = True
         if self.save_dir:
             path = self.save_dir / path_part(camera) / f"{seq:08d}.png"
@@ -236,7 +234,7 @@ class Sinks:
         return not self.window or cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
 
     def close(self) -> None:
-        for writer, _ in self.writers.values():
+        for writer in self.writers.values():
             writer.release()
         if self.window:
             cv2.destroyAllWindows()
