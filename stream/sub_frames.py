@@ -97,15 +97,19 @@ class FramePairer:
     Feed it every :class:`LabelMessage` and :class:`FrameMessage` in arrival order;
     :meth:`add` returns ``(label_message, frame_message)`` as soon as both halves of a
     pair are there (usually the map comes first: the publisher encodes frames on another
-    thread). Unpaired messages wait, at most ``keep`` maps and ``keep`` frames over all
-    cameras (the oldest go first), so memory stays bounded when frames are sampled.
+    thread). Unpaired messages wait, at most ``keep`` maps and ``keep`` frames per camera
+    (the oldest go first: a busy camera never pushes out another's) for at most
+    ``max_cameras`` cameras (the one heard from least recently is forgotten), so memory
+    stays bounded when frames are sampled, whatever camera ids a publisher sends.
     """
 
-    def __init__(self, keep: int = 64) -> None:
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
-        self._labels: _Recent[LabelMessage] = _Recent(keep)
-        self._frames: _Recent[FrameMessage] = _Recent(keep)
+    def __init__(self, keep: int = 64, max_cameras: int = 64) -> None:
+        if keep < 1 or max_cameras < 1:
+            raise ValueError(f"keep and max_cameras must be >= 1, got {keep}, {max_cameras}")
+        self.keep, self.max_cameras = keep, max_cameras
+        # camera -> (waiting maps, waiting frames), least recently heard from first
+        self._waiting: OrderedDict[str, tuple[_Recent[LabelMessage], _Recent[FrameMessage]]] \
+            = OrderedDict()
         self._last_frame_ns: dict[str, int] = {}  # camera -> monotonic receive time
         self._interval_ns: dict[str, int] = {}  # camera -> time between its last two frames
         self.paired = 0
@@ -114,23 +118,34 @@ class FramePairer:
             ) -> tuple[LabelMessage, FrameMessage] | None:
         """Remember ``msg``; the completed pair if its other half is already here."""
         key = (msg.camera, msg.publisher, msg.seq)
+        labels_waiting, frames_waiting = self._camera(msg.camera)
         if isinstance(msg, FrameMessage):
             if (last := self._last_frame_ns.get(msg.camera)) is not None:
                 self._interval_ns[msg.camera] = msg.t_receive_mono_ns - last
             self._last_frame_ns[msg.camera] = msg.t_receive_mono_ns
-            labels = self._labels.items.pop(key, None)
+            labels = labels_waiting.items.pop(key, None)
             if labels is None:
-                self._frames.put(key, msg)
+                frames_waiting.put(key, msg)
                 return None
             pair = (labels, msg)
         else:
-            frame = self._frames.items.pop(key, None)
+            frame = frames_waiting.items.pop(key, None)
             if frame is None:
-                self._labels.put(key, msg)
+                labels_waiting.put(key, msg)
                 return None
             pair = (msg, frame)
         self.paired += 1
         return pair
+
+    def _camera(self, camera: str) -> tuple[_Recent[LabelMessage], _Recent[FrameMessage]]:
+        if camera not in self._waiting:
+            while len(self._waiting) >= self.max_cameras:
+                gone, _ = self._waiting.popitem(last=False)
+                self._last_frame_ns.pop(gone, None)
+                self._interval_ns.pop(gone, None)
+            self._waiting[camera] = (_Recent(self.keep), _Recent(self.keep))
+        self._waiting.move_to_end(camera)
+        return self._waiting[camera]
 
     def frames_recent(self, camera: str, now_mono_ns: int, within_s: float = 2.0) -> bool:
         """True when a frame of ``camera`` arrived in the last ``within_s`` seconds, or in

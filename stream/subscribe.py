@@ -64,7 +64,10 @@ __all__ = ["FrameMessage", "FramePairer", "LabelMessage", "SourceEvent", "Subscr
 log = logging.getLogger("segstream.subscribe")
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-LATEST_CAMERAS = 64  # latest_only: cameras whose newest maps wait at once (2 each)
+# latest_only: maps waiting per camera (a frame lags its map by a few: pairs survive), and
+# cameras whose maps wait at once; the backlog's byte bound applies on top.
+LATEST_PER_CAMERA = 8
+LATEST_CAMERAS = 64
 _SOCKET_HWM = 64  # libzmq's own queue: the reader thread keeps it near empty
 
 
@@ -165,10 +168,10 @@ class Subscriber:
         timeout: seconds ``receive()`` waits by default, and iteration waits before
             raising :class:`SubscribeTimeoutError`; None waits forever.
         curve: CURVE client keys, required when the publisher uses CURVE.
-        rcvhwm: most label maps waiting to be read (default 100; under latest_only 2 per
-            camera, up to ``LATEST_CAMERAS`` cameras); beyond it the oldest is dropped and
-            counted in ``overflow``. Under latest_only a camera's third waiting map drops
-            that camera's oldest, never another camera's.
+        rcvhwm: most label maps waiting to be read (default 100; under latest_only
+            ``LATEST_PER_CAMERA`` per camera for up to ``LATEST_CAMERAS`` cameras, and a
+            camera's map beyond its share drops that camera's oldest, never another
+            camera's); beyond it the oldest is dropped and counted in ``overflow``.
         max_pixels: largest label map accepted. Also bounds memory: ZeroMQ refuses any
             frame larger than a valid message of that size can have
             (:func:`max_frame_bytes`: ~5x ``max_pixels`` for worst-case RLE) before
@@ -246,8 +249,9 @@ class Subscriber:
                                      "e.g. tcp://host:5555 or ipc:///path") from None
             self._pump = SocketPump(
                 s, self._monitor, label_topic=TOPIC_LABELS.encode(),
-                max_labels=(LATEST_CAMERAS * 2 if latest_only else 100)
-                if rcvhwm is None else rcvhwm, per_topic=2 if latest_only else None,
+                max_labels=(LATEST_CAMERAS * LATEST_PER_CAMERA if latest_only else 100)
+                if rcvhwm is None else rcvhwm,
+                per_topic=LATEST_PER_CAMERA if latest_only and rcvhwm is None else None,
                 max_bytes=max_backlog_bytes, max_header_bytes=MAX_HEADER_BYTES,
                 table_topic=TOPIC_CLASS_TABLE.encode(),
                 on_monitor_event=self._on_monitor_event)

@@ -327,3 +327,26 @@ def test_pairer_matches_either_order_and_forgets_the_oldest():
     assert pairer.frames_recent("front", 10 + 1_000_000_000)
     assert not pairer.frames_recent("front", 10 + 3_000_000_000)
     assert not pairer.frames_recent("rear", 0)
+
+
+def test_pairer_keeps_maps_per_camera_and_bounds_the_cameras():
+    """A busy camera's unpaired maps never push out another camera's; a publisher
+    spraying camera ids cannot grow the pairer beyond max_cameras."""
+    def lab(cam: str, seq: int) -> LabelMessage:
+        return LabelMessage(cam, seq, 0, 0, 0, 0, (2, 2), "raw", "t", 0, "p",
+                            np.zeros((2, 2), np.uint8), None, 0, 0, 4)
+
+    def frm(cam: str, seq: int) -> FrameMessage:
+        return FrameMessage(cam, seq, 0, 0, 0, (1, 1), (2, 2), "p",
+                            np.zeros((1, 1, 3), np.uint8), b"", 0, 0)
+
+    pairer = FramePairer(keep=4, max_cameras=3)
+    pairer.add(lab("slow", 1))
+    for seq in range(100):  # eight cameras' worth of maps from one busy camera
+        pairer.add(lab("busy", seq))
+    assert pairer.add(frm("slow", 1)) is not None  # still waiting for its frame
+    assert pairer.add(frm("busy", 99)) is not None and pairer.add(frm("busy", 90)) is None
+    pairer.add(lab("slow", 2))
+    for cam in ("a", "b"):  # two new cameras: "busy", heard from least recently, goes
+        pairer.add(lab(cam, 1))
+    assert pairer.add(frm("slow", 2)) is not None and pairer.add(frm("busy", 98)) is None
