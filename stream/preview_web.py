@@ -73,7 +73,7 @@ class PreviewServer:
         self._ticks: dict[str, deque[float]] = {c: deque(maxlen=64) for c in preview.cameras}
         self.encode_ns: deque[int] = deque(maxlen=256)
         self.encoded = dict.fromkeys(preview.cameras, 0)  # stream frames encoded per camera
-        self.skipped = 0
+        self.skipped = dict.fromkeys(preview.cameras, 0)  # frames a busy viewer skipped
         self._loop_cpu_s = 0.0  # CPU seconds of the server thread, and of the encoder's
         self._encoder_cpu_s = 0.0
         self._cpu_mark = (0.0, time.monotonic())
@@ -207,7 +207,7 @@ class PreviewServer:
         return {"viewers": len(self.viewers[cam]), "fps": round(_fps(self._ticks[cam]), 2),
                 "frames": self.encoded[cam],
                 "encode_ms": round(enc[len(enc) // 2] / 1e6, 2) if enc else None,
-                "skipped": self.skipped, "max_fps": self.cfg.fps,
+                "skipped": self.skipped[cam], "max_fps": self.cfg.fps,
                 "cpu_percent": round(self.cpu_percent, 2), "cpu_s": round(self.cpu_s, 3)}
 
     def camera_figures(self) -> dict[str, dict[str, Any]]:
@@ -409,7 +409,7 @@ class ViewerSocket(tornado.websocket.WebSocketHandler):
         (text, about 1 kB a second) are always sent; a viewer that reads nothing at all
         is closed after ``STUCK_CLOSE_S``, which bounds what they add up to."""
         if binary and self.busy_since is not None:
-            self.server.skipped += 1
+            self.server.skipped[self.camera] += 1
             return
         try:
             done = self.write_message(message, binary=binary)
