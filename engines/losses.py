@@ -89,17 +89,23 @@ class SegLoss(nn.Module):
         if self.ohem_thresh is None:
             return F.cross_entropy(logits, target, weight=self.weight,
                                    ignore_index=self.ignore_index)
-        pixel = F.cross_entropy(logits, target, weight=self.weight,
-                                ignore_index=self.ignore_index, reduction="none").reshape(-1)
-        valid = target.reshape(-1) != self.ignore_index
-        pixel = pixel[valid]
+        # Hard pixels are chosen on the plain loss -log p(true class): the class weights
+        # scale what a chosen pixel contributes, not whether it is chosen.
+        pixel = F.cross_entropy(logits, target, ignore_index=self.ignore_index,
+                                reduction="none").reshape(-1)
+        flat = target.reshape(-1)
+        valid = flat != self.ignore_index
+        pixel, flat = pixel[valid], flat[valid]
         if pixel.numel() == 0:
             return logits.sum() * 0.0
         thresh = -torch.log(torch.tensor(self.ohem_thresh, device=pixel.device))
-        hard = pixel[pixel > thresh]
-        if hard.numel() < min(self.ohem_min_kept, pixel.numel()):
-            hard = pixel.topk(min(self.ohem_min_kept, pixel.numel())).values
-        return hard.mean()
+        chosen = (pixel > thresh).nonzero().squeeze(1)
+        if chosen.numel() < min(self.ohem_min_kept, pixel.numel()):
+            chosen = pixel.topk(min(self.ohem_min_kept, pixel.numel())).indices
+        if self.weight is None:
+            return pixel[chosen].mean()
+        w = self.weight[flat[chosen]]
+        return (pixel[chosen] * w).sum() / w.sum()
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor],
                 target: torch.Tensor) -> torch.Tensor:

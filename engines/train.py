@@ -113,6 +113,21 @@ def _save_atomic(obj: dict[str, Any], path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def check_disjoint(train_data: SplitData, val_data: SplitData, cfg: TrainConfig) -> None:
+    """Refuse a validation split that holds training frames (the same name and pixels):
+    its "val mIoU" would score frames the model fits, pick best.pt by them and go into the
+    sidecar as a held-out figure. ``--train-split train+val`` needs ``--val-split ''``."""
+    train_images = dict(zip(train_data.names, train_data.images, strict=True))
+    shared = [n for n, img in zip(val_data.names, val_data.images, strict=True)
+              if n in train_images and np.array_equal(train_images[n], img)]
+    if shared:
+        raise ValueError(
+            f"--val-split {cfg.val_split!r} shares {len(shared)} of its {len(val_data)} frames "
+            f"with --train-split {cfg.train_split!r} (e.g. {shared[0]}): its mIoU would not "
+            "be a held-out figure. For a final run on everything pass --val-split '' "
+            "(nothing was written)")
+
+
 def _read_checkpoint(path: Path, what: str) -> dict[str, Any]:
     """A training checkpoint read without running pickled code (tensors, numpy arrays and
     plain Python values only: a checkpoint from elsewhere cannot execute anything)."""
@@ -283,6 +298,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         train_data = subset(train_data, cfg.limit)
     val_data = open_split(cfg.data, cfg.val_split, cfg.fmt, progress=progress) \
         if cfg.val_split else None
+    if val_data is not None:
+        check_disjoint(train_data, val_data, cfg)
     input_size = cfg.input_size or (val_data or train_data).labels[0].shape
     input_size = (int(input_size[0]), int(input_size[1]))
 
@@ -346,7 +363,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         sched.load_state_dict(ckpt["scheduler"])
         # Re-target the schedule to this run's --epochs (lets a resumed run end earlier or
         # later than first planned; the saved step count is kept).
-        sched.lr_lambdas[0] = WarmupPoly(cfg.epochs * steps, round(cfg.warmup_epochs * steps))
+        # LambdaLR keeps one lambda per parameter group (encoder and decoder groups):
+        # every group follows the new end.
+        sched.lr_lambdas = [WarmupPoly(cfg.epochs * steps, round(cfg.warmup_epochs * steps))
+                            ] * len(opt.param_groups)
         if "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_miou = int(ckpt["epoch"]), float(ckpt["best_miou"])

@@ -45,13 +45,15 @@ class AugmentConfig:
 
 def random_scale(img: np.ndarray, lbl: np.ndarray, factor: float) -> tuple[np.ndarray,
                                                                               np.ndarray]:
-    """Resize image bilinearly and label with nearest neighbour by ``factor``."""
+    """Resize image bilinearly and label with nearest neighbour by ``factor``, both on
+    half-pixel centres (``INTER_NEAREST_EXACT``; plain ``INTER_NEAREST`` samples
+    ``floor(x * s)``, which puts the labels up to half a pixel up-left of the image)."""
     if factor == 1.0:
         return img, lbl
     h, w = lbl.shape
     size = (max(1, round(w * factor)), max(1, round(h * factor)))  # cv2 takes (W, H)
     return (cv2.resize(img, size, interpolation=cv2.INTER_LINEAR),
-            cv2.resize(lbl, size, interpolation=cv2.INTER_NEAREST))
+            cv2.resize(lbl, size, interpolation=cv2.INTER_NEAREST_EXACT))
 
 
 def pad_to(img: np.ndarray, lbl: np.ndarray, crop: tuple[int, int],

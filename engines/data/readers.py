@@ -213,7 +213,9 @@ def detect_format(root: Path) -> str:
 
 def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # As stored: an EXIF orientation tag would rotate the image but not its label map
+    # (read IMREAD_UNCHANGED), which keeps the shape for half-turns and mirrors.
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         raise DatasetError(f"cannot read image {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -260,3 +260,44 @@ def test_real_camvid_val(camvid: Path) -> None:
     assert data.images[0].shape == (360, 480, 3)
     values = set(np.unique(np.stack(data.labels[:10])).tolist())
     assert values <= set(range(11)) | {IGNORE}
+
+
+@pytest.mark.parametrize("factor", [0.75, 1.25, 0.5, 1.6])
+def test_random_scale_keeps_labels_on_the_images_pixel_centres(factor: float) -> None:
+    """The image is resized bilinearly on half-pixel centres; each label pixel must come
+    from the source pixel nearest that same centre (plain INTER_NEAREST takes floor(x*s):
+    up to half a pixel up-left)."""
+    from engines.data.augment import random_scale
+
+    cols = np.tile(np.arange(8, dtype=np.uint8), (8, 1))  # label = source column
+    img = np.zeros((8, 8, 3), np.uint8)
+    _, lbl = random_scale(img, cols, factor)
+    out_w = lbl.shape[1]
+    centre = (np.arange(out_w) + 0.5) * 8 / out_w - 0.5  # source coordinate of each column
+    assert np.all(np.abs(lbl[0].astype(float) - centre) <= 0.5 + 1e-9), (lbl[0], centre)
+    assert (lbl == lbl[0]).all()  # every row alike
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with an APP1 Exif segment holding only the orientation tag (0x0112)."""
+    import struct
+
+    tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1) \
+        + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    body = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def test_images_are_read_as_stored_whatever_their_exif_orientation(tmp_path: Path) -> None:
+    """A phone photo tagged "rotate 180" keeps its shape: rotating the image but not its
+    label map (PNG, no tag) would pair every pixel with the wrong label, silently."""
+    from engines.data.readers import read_image
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[:2] = 255  # white top rows (BGR)
+    _, jpeg = cv2.imencode(".jpg", img)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_with_exif_orientation(jpeg.tobytes(), 3))
+    assert cv2.imread(str(path))[7].mean() > 200  # OpenCV alone honours the tag: bottom
+    rgb = read_image(path)
+    assert rgb[0].mean() > 200 and rgb[7].mean() < 50  # as stored: top

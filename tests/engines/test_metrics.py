@@ -157,3 +157,25 @@ def test_ohem_keeps_hard_pixels() -> None:
     easy = sp(torch.tensor(-9.0)).item()  # logits (9, 0)
     assert ohem == pytest.approx(hard, rel=1e-5)
     assert plain == pytest.approx((hard + 3 * easy) / 4, rel=1e-5)
+
+
+def test_ohem_chooses_hard_pixels_by_probability_not_by_class_weight() -> None:
+    """A road pixel at p = 0.1 is hard and a bicyclist pixel at p = 0.96 is easy, whatever
+    the class weights (road 0.15, bicyclist 8.9); the weights then scale the chosen."""
+    torch = pytest.importorskip("torch")
+    from engines.losses import SegLoss
+
+    p = torch.tensor([0.1, 0.96])
+    logits = torch.zeros(1, 2, 1, 2)  # pixel 0 true class 0 at p 0.1; pixel 1 class 1 at 0.96
+    logits[0, 0, 0, 0] = torch.log(p[0] / (1 - p[0]))
+    logits[0, 1, 0, 1] = torch.log(p[1] / (1 - p[1]))
+    target = torch.tensor([[[0, 1]]])
+    weight = torch.tensor([0.149, 8.86])
+    loss = SegLoss(weight, ohem_thresh=0.7, ohem_min_kept=1)(logits, target).item()
+    assert loss == pytest.approx(-torch.log(p[0]).item(), rel=1e-4)  # road alone, its weight
+    # with every pixel kept (min_kept), the weighted mean of the plain losses
+    both = SegLoss(weight, ohem_thresh=0.7, ohem_min_kept=2)(logits, target).item()
+    nll = -torch.log(p)
+    assert both == pytest.approx(((nll * weight).sum() / weight.sum()).item(), rel=1e-4)
+    assert both == pytest.approx(torch.nn.functional.cross_entropy(
+        logits, target, weight=weight).item(), rel=1e-4)  # = plain weighted CE

@@ -228,6 +228,10 @@ def test_resume_refuses_another_recipe_and_changes_nothing(tiny_data: Path,
     ({"arch_options": {"auxx": True}}, r"--arch-options .*auxx.* do not fit 'fastscnn'"),
     ({"crop": (0, 48)}, "crop must be"),
     ({"batch_size": 64}, "batch size 64 is larger"),
+    # val's frames are inside train+val (same names and pixels; plain train and val share
+    # names 00, 01 with other pixels, which is fine: see the val_split="val" tests)
+    ({"train_split": "train+val", "val_split": "val"},
+     r"--val-split 'val' shares 2 of its 2 frames with --train-split 'train\+val'"),
 ])
 def test_bad_training_input_leaves_no_run_folder(tiny_data: Path, tmp_path: Path,
                                                  change: dict, message: str) -> None:
@@ -397,3 +401,21 @@ def test_a_diverging_loss_ends_with_a_message_not_a_traceback(
     assert args.func(args) == 1
     err = capsys.readouterr().err
     assert "segstream train: error: loss became" in err and "lower --lr" in err
+
+
+def test_resume_with_a_new_length_retargets_every_parameter_group(tiny_data: Path,
+                                                                  tmp_path: Path) -> None:
+    """A model with an encoder trains two parameter groups; resuming with more epochs
+    must move both schedules to the new end (the encoder's stayed at the old one: LR 0
+    for every added epoch)."""
+    import torch
+
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_data, run, model="fpn", epochs=1, encoder_lr_mult=0.5,
+                      arch_options={"encoder": "mobilenetv2", "width": 0.25})
+    train(cfg, progress=False)
+    train(replace(cfg, epochs=3, resume=True, stop_after=2), progress=False)
+    groups = torch.load(run / "last.pt", weights_only=False)["optimizer"]["param_groups"]
+    # after 2 of 3 epochs, neither group is at its end (0) and the ratio holds
+    assert len(groups) == 2 and groups[0]["lr"] > 0
+    assert groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.5, rel=1e-6)
