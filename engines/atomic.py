@@ -1,6 +1,6 @@
 """Files replaced whole or not at all: write to temporary siblings, then rename.
 
-Models, sidecars, checkpoints, engines and keys are read by other processes (a running
+Models, sidecars, checkpoints, engines and admitted keys are read by other processes (a running
 pipeline, a resumed training run, a subscriber loading keys) and written by commands that
 can fail or be killed half-way. Everything that writes them goes through :func:`staged`:
 a reader sees the old file or the new one, never half of one, and a failed write leaves
@@ -8,6 +8,9 @@ the old file and no temporary behind. A rename also replaces a symlink at the pa
 instead of writing through it.
 
 ``engines`` is imported by ``stream`` and ``calibrate``, so this one helper serves all.
+(keygen's new key pairs are made in a private temporary folder instead, so that a secret
+key is never readable by others.) A process killed inside a block leaves its hidden
+temporary (``.NAME.PID.TOKEN.tmp.SUFFIX``) behind; nothing else reads those names.
 """
 
 from __future__ import annotations

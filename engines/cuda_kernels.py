@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.atomic import staged
 from engines.kernel_refs import Normalization
 
 KERNEL_DIR = Path(__file__).resolve().parent / "cuda"
@@ -544,14 +545,12 @@ def build_host_library(cache_dir: str | Path | None = None, compiler: str = "g++
     lib = out_dir / f"libsegshim-{digest.hexdigest()[:16]}.so"
     if lib.is_file():
         return lib
-    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [cxx, *HOST_FLAGS, "-x", "c++", str(KERNEL_DIR / HOST_SOURCE), "-o", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise KernelError(f"building the host kernel library failed:\n{' '.join(cmd)}\n"
-                          f"{proc.stderr}")
-    tmp.replace(lib)  # atomic: concurrent builders never see a half-written library
+    with staged(lib) as (tmp,):  # concurrent builders never see a half-written library
+        cmd = [cxx, *HOST_FLAGS, "-x", "c++", str(KERNEL_DIR / HOST_SOURCE), "-o", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise KernelError(f"building the host kernel library failed:\n{' '.join(cmd)}\n"
+                              f"{proc.stderr}")
     return lib
 
 

@@ -36,10 +36,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         reconstruct = np._core.multiarray._reconstruct  # numpy >= 2
     except AttributeError:  # pragma: no cover - numpy 1.x
         reconstruct = np.core.multiarray._reconstruct
-    safe = [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    safe: list[Any] = [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        with torch.serialization.safe_globals(safe):
+        if scoped is None:  # torch 2.4: a process-wide allowlist of the same entries
+            torch.serialization.add_safe_globals(safe)
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            # The RNG state's arrays name numpy's module as the writer's numpy did:
+            # numpy.core (1.x) or numpy._core (2.x); either is the same function here.
+            safe += [(reconstruct, f"{mod}.multiarray._reconstruct")
+                     for mod in ("numpy.core", "numpy._core")]
+            with scoped(safe):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise BackendError(f"cannot read checkpoint {path}: {e}") from e
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):

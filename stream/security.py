@@ -122,7 +122,10 @@ def allowed_public_keys(folder: str | Path) -> list[bytes]:
     if not folder.is_dir():
         raise SecurityError(f"allowed-clients folder {folder} not found: create client keys "
                             f"with `segstream keygen {folder.parent} --name client-NAME`")
-    keys = [load_public_key(p) for p in sorted(folder.glob("*.key"))]
+    # Hidden files are not keys: a key being written (keygen's temporary) and what
+    # pyzmq's own loader skips as well.
+    keys = [load_public_key(p) for p in sorted(folder.glob("*.key"))
+            if not p.name.startswith(".")]
     if not keys:
         raise SecurityError(f"no client public keys (*.key) in {folder}: no client could "
                             "connect; add one with `segstream keygen ... --name client-NAME`")

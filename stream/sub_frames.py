@@ -98,15 +98,18 @@ class FramePairer:
     :meth:`add` returns ``(label_message, frame_message)`` as soon as both halves of a
     pair are there (usually the map comes first: the publisher encodes frames on another
     thread). Unpaired messages wait, at most ``keep`` maps and ``keep`` frames per camera
-    (the oldest go first: a busy camera never pushes out another's) for at most
-    ``max_cameras`` cameras (the one heard from least recently is forgotten), so memory
-    stays bounded when frames are sampled, whatever camera ids a publisher sends.
+    (the oldest go first: a busy camera never pushes out another's), at most
+    ``max_waiting`` maps and ``max_waiting`` frames in all (beyond it the camera with the
+    most waiting loses its oldest), for the ``max_cameras`` cameras heard from most
+    recently, so memory stays bounded when frames are sampled, whatever camera ids a
+    publisher sends.
     """
 
-    def __init__(self, keep: int = 64, max_cameras: int = 64) -> None:
-        if keep < 1 or max_cameras < 1:
-            raise ValueError(f"keep and max_cameras must be >= 1, got {keep}, {max_cameras}")
-        self.keep, self.max_cameras = keep, max_cameras
+    def __init__(self, keep: int = 16, max_cameras: int = 64, max_waiting: int = 128) -> None:
+        if keep < 1 or max_cameras < 1 or max_waiting < 1:
+            raise ValueError(f"keep, max_cameras and max_waiting must be >= 1, got {keep}, "
+                             f"{max_cameras}, {max_waiting}")
+        self.keep, self.max_cameras, self.max_waiting = keep, max_cameras, max_waiting
         # camera -> (waiting maps, waiting frames), least recently heard from first
         self._waiting: OrderedDict[str, tuple[_Recent[LabelMessage], _Recent[FrameMessage]]] \
             = OrderedDict()
@@ -126,16 +129,25 @@ class FramePairer:
             labels = labels_waiting.items.pop(key, None)
             if labels is None:
                 frames_waiting.put(key, msg)
+                self._bound(1)
                 return None
             pair = (labels, msg)
         else:
             frame = frames_waiting.items.pop(key, None)
             if frame is None:
                 labels_waiting.put(key, msg)
+                self._bound(0)
                 return None
             pair = (msg, frame)
         self.paired += 1
         return pair
+
+    def _bound(self, which: int) -> None:
+        """Keep at most ``max_waiting`` maps (``which`` 0) or frames (1) over all cameras:
+        the camera with the most waiting gives up its oldest."""
+        waiting = [pair[which] for pair in self._waiting.values()]
+        while sum(len(r.items) for r in waiting) > self.max_waiting:
+            max(waiting, key=lambda r: len(r.items)).items.popitem(last=False)
 
     def _camera(self, camera: str) -> tuple[_Recent[LabelMessage], _Recent[FrameMessage]]:
         if camera not in self._waiting:

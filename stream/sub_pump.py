@@ -86,6 +86,7 @@ class SocketPump:
         if per_topic is not None and per_topic < 1:
             raise ValueError(f"per_topic must be >= 1, got {per_topic}")
         self._per_topic = per_topic
+        self._topic_count: dict[bytes, int] = {}  # per_topic: maps/frames waiting by topic
         self._on_monitor_event = on_monitor_event
         # (kind, bytes of all ZeroMQ frames, ZeroMQ frames), oldest first
         self._inbox: deque[tuple[int, int, list[zmq.Frame]]] = deque()
@@ -152,10 +153,10 @@ class SocketPump:
                 self._drop_same_topic(topic)
         elif self._per_topic is not None:
             topic = bytes(first)
-            same = [i for i, (k, _, f) in enumerate(self._inbox)
-                    if k == kind and bytes(f[0].buffer) == topic]
-            if len(same) >= self._per_topic:
-                self._remove(same[0])
+            if self._topic_count.get(topic, 0) >= self._per_topic:  # scan only when full
+                self._remove(next(i for i, (k, _, f) in enumerate(self._inbox)
+                                  if k == kind and bytes(f[0].buffer) == topic))
+            self._topic_count[topic] = self._topic_count.get(topic, 0) + 1
         limit = (self.max_other, self.max_labels, self.max_frames)[kind]
         if self._count[kind] >= limit:
             self._drop_oldest(kind)
@@ -171,6 +172,7 @@ class SocketPump:
         del self._inbox[i]
         self._bytes -= size
         self._count[kind] -= 1
+        self._untrack(kind, frames)
         if kind == LABEL:
             self.overflow += 1
             topic = bytes(frames[0].buffer)
@@ -179,6 +181,17 @@ class SocketPump:
             self.overflow_frames += 1
         elif overflow:
             self.overflow_other += 1
+
+    def _untrack(self, kind: int, frames: list[zmq.Frame]) -> None:
+        """A map / frame left the inbox: one fewer waiting of its topic (per_topic)."""
+        if self._per_topic is None or kind == OTHER:
+            return
+        topic = bytes(frames[0].buffer)
+        left = self._topic_count.get(topic, 0) - 1
+        if left > 0:
+            self._topic_count[topic] = left
+        else:
+            self._topic_count.pop(topic, None)  # the dict never outgrows what waits
 
     def _drop_oldest(self, kind: int) -> None:
         """Drop the oldest waiting entry of ``kind`` (LABEL, FRAME or OTHER)."""
@@ -224,9 +237,10 @@ class SocketPump:
             items = list(self._inbox) if everything else [self._inbox.popleft()]
             if everything:
                 self._inbox.clear()
-            for kind, size, _ in items:
+            for kind, size, frames in items:
                 self._count[kind] -= 1
                 self._bytes -= size
+                self._untrack(kind, frames)
             dropped, self._dropped = self._dropped, {}
         return [frames for _, _, frames in items], dropped
 

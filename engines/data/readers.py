@@ -136,6 +136,16 @@ def folder_pairs(root: Path) -> list[Pair]:
     return _match_by_stem(images, lbl_dir)
 
 
+def _whole(v: object) -> int | None:
+    """A JSON whole number (``3`` or ``3.0``, as numpy's ``tolist()`` writes them), else
+    None (``"3"``, ``3.5``, ``true``, ``null``, NaN)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    if isinstance(v, float) and not v.is_integer():
+        return None
+    return int(v)
+
+
 def read_class_file(root: Path) -> tuple[ClassInfo, ...]:
     """Classes of a ``folder`` dataset.
 
@@ -159,16 +169,16 @@ def read_class_file(root: Path) -> tuple[ClassInfo, ...]:
             if not isinstance(entry, dict) or "name" not in entry:
                 raise DatasetError(f"{jpath}: entry {i} must be a name or an object with 'name'")
             cid = entry.get("id", i)
-            if isinstance(cid, bool) or not isinstance(cid, int) or cid != i:
+            if _whole(cid) != i:
                 raise DatasetError(f"{jpath}: entry {i} has id {cid!r}; ids must be the "
                                    "integers 0..K-1 in order (or leave 'id' out)")
             color = entry.get("color", default_color(i))
-            if (not isinstance(color, (list, tuple)) or len(color) != 3
-                    or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255
-                           for v in color)):
+            rgb = tuple(_whole(v) for v in color) \
+                if isinstance(color, (list, tuple)) and len(color) == 3 else ()
+            if len(rgb) != 3 or any(v is None or not 0 <= v <= 255 for v in rgb):
                 raise DatasetError(f"{jpath}: entry {i} has colour {color!r}; write [r, g, b] "
                                    "with integers 0..255")
-            classes.append(ClassInfo(i, str(entry["name"]), tuple(color)))
+            classes.append(ClassInfo(i, str(entry["name"]), rgb))
         return tuple(classes)
     if tpath.is_file():
         names = [ln.strip() for ln in tpath.read_text().splitlines()]

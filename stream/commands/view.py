@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
                    help="write an mp4v video ({camera} in the name: one file per camera)")
     p.add_argument("--save-dir", type=Path, metavar="DIR",
                    help="write DIR/<camera>/<seq>.png")
-    p.add_argument("--fps", type=positive(float, "frames per second"), default=30.0,
+    p.add_argument("--fps", type=positive(float, "a number of frames per second"), default=30.0,
                    help="frame rate of --save videos (default 30); maps are placed on the "
                         "video's timeline by their capture time, so the video plays at the "
                         "stream's real speed whatever its rate (repeating maps of a slower "

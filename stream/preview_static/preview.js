@@ -37,6 +37,8 @@ function cameraPage(root) {
   let busy = false;
   let waiting = null; // newest message not yet drawn (older ones are dropped)
   let drawn = 0;
+  let connected = false; // the socket is open (a frame decoded after a close must not
+  // clear the "disconnected" banner)
   let since = performance.now();
 
   function say(text) {
@@ -95,7 +97,7 @@ function cameraPage(root) {
     busy = true;
     try {
       await show(buf);
-      if (banner.textContent) say(""); // drawn: connected again and drawing works
+      if (connected && banner.textContent) say(""); // drawn while connected: all is well
     } catch (e) {
       say("cannot draw a frame: " + e.message);
     }
@@ -134,8 +136,12 @@ function cameraPage(root) {
     const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") +
                              location.host + root.dataset.ws);
     ws.binaryType = "arraybuffer";
+    ws.onopen = () => {
+      connected = true;
+    };
     ws.onmessage = (ev) => (typeof ev.data === "string" ? status(JSON.parse(ev.data)) : pump(ev.data));
     ws.onclose = () => {
+      connected = false;
       say("disconnected from segstream; reconnecting…");
       setTimeout(connect, 1000);
     };

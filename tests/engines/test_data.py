@@ -142,6 +142,9 @@ def test_classes_json_forms(tmp_path: Path) -> None:
         [{"name": "road", "color": [1, 2, 3]}, {"id": 1, "name": "car"}]))
     classes = read_class_file(tmp_path)
     assert classes[0].color == (1, 2, 3) and classes[1].name == "car"
+    (tmp_path / "classes.json").write_text(json.dumps(  # numpy's tolist() writes floats
+        [{"id": 0.0, "name": "road", "color": [128.0, 64.0, 128.0]}]))
+    assert read_class_file(tmp_path)[0].color == (128, 64, 128)
     (tmp_path / "classes.json").write_text(json.dumps([{"id": 3, "name": "x"}]))
     with pytest.raises(DatasetError, match=r"ids must be the integers 0\.\.K-1"):
         read_class_file(tmp_path)
@@ -157,6 +160,7 @@ def test_classes_json_forms(tmp_path: Path) -> None:
     ({"name": "road", "color": "red"}, r"colour 'red'"),
     ({"name": "road", "color": [0, 0, 300]}, r"colour \[0, 0, 300\].*0\.\.255"),
     ({"name": "road", "color": [0, 0, 1.5]}, r"colour \[0, 0, 1\.5\]"),
+    ({"id": 0.5, "name": "road"}, r"id 0\.5"),
     ({"name": "road", "color": [0, 0]}, r"colour \[0, 0\]"),
 ])
 def test_classes_json_bad_entries_name_the_entry(tmp_path: Path, entry: dict,

@@ -131,3 +131,33 @@ def test_checkpoint_trained_with_aux_heads_runs_and_exports(tmp_path):
     ort_out = create_backend(onnx_path).infer(_batch(1))
     assert np.abs(ort_out - logits).max() <= 1e-4 * max(1.0, np.abs(logits).max())
     assert m.training  # export restores the caller's mode
+
+
+
+@pytest.mark.parametrize("numpy_module", ["numpy._core.multiarray", "numpy.core.multiarray"])
+def test_checkpoints_with_numpy_state_load_whichever_numpy_wrote_them(tmp_path, numpy_module,
+                                                                      monkeypatch):
+    """Training checkpoints hold numpy arrays (the RNG state); their pickles name numpy's
+    module as the writing numpy did (numpy.core under 1.x): both must load."""
+    import warnings
+    import zipfile
+
+    from engines.torch_backend import load_checkpoint
+
+    try:
+        reconstruct = np._core.multiarray._reconstruct
+    except AttributeError:  # pragma: no cover - numpy 1.x
+        reconstruct = np.core.multiarray._reconstruct
+    state = np.random.get_state()
+    path = tmp_path / "rng.pt"
+    monkeypatch.setattr(reconstruct, "__module__", numpy_module)  # the name pickle writes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy.core is deprecated
+        torch.save({"arch": ARCH, "num_classes": K, "model": {}, "rng": {"numpy": state}},
+                   path)
+    monkeypatch.undo()
+    with zipfile.ZipFile(path) as z:
+        pickled = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert numpy_module.encode() in pickled
+    loaded = load_checkpoint(path)["rng"]["numpy"]
+    assert loaded[0] == "MT19937" and np.array_equal(loaded[1], state[1])

@@ -350,3 +350,13 @@ def test_pairer_keeps_maps_per_camera_and_bounds_the_cameras():
     for cam in ("a", "b"):  # two new cameras: "busy", heard from least recently, goes
         pairer.add(lab(cam, 1))
     assert pairer.add(frm("slow", 2)) is not None and pairer.add(frm("busy", 98)) is None
+
+    capped = FramePairer(keep=10, max_waiting=12)  # three cameras, 12 maps in all
+    for seq in range(10):
+        capped.add(lab("busy", seq))
+    for cam in ("x", "y"):
+        for seq in range(3):
+            capped.add(lab(cam, seq))
+    # the busy camera gave up its oldest four; the quiet ones kept all of theirs
+    assert capped.add(frm("busy", 3)) is None and capped.add(frm("busy", 4)) is not None
+    assert all(capped.add(frm(cam, 0)) is not None for cam in ("x", "y"))

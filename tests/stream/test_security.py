@@ -177,3 +177,14 @@ def test_curve_clients_pass_the_hostile_peer_limits(keys):
                 got = sub.receive(0.1)
             assert got is not None and got.camera == cam
         assert pub.stats().peers_cut == 0
+
+
+def test_a_key_being_written_is_not_read_as_an_admitted_client(tmp_path):
+    """keygen writes an admitted key to a hidden temporary first; a publisher starting at
+    that moment (or after a killed keygen) must not load it, nor fail on it."""
+    from stream.security import allowed_public_keys
+
+    pub, _ = generate_keys(tmp_path, "client-a")
+    folder = tmp_path / "allowed_clients"
+    (folder / ".client-b.4242.deadbeef.tmp.key").write_bytes(b"")  # half written
+    assert allowed_public_keys(folder) == [load_public_key(pub)]
