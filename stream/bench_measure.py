@@ -140,18 +140,21 @@ def gpu_usage() -> dict[str, Any]:
 def _subscribe(endpoint: str, stop: threading.Event, box: dict[str, Any]) -> None:
     from stream.subscribe import LabelMessage, Subscriber
 
-    latencies, received, last = [], 0, None
+    latencies, received, last, lost_at_reset = [], 0, None, 0
     with Subscriber(endpoint, timeout=0.2) as sub:
         box["ready"].set()
         while not stop.is_set():
             msg = sub.receive(0.2)
+            if box["reset"].is_set():  # the measured window starts: warm-up not counted
+                box["reset"].clear()
+                latencies, received, lost_at_reset = [], 0, sub.stats.lost
             if isinstance(msg, LabelMessage):
                 received += 1
-                last = msg.labels.copy()
+                last = msg.labels  # the message's own array: no copy per map
                 lat = msg.latency_ns(same_host=True)
                 if lat is not None:
                     latencies.append(lat)
-        box.update(received=received, lost=sub.stats.lost, last=last,
+        box.update(received=received, lost=sub.stats.lost - lost_at_reset, last=last,
                    latency=Summary.of(latencies))
 
 
@@ -188,7 +191,7 @@ def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float,
 
     endpoint = cfg.publish.endpoints[0].replace("*", "127.0.0.1")
     stop, sub_stop = threading.Event(), threading.Event()
-    box: dict[str, Any] = {"ready": threading.Event()}
+    box: dict[str, Any] = {"ready": threading.Event(), "reset": threading.Event()}
     sub = threading.Thread(target=_subscribe, args=(endpoint, sub_stop, box),
                            name="bench-subscriber", daemon=True)
     usage, marks, cpu = _Usage(), {}, ThreadCpu()
@@ -218,9 +221,12 @@ def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float,
         usage.start()
         cpu.reset()
         modes.clear()
+        box["reset"].set()
         marks["t_reset"] = time.monotonic()
         if not stop.wait(window_s):
             cpu.freeze()
+            # CPU, RSS and GPU memory of the running pipeline, before its teardown
+            marks["usage"] = usage.stop()
             stop.set()
 
     usage.start()
@@ -230,7 +236,7 @@ def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float,
             code, result = run_pipeline(cfg, stop=stop, out=devnull, on_ready=on_ready)
     finally:  # on an error too: the CPU sampler, window and subscriber threads end
         stop.set()
-        used = usage.stop()
+        used = marks.get("usage") or usage.stop()  # whole runs: up to their end
         threads = cpu.result()
         sub_stop.set()
         if sub.is_alive():

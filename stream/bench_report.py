@@ -27,7 +27,7 @@ from typing import Any
 from stream.bench_cpu import GROUPS
 
 MAX_WIDTH = 120
-STAGE_NAMES = ("capture", "pre", "infer", "post", "encode", "publish")
+STAGE_NAMES = ("capture", "pre", "infer", "handoff", "post", "encode", "publish")
 BENCH_FORMAT = 3  # the report's "segstream_bench" version
 # 3: per-result pipeline settings (SETTINGS), per-camera figures ("cameras"), the engine's
 #    mode ("engine") and per-thread-group CPU ("cpu_threads") in each pipeline run.
@@ -104,7 +104,8 @@ def _per_run(run: dict[str, Any]) -> dict[str, float | None]:
     if p:
         st = p["stages"]
         out.update(pipeline_fps=p["fps"], e2e_p50_ms=st["total"]["p50_ms"],
-                   e2e_p99_ms=st["total"]["p99_ms"], cpu_percent=p["cpu_percent"],
+                   e2e_p99_ms=st["total"]["p99_ms"], e2e_count=st["total"].get("count"),
+                   cpu_percent=p["cpu_percent"],
                    rss_mib=p.get("rss_mib"), dropped=p["dropped"],
                    handoff_dropped=p.get("post_dropped"), pipeline_vs_engine=_ratio(p, e))
         out.update({f"{s}_p50_ms": st.get(s, {}).get("p50_ms") for s in STAGE_NAMES})
@@ -179,9 +180,11 @@ COLUMNS = {
     "throughput": (Column("engine fps", "engine_fps"), Column("pipeline fps", "pipeline_fps"),
                    Column("pipeline/engine", "pipeline_vs_engine", ratio)),
     "latency": (Column("e2e p50 ms", "e2e_p50_ms"), Column("e2e p99 ms", "e2e_p99_ms"),
+                Column("e2e n", "e2e_count", integer),
                 Column("infer ms", "infer_p50_ms"), Column("post ms", "post_p50_ms")),
     "stages": (Column("capture ms", "capture_p50_ms"), Column("pre ms", "pre_p50_ms"),
-               Column("encode ms", "encode_p50_ms"), Column("publish ms", "publish_p50_ms")),
+               Column("hand-off ms", "handoff_p50_ms"), Column("publish ms", "publish_p50_ms"),
+               Column("encoder alone ms", "encode_p50_ms")),
     "resources": (Column("cpu %", "cpu_percent"), Column("rss MiB", "rss_mib"),
                   Column("dropped frames", "dropped", integer),
                   Column("others cpu %", "others_cpu_percent"),
@@ -198,9 +201,13 @@ COLUMNS = {
     "cpu_clip": _cpu_columns("clip_cpu_"),
 }
 TITLES = {
-    "throughput": "Throughput, live test camera at 'source fps': median (min-max) of {n} runs",
-    "latency": "Latency, ms (p50 of each run unless p99; e2e: capture -> published)",
-    "stages": "Other pipeline stages, ms (p50 of each run)",
+    "throughput": "Throughput, live test camera at 'source fps': median (min-max) of {n} runs; "
+                  "engine fps: the plain session, one call at a time (the pipeline may run "
+                  "two calls side by side: --engine-policy)",
+    "latency": "Latency, ms (p50 of each run unless p99; e2e: capture -> published; n: "
+               "e2e samples of the run: with under 100 a p99 is one of the largest few)",
+    "stages": "Other pipeline stages, ms (p50 of each run; publish includes encoding; "
+              "'encoder alone': the encoder timed apart on the last map, 50 calls)",
     "resources": "Resources: pipeline cpu (100 % = one core), rss, frames the camera "
                  "replaced; all runs: other processes' cpu, VM steal",
     "cameras": "Cameras: all cameras' fps together; the slowest and fastest camera's fps; "

@@ -22,14 +22,14 @@ def eager_thread_switches():
 
 def test_reads_while_another_thread_writes(eager_thread_switches: None) -> None:
     times = StageTimes(window=4000)
-    for i in range(4000):  # a full window: fps() walks many ticks
-        times.tick(i * 1_000_000)
+    for _ in range(4000):  # a full window: fps() walks many ticks
+        times.tick()
     stop, errors = threading.Event(), []
 
     def writer() -> None:
         i = 4000
         while not stop.is_set():
-            times.tick(i * 1_000_000)
+            times.tick()
             times.add("total", 5_000_000)
             times.add(f"stage{i % 20}", 1_000)  # new keys: the dict grows while read
             i += 1
@@ -53,6 +53,22 @@ def test_fps_over_the_horizon() -> None:
     times = StageTimes()
     for i in range(100):
         times.tick(i * 10_000_000)  # 100 fps for 1 s
-    assert times.fps(horizon_s=0.5) == pytest.approx(100.0)
+    last = 99 * 10_000_000
+    assert times.fps(horizon_s=0.5, now_ns=last) == pytest.approx(100.0)
     assert times.frames == 100
     assert StageTimes().fps() == 0.0
+
+
+def test_fps_of_a_camera_that_stopped_falls_to_zero() -> None:
+    """The status line, /metrics and the preview must not show a stalled camera's last
+    rate for good: the window ends now."""
+    times = StageTimes()
+    for i in range(100):
+        times.tick(i * 10_000_000)  # 100 fps for 1 s, then nothing
+    last = 99 * 10_000_000
+    assert times.fps(horizon_s=0.5, now_ns=last + 250_000_000) == pytest.approx(50.0)
+    assert times.fps(horizon_s=0.5, now_ns=last + 3_000_000_000) == 0.0
+    live = StageTimes()
+    live.tick()
+    live.tick()
+    assert live.fps() > 0  # default now: the ticks' own clock
