@@ -178,17 +178,23 @@ def cmd_clip(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = make_video(Path(tmp) / "clip.avi", args.frames, (h, w))
         for r in range(args.rounds):
-            order = variants if r % 2 == 0 else variants[::-1]
-            others = Others()
-            hand = run_hand_loop(Path(args.model), video, args.frames, _endpoint(),
-                                 threads=args.threads)["fps"]
-            print(f"round {r}: hand loop {hand:6.1f} fps  others {others.cores():.2f} cores",
-                  flush=True)
+            # the hand loop takes its turn in the order too (first, then last, ...): on a
+            # VM whose speed drifts, a baseline always run first would favour one side
+            runs: list[dict | None] = [None, *variants]
+            order = runs if r % 2 == 0 else runs[::-1]
+            results = []
             for v in order:
+                if v is None:
+                    others = Others()
+                    hand = run_hand_loop(Path(args.model), video, args.frames, _endpoint(),
+                                         threads=args.threads)["fps"]
+                    print(f"round {r}: hand loop {hand:6.1f} fps  others "
+                          f"{others.cores():.2f} cores", flush=True)
+                    continue
                 src = (SourceConfig(f"{video}?realtime=0", "clip"),)
-                res = measure(_cfg(src, args.model, **{"threads": args.threads,
-                                                       "max_frames": args.frames, **v}),
-                              warmup_s=0.0)
+                results.append((v, measure(_cfg(src, args.model, **{
+                    "threads": args.threads, "max_frames": args.frames, **v}), warmup_s=0.0)))
+            for v, res in results:
                 stages = res["cameras"]["clip"]["stages"]
                 print(f"round {r}: {_fmt(v):40s} {res['fps']:6.1f} fps  x{res['fps'] / hand:4.2f}"
                       f"  cpu {res['cpu_percent']:4.0f}%  mode {res['mode']}"

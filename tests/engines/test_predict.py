@@ -223,7 +223,11 @@ def test_shipped_model_on_camvid_val_subset(camvid: Path) -> None:
                     data.source)
     report = evaluate_split(SHIPPED[0], sub, threads=2, progress=False)
     spec = ModelSpec.load(sidecar_path(SHIPPED[0]))
-    assert spec.metrics["val_miou"] > 0.3
+    # held out: the sidecar's val figure, or (weights trained on train+val) the train-only
+    # run's, recorded under the protocol; a seen-split fit is not a val figure
+    m = spec.metrics
+    held_out = m["val_miou"] if "val_miou" in m else m["protocol"]["train_only_val_miou"]
+    assert held_out > 0.3
     # A subset of frames scores near the full-split figure in the sidecar, far above chance.
     assert report.metrics.pixel_acc > 0.7
     assert report.metrics.miou > 0.3
