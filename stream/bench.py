@@ -46,6 +46,7 @@ from stream.bench_measure import (
     PipelineSettings,
     bench_clip_pipeline,
     bench_engine,
+    bench_engine_in_flight,
     bench_pipeline,
     ipc_endpoint,
     make_video,
@@ -195,9 +196,11 @@ def _run_one(kind: str, case: BenchCase, opts: BenchOptions, source_fps: int,
     t0, load = time.time(), MachineLoad()
     load.start()
     if kind == "engine":
-        out = bench_engine(case.model, case.backend, threads=opts.threads,
-                           warmup_s=opts.warmup_s, max_s=max(opts.duration_s / 2, 1.0),
-                           iters=opts.engine_iters)
+        kw = {"threads": opts.threads, "warmup_s": opts.warmup_s,
+              "max_s": max(opts.duration_s / 2, 1.0), "iters": opts.engine_iters}
+        out = bench_engine(case.model, case.backend, **kw)
+        # what the pipeline's throughput mode runs: the pipeline/engine ratio's other base
+        out["in_flight"] = bench_engine_in_flight(case.model, case.backend, **kw)
     elif kind == "pipeline":
         out = bench_pipeline(case.model, case.backend, case.resolution, source_fps=source_fps,
                              threads=opts.threads, encoding=opts.encoding,

@@ -70,6 +70,40 @@ def bench_engine(model: Path, backend: str, *, threads: int | None, warmup_s: fl
             "input_shape": [n, c, h, w]}
 
 
+def bench_engine_in_flight(model: Path, backend: str, *, threads: int | None,
+                           warmup_s: float, max_s: float, iters: int) -> dict[str, Any] | None:
+    """The engine as the pipeline's throughput mode runs it: ONNX Runtime's calls side by
+    side on one-thread sessions (``policy="throughput"``), kept full with submit/collect.
+    Returns fps (calls finished / elapsed), calls and in_flight; None for backends without
+    that mode (TensorRT double-buffers inside the pipeline; torch has none)."""
+    if backend != "onnxruntime":
+        return None
+    be = create_backend(model, backend, threads=threads, policy="throughput")
+    try:
+        batch = np.random.default_rng(0).standard_normal(be.input_shape).astype(be.input_dtype)
+        depth = be.in_flight
+
+        def run_for(seconds: float, limit: int) -> tuple[int, float]:
+            done, t0 = 0, time.perf_counter()
+            deadline = t0 + seconds
+            for _ in range(depth):
+                be.submit(batch)
+            while done < limit and time.perf_counter() < deadline:
+                be.collect()
+                done += 1
+                be.submit(batch)
+            elapsed = time.perf_counter() - t0
+            for _ in range(depth):  # the calls still running are not counted
+                be.collect()
+            return done, elapsed
+
+        run_for(warmup_s, 1 << 30)
+        calls, elapsed = run_for(max_s, iters)
+    finally:
+        be.close()
+    return {"fps": calls / elapsed if elapsed > 0 else 0.0, "calls": calls, "in_flight": depth}
+
+
 def _rss_mib() -> float:
     """Resident memory now (Linux), else the process's peak so far."""
     try:

@@ -57,6 +57,9 @@ def test_bench_repeats_interleaved_with_compare(tiny_model, tmp_path, capsys):
     assert [run["round"] for run in r["runs"]] == [0, 1]
     for run in r["runs"]:
         assert run["engine"]["fps"] > 0 and run["engine"]["iters"] > 0
+        # the engine as the pipeline's throughput mode runs it: one-thread calls side by side
+        assert run["engine"]["in_flight"]["fps"] > 0 and run["engine"]["in_flight"]["calls"] > 0
+        assert run["engine"]["in_flight"]["in_flight"] >= 1
         p = run["pipeline"]
         assert p["error"] is None and p["published"] > 0 and p["fps"] > 0
         assert p["subscriber"]["received"] > 0 and p["source_fps"] == 30
@@ -75,7 +78,8 @@ def test_bench_repeats_interleaved_with_compare(tiny_model, tmp_path, capsys):
         started = [run[k]["started"] for k in kinds]
         assert started == sorted(started, reverse=run["round"] == 1)
     s = r["summary"]
-    for key in ("engine_fps", "pipeline_fps", "pipeline_vs_engine", "e2e_p50_ms", "hand_fps",
+    for key in ("engine_fps", "engine_in_flight_fps", "pipeline_vs_in_flight", "e2e_count",
+                "engine_fps", "pipeline_fps", "pipeline_vs_engine", "e2e_p50_ms", "hand_fps",
                 "clip_fps", "pipeline_vs_hand", "post_p50_ms"):
         assert s[key]["n"] == 2 and s[key]["min"] <= s[key]["median"] <= s[key]["max"], key
     ratios = [run["clip_pipeline"]["fps"] / run["hand_loop"]["fps"] for run in r["runs"]]
