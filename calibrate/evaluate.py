@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from calibrate.data import LabelledFrame, NamedFrame
+from calibrate.data import CalibrationDataError, LabelledFrame, NamedFrame
 from engines.backend import create_backend
 from engines.metrics import ConfusionMatrix
 from engines.preprocess import Preprocessor
@@ -51,11 +51,15 @@ def score(preds: Sequence[np.ndarray], frames: Sequence[LabelledFrame],
             valid &= f.label != spec.ignore_index
         cm.update(p[valid], f.label[valid])
     m = cm.result()
+    if np.isnan(m.pixel_acc):  # no labelled pixel at all: a score of 0 would read as a
+        # model, and a drop of 0 as "INT8 within budget"
+        names = ", ".join(f.name for f in frames[:3]) + (", ..." if len(frames) > 3 else "")
+        raise CalibrationDataError(
+            f"the evaluation label maps ({names}) hold no labelled pixel: every id is void "
+            f"or >= the model's {k} classes; give labels of this model's class table")
     per_class = {name: (None if v is None else round(100.0 * v, 3))
                  for name, v in m.per_class(spec.class_names).items()}
-    miou = 0.0 if np.isnan(m.miou) else 100.0 * m.miou
-    acc = 0.0 if np.isnan(m.pixel_acc) else 100.0 * m.pixel_acc
-    return SegScores(round(miou, 3), per_class, round(acc, 3))
+    return SegScores(round(100.0 * m.miou, 3), per_class, round(100.0 * m.pixel_acc, 3))
 
 
 def agreement(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:

@@ -170,6 +170,9 @@ def test_score_ignores_void_and_uses_one_confusion_matrix() -> None:
                            "c1": pytest.approx(400 / 6, abs=1e-2)}
     assert s.miou == pytest.approx(50.0, abs=1e-2)
     assert agreement(preds, [np.array([[0, 1], [1, 1]]), preds[1]]) == pytest.approx(87.5)
+    void = [LabelledFrame("all-void", img, np.full((2, 2), 11, np.uint8))]
+    with pytest.raises(CalibrationDataError, match=r"\(all-void\) hold no labelled pixel"):
+        score(preds[:1], void, spec)  # not a score of 0 (nor a drop of 0 for INT8)
 
 
 def test_greedy_fallback_rejects_layers_that_do_not_help() -> None:
