@@ -72,7 +72,9 @@ def list_images(folder: Path) -> list[Path]:
 
 def read_image(path: Path) -> np.ndarray:
     """Decode one image file to (H, W, 3) uint8 BGR; grey/alpha/16-bit are converted."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # as stored, like the training readers: an EXIF orientation tag would turn an image
+    # but not its label map
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.size == 0:
         raise CalibrationDataError(
             f"cannot decode image {path}: the file is empty, truncated or not an image; "

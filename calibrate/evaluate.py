@@ -38,6 +38,14 @@ class SegScores:
     pixel_accuracy: float  # %, over non-void pixels
 
 
+def has_labels(label: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """(H, W) bool: the pixels that are scored (void / ignore ids, and ids >= K, are not)."""
+    valid = label < spec.num_classes
+    if spec.ignore_index is not None:
+        valid &= label != spec.ignore_index
+    return valid
+
+
 def score(preds: Sequence[np.ndarray], frames: Sequence[LabelledFrame],
           spec: ModelSpec) -> SegScores:
     """Scores of (H, W) uint8 predictions against their frames' label maps."""
@@ -46,9 +54,7 @@ def score(preds: Sequence[np.ndarray], frames: Sequence[LabelledFrame],
     for p, f in zip(preds, frames, strict=True):
         if p.shape != f.label.shape:
             raise ValueError(f"{f.name}: prediction {p.shape} and label {f.label.shape} differ")
-        valid = f.label < k  # void / ignore ids (>= K) are skipped
-        if spec.ignore_index is not None:
-            valid &= f.label != spec.ignore_index
+        valid = has_labels(f.label, spec)
         cm.update(p[valid], f.label[valid])
     m = cm.result()
     if np.isnan(m.pixel_acc):  # no labelled pixel at all: a score of 0 would read as a

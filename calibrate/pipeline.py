@@ -31,7 +31,14 @@ from calibrate.data import (
     read_frames,
     read_labelled,
 )
-from calibrate.evaluate import SegScores, agreement, compare_speed, predict, score
+from calibrate.evaluate import (
+    SegScores,
+    agreement,
+    compare_speed,
+    has_labels,
+    predict,
+    score,
+)
 from calibrate.quantize import (
     FloatModel,
     QuantConfig,
@@ -226,8 +233,13 @@ class _Evaluator:
                  agree_frames: list[NamedFrame], job: CalibrateJob) -> None:
         self.fm, self.labelled, self.job = fm, labelled, job
         self.agree_frames = agree_frames  # unlabelled: FP32/INT8 label agreement
-        sub = evenly_spaced(len(labelled) or len(self.agree_frames), job.sensitivity_samples)
-        self.subset = sub
+        if labelled:  # the sensitivity subset: frames with labelled pixels to score
+            scorable = [i for i, f in enumerate(labelled)
+                        if (has_labels(f.label, fm.spec)).any()]
+            self.subset = [scorable[i] for i in evenly_spaced(len(scorable),
+                                                               job.sensitivity_samples)]
+        else:
+            self.subset = evenly_spaced(len(self.agree_frames), job.sensitivity_samples)
         self.fp32_eval = self._predict(fm.path, labelled, "FP32 eval")
         self.fp32_agree = self._predict(fm.path, self.agree_frames, "FP32 frames")
         self.fp32_scores: SegScores | None = (

@@ -45,8 +45,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         else:
             # The RNG state's arrays name numpy's module as the writer's numpy did:
             # numpy.core (1.x) or numpy._core (2.x); either is the same function here.
-            safe += [(reconstruct, f"{mod}.multiarray._reconstruct")
-                     for mod in ("numpy.core", "numpy._core")]
+            # (torch >= 2.6 takes (function, name) pairs; 2.5 only the function itself.)
+            if _torch_at_least(torch.__version__, (2, 6)):
+                safe += [(reconstruct, f"{mod}.multiarray._reconstruct")
+                         for mod in ("numpy.core", "numpy._core")]
             with scoped(safe):
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
@@ -58,6 +60,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"found {keys}. Train with `segstream train` (a bare state_dict lacks the "
             "architecture name)")
     return ckpt
+
+
+def _torch_at_least(version: str, wanted: tuple[int, int]) -> bool:
+    """``"2.13.0+cpu"`` >= (2, 6)."""
+    parts = version.split("+", maxsplit=1)[0].split(".")[:2]
+    try:
+        return (int(parts[0]), int(parts[1])) >= wanted
+    except (ValueError, IndexError):
+        return True  # a development build: assume current
 
 
 def checkpoint_spec(ckpt: dict[str, Any], source: str) -> ModelSpec:

@@ -17,6 +17,7 @@ Run ``python -m engines.train --help`` or ``segstream train --help``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import math
@@ -114,12 +115,17 @@ def _save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 
 def check_disjoint(train_data: SplitData, val_data: SplitData, cfg: TrainConfig) -> None:
-    """Refuse a validation split that holds training frames (the same name and pixels):
-    its "val mIoU" would score frames the model fits, pick best.pt by them and go into the
-    sidecar as a held-out figure. ``--train-split train+val`` needs ``--val-split ''``."""
-    train_images = dict(zip(train_data.names, train_data.images, strict=True))
+    """Refuse a validation split that holds training frames (the same pixels, whatever
+    their names): its "val mIoU" would score frames the model fits, pick best.pt by them
+    and go into the sidecar as a held-out figure. ``--train-split train+val`` needs
+    ``--val-split ''``."""
+    def digest(img: np.ndarray) -> bytes:
+        return hashlib.blake2b(img.tobytes(), digest_size=16).digest() + bytes(str(img.shape),
+                                                                               "ascii")
+
+    seen = {digest(img) for img in train_data.images}
     shared = [n for n, img in zip(val_data.names, val_data.images, strict=True)
-              if n in train_images and np.array_equal(train_images[n], img)]
+              if digest(img) in seen]
     if shared:
         raise ValueError(
             f"--val-split {cfg.val_split!r} shares {len(shared)} of its {len(val_data)} frames "

@@ -73,7 +73,8 @@ def bench_engine(model: Path, backend: str, *, threads: int | None, warmup_s: fl
 def bench_engine_in_flight(model: Path, backend: str, *, threads: int | None,
                            warmup_s: float, max_s: float, iters: int) -> dict[str, Any] | None:
     """The engine as the pipeline's throughput mode runs it: ONNX Runtime's calls side by
-    side on one-thread sessions (``policy="throughput"``), kept full with submit/collect.
+    side, the threads split between their sessions (``policy="throughput"``), kept full
+    with submit/collect.
     Returns fps (calls finished / elapsed), calls and in_flight; None for backends without
     that mode (TensorRT double-buffers inside the pipeline; torch has none)."""
     if backend != "onnxruntime":
@@ -162,12 +163,13 @@ class MachineLoad:
 def gpu_usage() -> dict[str, Any]:
     if not shutil.which("nvidia-smi"):
         return {"gpu_util_percent": None, "gpu_mem_mib": None}
-    out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                          "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                         timeout=5, check=False).stdout.strip().splitlines()
-    if not out:
+    try:  # no answer, "[N/A]" under MIG, an odd driver: not a figure, not an error either
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                              "--format=csv,noheader,nounits"], capture_output=True,
+                             text=True, timeout=5, check=False).stdout.strip().splitlines()
+        util, mem = (float(v) for v in out[0].split(","))
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
         return {"gpu_util_percent": None, "gpu_mem_mib": None}
-    util, mem = (float(v) for v in out[0].split(","))
     return {"gpu_util_percent": util, "gpu_mem_mib": mem}
 
 
@@ -259,9 +261,10 @@ def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float,
         marks["t_reset"] = time.monotonic()
         if not stop.wait(window_s):
             cpu.freeze()
-            # CPU, RSS and GPU memory of the running pipeline, before its teardown
-            marks["usage"] = usage.stop()
-            stop.set()
+            try:  # CPU, RSS and GPU memory of the running pipeline, before its teardown
+                marks["usage"] = usage.stop()
+            finally:
+                stop.set()
 
     usage.start()
     cpu.start()

@@ -65,16 +65,17 @@ class StageTimes:
             self.frames += 1
 
     def fps(self, horizon_s: float = 2.0, now_ns: int | None = None) -> float:
-        """Frames per second over the ``horizon_s`` seconds up to now (``now_ns``, default
-        ``time.monotonic_ns()``, the ticks' clock). The window ends now, not at the last
-        frame: a camera that stops falls to 0 within the horizon instead of showing its
-        last rate for good."""
+        """Frames per second of the ticks in the ``horizon_s`` seconds up to now
+        (``now_ns``, default ``time.monotonic_ns()``, the ticks' clock): the rate between
+        the first and last of them, so a steady camera reads its rate, and one that stops
+        falls to 0 once its ticks leave the horizon instead of showing its last rate for
+        good."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         start_limit = now - int(horizon_s * 1e9)
         with self._lock:  # walks back over the horizon only, not the whole window
             if len(self._ticks) < 2:
                 return 0.0
-            end = max(now, self._ticks[-1])
+            end = self._ticks[-1]
             n, first = 0, end
             for t in reversed(self._ticks):
                 if t < start_limit:

@@ -258,3 +258,19 @@ def test_reference_model_is_the_fp32_baseline(frames_dir: Path, tmp_path: Path) 
     other = make_offset_model(tmp_path / "k5", num_classes=5, name="k5")
     with pytest.raises(CalibrationDataError, match=r"--reference .*\(num_classes differ\)"):
         run_calibration(replace(job, reference=other))
+
+
+def test_sensitivity_subset_skips_frames_without_labelled_pixels(frames_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """Sparsely labelled data (most masks all void): the sensitivity search scores only
+    frames that have labelled pixels, instead of failing on a void subset."""
+    model = make_offset_model(tmp_path / "m", offset=1000.0, name="offset")
+    labels = write_fp32_labels(model, frames_dir, tmp_path / "labels")
+    for png in sorted(labels.glob("*.png"))[:12]:  # the first 12 of 16: void only
+        cv2.imwrite(str(png), np.full(cv2.imread(str(png), cv2.IMREAD_UNCHANGED).shape, 255,
+                                      np.uint8))
+    job = CalibrateJob(model=model, data=frames_dir, samples=8, eval_images=frames_dir,
+                       eval_labels=labels, max_drop=10.0, sensitivity_samples=1,
+                       speed_runs=2, progress=False)
+    report = run_calibration(job)
+    assert report.kept_float and report.fallback.met

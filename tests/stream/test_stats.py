@@ -66,7 +66,8 @@ def test_fps_of_a_camera_that_stopped_falls_to_zero() -> None:
     for i in range(100):
         times.tick(i * 10_000_000)  # 100 fps for 1 s, then nothing
     last = 99 * 10_000_000
-    assert times.fps(horizon_s=0.5, now_ns=last + 250_000_000) == pytest.approx(50.0)
+    assert times.fps(horizon_s=0.5, now_ns=last + 250_000_000) == pytest.approx(100.0)
+    assert times.fps(horizon_s=0.5, now_ns=last + 495_000_000) == 0.0  # one tick left
     assert times.fps(horizon_s=0.5, now_ns=last + 3_000_000_000) == 0.0
     live = StageTimes()
     live.tick()
