@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -397,17 +398,7 @@ def test_slow_reader_with_a_full_queue_survives():
 def test_reader_thread_bounds_the_backlog_and_keeps_events():
     """Nobody reads: the pump keeps the newest ``max_labels`` maps, every event, in order,
     and says how many maps of which camera it dropped."""
-    from stream.sub_pump import SocketPump
-
-    ctx = zmq.Context()
-    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
-    pub.setsockopt(zmq.SNDHWM, 1000)
-    pub.bind("inproc://pump-test")
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect("inproc://pump-test")
-    pump = SocketPump(sub, None, max_labels=5, label_topic=b"seg/")
-    try:
-        time.sleep(0.1)  # subscription reaches the publisher
+    with _pump_on_inproc(max_labels=5) as (pub, pump):
         for i in range(50):
             pub.send_multipart([b"seg/front", b"%d" % i])
             if i == 20:
@@ -417,6 +408,24 @@ def test_reader_thread_bounds_the_backlog_and_keeps_events():
         assert [bytes(f[1].buffer) for f in got] == [b"down"] + [b"%d" % i for i in range(45, 50)]
         assert dropped == {b"seg/front": 45}
         assert pump.take(0.05, everything=True) == ([], {})
+
+
+@contextlib.contextmanager
+def _pump_on_inproc(**pump_args):
+    """A PUB socket and a SocketPump draining a SUB connected to it over inproc."""
+    from stream.sub_pump import SocketPump
+
+    ctx = zmq.Context()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    pub.setsockopt(zmq.SNDHWM, 1000)
+    endpoint = f"inproc://pump-{uuid.uuid4().hex[:8]}"
+    pub.bind(endpoint)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    pump = SocketPump(sub, None, label_topic=b"seg/", **pump_args)
+    try:
+        time.sleep(0.1)  # subscription reaches the publisher
+        yield pub, pump
     finally:
         pump.close()
         sub.close(linger=0)
@@ -428,17 +437,7 @@ def test_a_burst_of_one_camera_never_pushes_out_another_cameras_map():
     """per_topic (what latest_only uses): four cameras' maps arrive back to back, then a
     burst of one camera: every camera's newest maps still wait, only the bursting
     camera's older ones went."""
-    from stream.sub_pump import SocketPump
-
-    ctx = zmq.Context()
-    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
-    pub.setsockopt(zmq.SNDHWM, 1000)
-    pub.bind("inproc://pump-topic-test")
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect("inproc://pump-topic-test")
-    pump = SocketPump(sub, None, max_labels=128, per_topic=2, label_topic=b"seg/")
-    try:
-        time.sleep(0.1)  # subscription reaches the publisher
+    with _pump_on_inproc(max_labels=128, per_topic=2) as (pub, pump):
         for i in range(3):
             for cam in (b"cam0", b"cam1", b"cam2", b"cam3"):
                 pub.send_multipart([b"seg/" + cam, b"%d" % i])
@@ -450,12 +449,6 @@ def test_a_burst_of_one_camera_never_pushes_out_another_cameras_map():
         assert seen == [(b"cam0", b"1"), (b"cam1", b"1"), (b"cam2", b"1"), (b"cam0", b"2"),
                         (b"cam1", b"2"), (b"cam2", b"2"), (b"cam3", b"8"), (b"cam3", b"9")]
         assert dropped == {b"seg/cam0": 1, b"seg/cam1": 1, b"seg/cam2": 1, b"seg/cam3": 8}
-    finally:
-        pump.close()
-        sub.close(linger=0)
-        pub.close(linger=0)
-        ctx.term()
-
 
 def test_slow_reader_counts_its_own_drops_as_overflow_not_lost():
     """Maps the subscriber's queue dropped are not transport losses, also when the read
