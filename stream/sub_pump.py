@@ -148,14 +148,13 @@ class SocketPump:
                 else FRAME if bytes(first[:len(self._frame_topic)]) == self._frame_topic
                 else OTHER)
         if kind == OTHER:
-            topic = bytes(frames[0].buffer)
+            topic = bytes(first)
             if topic.startswith(self._table_topic):
-                self._drop_same_topic(topic)
+                self._drop_same_topic(kind, topic)
         elif self._per_topic is not None:
             topic = bytes(first)
             if self._topic_count.get(topic, 0) >= self._per_topic:  # scan only when full
-                self._remove(next(i for i, (k, _, f) in enumerate(self._inbox)
-                                  if k == kind and bytes(f[0].buffer) == topic))
+                self._drop_same_topic(kind, topic)
             self._topic_count[topic] = self._topic_count.get(topic, 0) + 1
         limit = (self.max_other, self.max_labels, self.max_frames)[kind]
         if self._count[kind] >= limit:
@@ -200,11 +199,13 @@ class SocketPump:
                 self._remove(i)
                 return
 
-    def _drop_same_topic(self, topic: bytes) -> None:
-        """A newer class table replaces a waiting one of the same topic (not an overflow)."""
-        for i, (kind, _, frames) in enumerate(self._inbox):
-            if kind == OTHER and bytes(frames[0].buffer) == topic:
-                self._remove(i, overflow=False)
+    def _drop_same_topic(self, kind: int, topic: bytes) -> None:
+        """Drop the oldest waiting entry of ``kind`` and ``topic``: a newer class table
+        replaces a waiting one (not an overflow); under ``per_topic`` a camera's map or
+        frame beyond its share drops that camera's oldest (an overflow, like any drop)."""
+        for i, (k, _, frames) in enumerate(self._inbox):
+            if k == kind and bytes(frames[0].buffer) == topic:
+                self._remove(i, overflow=kind != OTHER)
                 return
 
     def _drain_monitor(self) -> None:
