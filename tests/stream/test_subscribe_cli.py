@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -29,9 +30,10 @@ def scene(h: int = 48, w: int = 64) -> np.ndarray:
     return labels
 
 
-@pytest.fixture
-def live_publisher():
-    """A publisher on ipc sending the scene at ~100 Hz (camera 'front') until the test ends."""
+@contextlib.contextmanager
+def publishing(camera: str = "front"):
+    """A publisher on ipc sending the scene at ~100 Hz as ``camera`` (and a "running"
+    event after a few maps) until the block ends; yields its endpoint."""
     pub = Publisher(f"ipc:///tmp/segstream-cli-{uuid.uuid4().hex[:10]}.sock", class_table=TABLE,
                     encoding="rle")
     stop = threading.Event()
@@ -39,19 +41,28 @@ def live_publisher():
     def loop() -> None:
         seq = 0
         while not stop.is_set():
-            pub.publish_labels("front", seq, scene(), t_capture_ns=time.time_ns(),
+            pub.publish_labels(camera, seq, scene(), t_capture_ns=time.time_ns(),
                                t_capture_mono_ns=time.monotonic_ns())
             if seq == 3:
-                pub.publish_event("front", "running", "first frames")
+                pub.publish_event(camera, "running", "first frames")
             seq += 1
             time.sleep(0.01)
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()
-    yield pub.bound_endpoints[0]
-    stop.set()
-    t.join()
-    pub.close()
+    try:
+        yield pub.bound_endpoints[0]
+    finally:
+        stop.set()
+        t.join()
+        pub.close()
+
+
+@pytest.fixture
+def live_publisher():
+    """:func:`publishing` camera 'front' until the test ends."""
+    with publishing() as endpoint:
+        yield endpoint
 
 
 def test_subscribe_prints_a_summary_per_map_and_stats(live_publisher, capsys):
@@ -189,28 +200,10 @@ def test_helpers():
 def test_view_file_names_stay_inside_the_save_dir(tmp_path):
     """Wire camera ids are printable ASCII without '/': '..' is one, and must not make
     --save-dir write into the folder's parent."""
-    pub = Publisher(f"ipc:///tmp/segstream-dots-{uuid.uuid4().hex[:10]}.sock",
-                    class_table=TABLE, encoding="rle")
-    stop = threading.Event()
-
-    def loop() -> None:
-        seq = 0
-        while not stop.is_set():
-            pub.publish_labels("..", seq, scene(), t_capture_ns=time.time_ns(),
-                               t_capture_mono_ns=time.monotonic_ns())
-            seq += 1
-            time.sleep(0.01)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
     out = tmp_path / "a" / "frames"
-    try:
-        assert main(["view", pub.bound_endpoints[0], "--no-window", "--save-dir", str(out),
+    with publishing("..") as endpoint:
+        assert main(["view", endpoint, "--no-window", "--save-dir", str(out),
                      "--count", "3", "--timeout", "10"]) == 0
-    finally:
-        stop.set()
-        t.join()
-        pub.close()
     assert len(list((out / "%2E%2E").glob("*.png"))) == 3
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["frames"]
 
