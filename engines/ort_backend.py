@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -107,6 +108,7 @@ class OrtBackend:
         self._pool: ThreadPoolExecutor | None = None  # runs submit()ted calls
         self._idle: dict[str, queue.SimpleQueue] = {}  # mode -> sessions not running
         self._pending: deque[Future] = deque()
+        self.last_call_ns = 0  # how long the last collect()ed call ran on its session
         sess = self._modes[self._mode][0]
         inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
         self._input_name = inp.name
@@ -216,15 +218,19 @@ class OrtBackend:
         return bool(self._pending) and self._pending[0].done()
 
     def collect(self) -> np.ndarray:
-        """Wait for the oldest submitted call; its output."""
+        """Wait for the oldest submitted call; its output. :attr:`last_call_ns` is then
+        the time that call ran on its session (not the time it waited to be collected)."""
         if not self._pending:
             raise BackendError("collect() without a submitted call")
-        return self._pending.popleft().result()
+        out, self.last_call_ns = self._pending.popleft().result()
+        return out
 
-    def _run_idle(self, idle: queue.SimpleQueue, batch: np.ndarray) -> np.ndarray:
+    def _run_idle(self, idle: queue.SimpleQueue, batch: np.ndarray) -> tuple[np.ndarray, int]:
         sess = idle.get()
         try:
-            return self._run(sess, batch)
+            t0 = time.perf_counter_ns()
+            out = self._run(sess, batch)
+            return out, time.perf_counter_ns() - t0
         finally:
             idle.put(sess)
 

@@ -113,7 +113,7 @@ class EngineGovernor:
         return None
 
     def call(self, ns: int) -> None:
-        """One engine call took ``ns`` (submit -> result)."""
+        """One engine call ran ``ns`` (its own run time where the backend measures it)."""
         self._busy += ns
 
     def update(self) -> None:

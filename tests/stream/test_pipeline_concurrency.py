@@ -364,6 +364,25 @@ def test_throughput_mode_runs_calls_side_by_side_in_order(tiny_model):
         assert labels.tobytes() == one(frame.image).tobytes()
 
 
+def test_a_call_collected_late_reports_its_run_time_not_the_wait(tiny_model):
+    """With two calls in flight the engine loop collects a finished call when it next looks
+    (after gathering frames, submitting the next call): the "infer" stage is the call's own
+    time on its session, not the time it waited to be collected."""
+    from stream.stages import StagedEngine
+
+    seg = Segmenter.from_path(tiny_model, threads=2, policy="throughput")
+    engine = StagedEngine(seg)
+    assert engine.depth == 2
+    frame = ListSource("a", 1).latest(0)
+    engine.submit([frame], time.monotonic_ns())
+    while not engine.ready():
+        time.sleep(0.001)
+    time.sleep(0.25)  # the loop was busy elsewhere: the result waits to be collected
+    (item,) = engine.collect()
+    assert 0 < item.infer_ns == seg.backend.last_call_ns < 0.2e9
+    seg.backend.close()
+
+
 class PacedSource(ListSource):
     """Frames at ``fps``, like a live camera."""
 
