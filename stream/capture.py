@@ -35,9 +35,6 @@ from stream.sources import SourceSpec, redact
 
 log = logging.getLogger(__name__)
 
-# Live kinds whose end of stream means "connection lost" (rebuild), not "done".
-_EOS_IS_LOSS = frozenset({"rtsp", "v4l2", "csi"})
-
 
 class GstCapture(BaseCapture):
     """A source read through ``Gst.parse_launch(spec.pipeline)`` and its appsink.
@@ -84,7 +81,7 @@ class GstCapture(BaseCapture):
     def _pull(self, pipeline: Any, sink: Any, bus: Any) -> tuple[Outcome, str]:
         Gst = self._gst.Gst
         poll_ns = int(self.options.poll_interval * Gst.SECOND)
-        first = self.options.first_frame_s(self.spec.kind)
+        first = self.options.first_frame_s(self.spec.slow_start)
         while not self._stopping:
             sample = sink.try_pull_sample(poll_ns)
             if sample is not None:
@@ -146,7 +143,7 @@ class GstCapture(BaseCapture):
             if not self._session_frames:  # reopening would only end the same way, at once
                 return Outcome.END, "end of file without a frame, cannot seek: not looping"
             return Outcome.RESTART, "end of file, cannot seek: reopening"
-        if self.spec.live and self.spec.kind in _EOS_IS_LOSS:
+        if self.spec.live and self.spec.eos_is_loss:
             return Outcome.RETRY, "the stream ended (camera or server closed it)"
         return Outcome.END, f"end of stream after {self._seq} frames"
 

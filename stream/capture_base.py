@@ -55,7 +55,14 @@ class Backoff:
                              f"got {self}")
 
     def delay(self, attempt: int) -> float:
-        return min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
+        """Seconds before attempt ``attempt``; any attempt number, however large (a camera
+        unplugged for days), gives at most :attr:`maximum` without overflowing."""
+        wait = self.initial
+        for _ in range(max(0, attempt - 1)):
+            if wait >= self.maximum or self.factor == 1:
+                break
+            wait *= self.factor  # inf at worst, never an OverflowError
+        return min(self.maximum, wait)
 
 
 FIRST_FRAME_NETWORK_S = 10.0  # default first-frame allowance of RTSP and CSI sessions
@@ -70,10 +77,12 @@ class CaptureOptions:
             a file is declared failed.
         first_frame_timeout: seconds a session may take to its first frame (connecting,
             waiting for the first key frame); None: ``stall_timeout``, and at least
-            :data:`FIRST_FRAME_NETWORK_S` for RTSP and CSI sources (an RTSP handshake
-            over a cellular link, a camera with a long key-frame interval, Argus start-up).
-        max_retries: reconnect attempts in a row (reset by a delivered frame) before the
-            source is declared failed; -1 retries forever.
+            :data:`FIRST_FRAME_NETWORK_S` for slow-start sources (RTSP, CSI, gst://
+            pipelines with a network source; :attr:`SourceSpec.slow_start`).
+        max_retries: reconnect attempts in a row before the source is declared failed;
+            -1 retries forever. A session counts as recovered (the count and the backoff
+            start again) once it has delivered frames for :meth:`healthy_s` seconds, so a
+            source that flaps (one frame, then a stall) still backs off and gives up.
         backoff: waits between attempts.
         poll_interval: seconds the capture thread blocks in one pull; bounds how late it
             notices a stall, a bus message or :meth:`BaseCapture.close`.
@@ -85,14 +94,19 @@ class CaptureOptions:
     backoff: Backoff = field(default_factory=Backoff)
     poll_interval: float = 0.1
 
-    def first_frame_s(self, kind: str) -> float:
-        """Seconds a session of a ``kind`` source (``rtsp``, ``csi``, ...) may take to its
-        first frame."""
+    def first_frame_s(self, slow_start: bool) -> float:
+        """Seconds a session may take to its first frame; ``slow_start``: the source's
+        :attr:`stream.sources.SourceSpec.slow_start` (RTSP, CSI, ...)."""
         if self.first_frame_timeout is not None:
             return self.first_frame_timeout
-        if kind in ("rtsp", "csi"):
+        if slow_start:
             return max(self.stall_timeout, FIRST_FRAME_NETWORK_S)
         return self.stall_timeout
+
+    def healthy_s(self) -> float:
+        """Seconds a session must run, delivering frames, to reset the reconnect count:
+        the longer of the stall timeout and the longest backoff wait."""
+        return max(self.stall_timeout, self.backoff.maximum)
 
     def __post_init__(self) -> None:
         if self.stall_timeout <= 0:
@@ -393,7 +407,7 @@ class BaseCapture(ABC):
         try:
             while not self._stopping:
                 self._session_frames = 0
-                self._last_progress = time.monotonic()
+                self._last_progress = started = time.monotonic()
                 try:
                     outcome, detail = self._session()
                 except Exception as e:  # a bug or an odd source: keep the thread's promise
@@ -411,7 +425,8 @@ class BaseCapture(ABC):
                 if outcome is Outcome.FATAL or not self.spec.live:
                     self._set_state("failed", detail)
                     break
-                attempt = 1 if self._session_frames else attempt + 1
+                healthy = time.monotonic() - started >= self.options.healthy_s()
+                attempt = 1 if self._session_frames and healthy else attempt + 1
                 retries = self.options.max_retries
                 if 0 <= retries < attempt:
                     self._set_state("failed", f"{detail}; gave up after {retries} reconnects")
@@ -422,6 +437,10 @@ class BaseCapture(ABC):
                     break
                 with self._lock:
                     self._reconnects += 1
+        except Exception as e:  # the loop itself broke: say so, never end as "stopped"
+            log.exception("%s: capture thread crashed", self.camera_id)
+            self._count_error(f"{type(e).__name__}: {e}")
+            self._set_state("failed", f"capture thread crashed: {type(e).__name__}: {e}")
         finally:
             self._mailbox.finish()
             if self._state not in ENDED:

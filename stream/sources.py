@@ -37,6 +37,11 @@ from urllib.parse import (
 log = logging.getLogger("segstream.sources")
 
 KINDS = ("file", "v4l2", "rtsp", "csi", "test", "gst")
+# Source elements whose end of stream is a loss, not an end (see SourceSpec.eos_is_loss).
+NETWORK_ELEMENTS = frozenset({"rtspsrc", "udpsrc", "tcpclientsrc", "srtsrc", "srtclientsrc",
+                              "souphttpsrc", "rtmpsrc", "rtmp2src", "ristsrc"})
+CAMERA_ELEMENTS = frozenset({"v4l2src", "nvarguscamerasrc", "nvv4l2camerasrc",
+                             "libcamerasrc"})
 
 VALID_FORMS = """valid sources ([ID=]URI, id defaults to cam0, cam1, ... by position):
   /path/video.mp4 or file:///path/video.mp4   [?loop=1&realtime=0&nvmm=0|1]
@@ -107,6 +112,27 @@ class SourceSpec:
     def display(self) -> str:
         """The URI with any password masked, for logs and status lines."""
         return redact(self.uri)
+
+    @property
+    def elements(self) -> frozenset[str]:
+        """GStreamer element names of :attr:`pipeline` (the first word of each link)."""
+        return frozenset(re.findall(r"(?:^|!)\s*([A-Za-z_][\w-]*)", self.pipeline))
+
+    @property
+    def slow_start(self) -> bool:
+        """The first frame may take seconds (an RTSP handshake over a cellular link, a
+        long key-frame interval, Argus start-up): RTSP, CSI, and gst:// pipelines with a
+        network or CSI source element."""
+        return self.kind in ("rtsp", "csi") or (
+            self.kind == "gst" and bool(self.elements & (NETWORK_ELEMENTS | {"nvarguscamerasrc"})))
+
+    @property
+    def eos_is_loss(self) -> bool:
+        """An end of stream means the camera or connection was lost (the capture rebuilds
+        it), not that the video is done: RTSP, V4L2, CSI, and gst:// pipelines with a
+        network or camera source element (``videotestsrc num-buffers=N`` does end)."""
+        return self.kind in ("rtsp", "v4l2", "csi") or (
+            self.kind == "gst" and bool(self.elements & (NETWORK_ELEMENTS | CAMERA_ELEMENTS)))
 
     @property
     def lossless(self) -> bool:

@@ -64,6 +64,10 @@ def wait_until(predicate, timeout: float) -> bool:
 def test_backoff_and_options():
     assert [Backoff().delay(n) for n in range(1, 8)] == [0.5, 1, 2, 4, 8, 10, 10]
     assert Backoff(0.1, 3, 1).delay(3) == pytest.approx(0.9)
+    # a camera unplugged for days: attempt numbers past float range stay at the maximum
+    assert Backoff().delay(5000) == 10.0 and Backoff(1e-3, 1e300, 0.01).delay(10**6) == 0.01
+    assert Backoff(1e-3, 1e300, 0.01).delay(3) == 0.01
+    assert Backoff(0.2, 1, 5).delay(10**9) == 0.2
     with pytest.raises(ValueError, match="stall_timeout"):
         CaptureOptions(stall_timeout=0)
     with pytest.raises(ValueError, match="max_retries"):
@@ -76,10 +80,14 @@ def test_first_frame_allowance_by_source_kind():
     """A session's first frame may take longer than a stall on network and CSI cameras
     (handshake, first key frame, Argus start-up); elsewhere it is the stall timeout."""
     opts = CaptureOptions()
-    assert opts.first_frame_s("rtsp") == opts.first_frame_s("csi") == 10.0
-    assert opts.first_frame_s("v4l2") == opts.first_frame_s("file") == 3.0
-    assert CaptureOptions(stall_timeout=12).first_frame_s("rtsp") == 12
-    assert CaptureOptions(first_frame_timeout=0.5).first_frame_s("rtsp") == 0.5
+    slow = [parse_source(u).slow_start for u in (
+        "rtsp://10.0.0.5/s", "csi://0", "gst://rtspsrc location=rtsp://10.0.0.5/s ! decodebin",
+        "gst://udpsrc port=5000 ! application/x-rtp ! rtph264depay ! avdec_h264",
+        "v4l2:///dev/video0", "gst://videotestsrc", "test://")]
+    assert slow == [True, True, True, True, False, False, False]
+    assert opts.first_frame_s(True) == 10.0 and opts.first_frame_s(False) == 3.0
+    assert CaptureOptions(stall_timeout=12).first_frame_s(True) == 12
+    assert CaptureOptions(first_frame_timeout=0.5).first_frame_s(True) == 0.5
     with pytest.raises(ValueError, match="first_frame_timeout"):
         CaptureOptions(first_frame_timeout=0)
 
@@ -327,6 +335,51 @@ def test_gives_up_after_max_retries():
         assert cap.latest(5.0) is None
     assert log.states().count("stalled") == 3
     assert "no first frame for 0.3 s; gave up after 2 reconnects" in log.events[-1][2]
+
+
+def test_eos_of_a_network_or_camera_gst_pipeline_is_a_loss_not_an_end():
+    loss = [parse_source(u).eos_is_loss for u in (
+        "gst://rtspsrc location=rtsp://10.0.0.5/s latency=0 ! rtph264depay ! avdec_h264",
+        "gst://v4l2src device=/dev/video0 ! videoconvert", "gst://srtsrc uri=srt://:7001 ! tsdemux",
+        "rtsp://10.0.0.5/s", "v4l2:///dev/video0", "csi://0",
+        "gst://videotestsrc num-buffers=10", "gst://filesrc location=a.mp4 ! decodebin",
+        "test://")]
+    assert loss == [True] * 6 + [False] * 3
+
+
+def test_a_flapping_source_backs_off_and_gives_up():
+    """One frame, then a stall, over and over: a frame alone does not reset the reconnect
+    count (it did, so such a source reconnected at the first backoff step forever and
+    max_retries never counted)."""
+    require_elements("videotestsrc")
+    spec = parse_source("gst://videotestsrc is-live=true ! "
+                        "video/x-raw,width=32,height=24,framerate=1/5")
+    opts = CaptureOptions(stall_timeout=0.3, poll_interval=0.05, max_retries=3,
+                          backoff=Backoff(0.05, 2, 0.4))
+    log = StateLog()
+    with open_capture(spec, options=opts, on_state=log) as cap:
+        assert cap.wait_state({"failed"}, 15)
+        assert cap.reconnects == 3 and cap.captured == 4
+    waits = [d.rsplit(" in ", 1)[1] for _, s, d in log.events if s == "reconnecting"]
+    assert waits == ["0.05 s", "0.1 s", "0.2 s"]
+    assert "gave up after 3 reconnects" in log.events[-1][2]
+
+
+def test_a_capture_loop_crash_ends_failed_not_stopped(monkeypatch):
+    """An exception outside a session (here the backoff) ends the capture as failed, with
+    the reason, so a one-camera run exits non-zero and its service restarts."""
+    require_elements("videotestsrc", "identity")
+
+    def broken(self: Backoff, attempt: int) -> float:
+        raise OverflowError("(34, 'Numerical result out of range')")
+
+    monkeypatch.setattr(Backoff, "delay", broken)
+    spec = parse_source("gst://videotestsrc is-live=true ! identity drop-probability=1.0")
+    opts = CaptureOptions(stall_timeout=0.2, poll_interval=0.05)
+    with open_capture(spec, options=opts) as cap:
+        assert cap.wait_state({"failed", "stopped"}, 10)
+        assert cap.state == "failed"
+        assert "OverflowError" in cap.stats().last_error
 
 
 def test_broken_state_listener_does_not_stop_capture():
