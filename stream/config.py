@@ -8,6 +8,7 @@ naming the file, the key path (``sources[1].stall_timeout``) and the reason.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import re
 import types
@@ -138,6 +139,21 @@ def listen_problems(port_key: str, port: int | None, host_key: str, host: str,
         found.append((host_key, f"must be an address to listen on, e.g. 127.0.0.1 or "
                                 f"0.0.0.0, got {host!r}"))
     return found
+
+
+def listen_error(e: OSError, host: str, port: int, port_key: str, host_key: str,
+                 option: str) -> str:
+    """``key: reason`` for a failed bind of ``host:port``; ``option`` is the flag or key a
+    user changes (``--preview``, ``metrics_port``), used in the suggested fix."""
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    if e.errno == errno.EADDRINUSE:
+        return (f"{port_key}: {where} is already in use (another segstream or server "
+                f"listens there); pick a free port, e.g. {option} {port + 1}")
+    if e.errno == errno.EACCES:
+        return (f"{port_key}: not allowed to listen on {where} (ports below 1024 need "
+                f"root); use e.g. {option} 8080")
+    return (f"{host_key}: cannot listen on {where}: {e.strerror or e}; use an address of "
+            "this machine, e.g. 127.0.0.1 or 0.0.0.0")
 
 
 @dataclass(frozen=True)
@@ -493,7 +509,14 @@ def parse_launch(path: str | Path, overrides: Sequence[Override] = ()
     path = Path(path)
     if not path.is_file():
         return None, [f"launch file {path} not found (see launch/ for examples)"], None
-    loader = _UniqueKeyLoader(path.read_text())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        return None, [f"launch file {path} is not UTF-8 text (byte {e.start}): is it the "
+                      "YAML file?"], None
+    except OSError as e:
+        return None, [f"cannot read launch file {path}: {e.strerror or e}"], None
+    loader = _UniqueKeyLoader(text)
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as e:

@@ -27,11 +27,17 @@ and the engine's mode (one engine serves every camera), what ``--overlap``,
 
 from __future__ import annotations
 
+import importlib.util
+import socket
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from stream.config import ConfigError, listen_error
 from stream.stats import STAGES, EngineMode
+
+INSTALL_HINT = ("metrics_port: the metrics endpoint needs prometheus-client: "
+                "pip install 'segstream[metrics]'")
 
 
 class PipelineCollector:
@@ -105,19 +111,43 @@ def engine_metrics(mode: EngineMode) -> Iterator[Any]:
                               "engine mode switches (--engine-policy auto)", value=mode.switches)
 
 
+def check(port: int | None, addr: str) -> list[str]:
+    """Problems only the machine can tell (prometheus-client installed, ``addr:port``
+    free), for :mod:`stream.validate`; binds and releases the port at once."""
+    if port is None:
+        return []
+    if importlib.util.find_spec("prometheus_client") is None:
+        return [INSTALL_HINT]
+    try:
+        family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        socket.create_server((addr, port), family=family).close()
+    except OSError as e:
+        return [listen_error(e, addr, port, "metrics_port", "metrics_bind", "--metrics-port")]
+    return []
+
+
 @contextmanager
 def serve_metrics(port: int, pipeline: Any, captures: Sequence[Any], publisher: Any,
                   addr: str = "127.0.0.1") -> Iterator[Any]:
     """Serve ``/metrics`` on ``addr:port`` while the context is open (loopback by default:
-    the counters describe the vehicle's cameras; expose them with ``--metrics-bind``)."""
+    the counters describe the vehicle's cameras; expose them with ``--metrics-bind``).
+
+    Raises:
+        ConfigError: prometheus-client missing, the port in use, or an address this host
+            lacks.
+    """
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError as e:
-        raise RuntimeError("--metrics-port needs prometheus-client: "
-                           "pip install 'segstream[metrics]'") from e
+        raise ConfigError(INSTALL_HINT) from e
     registry = CollectorRegistry()
     registry.register(PipelineCollector(pipeline, captures, publisher))
-    server, thread = start_http_server(port, addr=addr, registry=registry)
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as e:
+        raise ConfigError(listen_error(e, addr, port, "metrics_port", "metrics_bind",
+                                       "--metrics-port")) from e
     try:
         yield server
     finally:

@@ -40,7 +40,6 @@ No authentication: it listens on loopback unless a host is given, and says so th
 from __future__ import annotations
 
 import dataclasses
-import errno
 import ipaddress
 import json
 import math
@@ -57,7 +56,7 @@ import cv2
 import numpy as np
 
 from engines.spec import ModelSpec
-from stream.config import ConfigError, PreviewConfig
+from stream.config import ConfigError, PreviewConfig, listen_error
 from stream.frame_pub import encode_jpeg
 from stream.frames import Frame
 from stream.pipeline import LabelSink
@@ -280,19 +279,10 @@ def bind(host: str, port: int) -> list[socket.socket]:
         from tornado.netutil import bind_sockets
     except ImportError as e:
         raise ConfigError(f"preview: the browser preview needs tornado: {INSTALL_HINT}") from e
-    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     try:
         return bind_sockets(port, address=host, backlog=32)
     except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            why = (f"preview.port: {where} is already in use (another segstream or server "
-                   f"listens there); pick a free port, e.g. --preview {port + 1}")
-        elif e.errno == errno.EACCES:
-            why = (f"preview.port: not allowed to listen on {where} (ports below 1024 need "
-                   f"root); use e.g. --preview 8080")
-        else:
-            why = (f"preview.host: cannot listen on {where}: {e.strerror or e}; use an "
-                   "address of this machine, e.g. 127.0.0.1 or 0.0.0.0")
+        why = listen_error(e, host, port, "preview.port", "preview.host", "--preview")
         raise ConfigError(why) from e
 
 

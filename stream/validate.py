@@ -4,8 +4,8 @@
 duplicate keys); :func:`check_config` checks what needs the machine: that every source
 parses and exists, that its frame size can be served, that the model and its sidecar load
 (and, with ``load_model``, that the graph agrees with the sidecar), that the publish
-endpoints can be bound and that the preview's port is free. Every problem is reported at
-once, each with its key path.
+endpoints can be bound and that the preview's and the metrics' ports are free. Every
+problem is reported at once, each with its key path.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def check_config(cfg: PipelineConfig, *, load_model: bool = False) -> list[str]:
     return (_check_sources([(s.uri, s.id) for s in cfg.sources])
             + _check_model(cfg.model, cfg.backend, load_model, cfg.batch)
             + _check_publish(cfg.publish.endpoints, cfg.publish.curve_keys)
-            + _check_preview(cfg))
+            + _check_preview(cfg) + _check_metrics(cfg))
 
 
 def validate(cfg: PipelineConfig, *, where: str = "", load_model: bool = False) -> None:
@@ -156,6 +156,14 @@ def _check_preview(cfg: PipelineConfig) -> list[str]:
     from stream.preview import check
 
     return check(cfg.preview)
+
+
+def _check_metrics(cfg: PipelineConfig) -> list[str]:
+    if cfg.metrics_port is None:
+        return []
+    from stream.metrics import check
+
+    return check(cfg.metrics_port, cfg.metrics_bind)
 
 
 def _check_publish(endpoints: Sequence[str], keys: str | None) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import socket
 
 import pytest
 
@@ -150,3 +152,43 @@ def test_validation_errors_never_print_a_password(tmp_path, capsys):
     out = capsys.readouterr()
     assert "s3cret" not in out.out + out.err and "hunter2" not in out.out + out.err
     assert "***@" in out.out + out.err
+
+
+@pytest.mark.parametrize("kind", ["utf16", "no-permission"])
+def test_an_unreadable_launch_file_is_a_clear_error_not_a_traceback(tmp_path, capsys, kind):
+    """A UTF-16 or binary file, a file the service user may not read: exit 2 naming the
+    file (it was a traceback and exit 1, which a service restarts forever)."""
+    path = tmp_path / f"{kind}.yaml"
+    if kind == "utf16":
+        path.write_bytes("sources: [{uri: 'test://'}]\n".encode("utf-16"))
+    else:
+        path.write_text("sources: [{uri: 'test://'}]\n")
+        path.chmod(0)
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: every file is readable")
+    for check in (["--check"], []):
+        assert main(["launch", str(path), *check]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and "Traceback" not in err, err
+        assert ("not UTF-8 text" if kind == "utf16" else "cannot read launch file") in err
+
+
+def test_a_metrics_port_in_use_is_refused_by_check_and_launch(tmp_path, capsys, tiny_model):
+    pytest.importorskip("prometheus_client")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "m.yaml"
+        path.write_text(f"sources: [{{uri: 'test://ball?width=64&height=48'}}]\n"
+                        f"model: {tiny_model}\nmetrics_port: {port}\n"
+                        f"publish: {{endpoints: ['ipc://{tmp_path}/seg.sock']}}\n")
+        for check in (["--check"], []):
+            assert main(["launch", str(path), *check]) == 2
+            err = capsys.readouterr().err
+            assert f"metrics_port: 127.0.0.1:{port} is already in use" in err, err
+            assert f"--metrics-port {port + 1}" in err
+    path.write_text(path.read_text().replace(f"metrics_port: {port}",
+                                             f"metrics_port: {port}\nmetrics_bind: 10.255.255.254"))
+    assert main(["launch", str(path), "--check"]) == 2
+    assert "metrics_bind: cannot listen on 10.255.255.254" in capsys.readouterr().err
