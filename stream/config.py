@@ -278,7 +278,8 @@ def _key(where: str, name: str) -> str:
 
 
 def _build(cls: type, data: Any, where: str, errors: list[str]) -> Any:
-    """Construct dataclass ``cls`` from a mapping, rejecting unknown keys (recursive).
+    """Construct dataclass ``cls`` from a mapping, rejecting unknown keys (recursive);
+    top-level ``x-...`` keys are the file's own (anchors for ``<<:`` merges) and ignored.
 
     Every problem is appended to ``errors`` as ``key.path: reason``; returns ``_BAD`` when
     there was one, so that siblings are still checked and all errors are reported."""
@@ -288,7 +289,8 @@ def _build(cls: type, data: Any, where: str, errors: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     n_errors = len(errors)
-    for name in sorted(set(data) - set(fields), key=str):
+    extension = {k for k in data if not where and isinstance(k, str) and k.startswith("x-")}
+    for name in sorted(set(data) - set(fields) - extension, key=str):
         errors.append(f"{_key(where, str(name))}: unknown key; valid keys: {', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
@@ -384,6 +386,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys may be
+                continue                                 # overridden here; the base merges
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
             line = key_node.start_mark.line + 1
             try:

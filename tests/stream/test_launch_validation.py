@@ -59,6 +59,23 @@ def test_duplicate_keys_are_errors_not_silently_last_wins(tmp_path):
     assert "model: duplicate key (lines 4 and 6)" in str(e.value)
 
 
+def test_yaml_merge_keys_work_and_x_keys_hold_the_shared_parts(tmp_path):
+    """`<<: *anchor` merges (they failed as an unknown tag: the duplicate-key check
+    constructed the merge key itself); a key set beside the merge wins and is not a
+    duplicate; top-level x-... keys are the file's own; a duplicate is still caught."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("x-cam: &cam {stall_timeout: 2.0, max_retries: 5}\nsources:\n"
+                    "  - <<: *cam\n    id: a\n    uri: 'test://'\n    stall_timeout: 3.0\n"
+                    "  - <<: *cam\n    id: b\n    uri: 'test://ball'\n")
+    cfg = load_launch(path)
+    assert [(s.id, s.stall_timeout, s.max_retries) for s in cfg.sources] == [
+        ("a", 3.0, 5), ("b", 2.0, 5)]
+    path.write_text(path.read_text() + "    id: c\nsources-x: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_launch(path)
+    assert "id: duplicate key" in str(e.value) and "sources-x: unknown key" in str(e.value)
+
+
 def test_unnamed_sources_get_the_cli_names_in_a_launch_file(tmp_path, capsys, tiny_model):
     path = tmp_path / "two.yaml"
     path.write_text(f"sources: [{{uri: 'test://'}}, {{uri: 'test://ball'}}]\n"
