@@ -26,6 +26,9 @@ LAUNCH_VERSION = 1
 ENCODINGS = ("raw", "zstd", "rle")
 OVERLAP_MODES = ("auto", "on", "off")  # stream.policy.resolve_overlap
 MAX_BATCH = 64
+MAX_SNDHWM = 10_000  # messages queued per subscriber (a raw 360x480 map is 173 kB)
+MAX_LINGER_MS = 60_000  # a stopping service waits at most this long for slow subscribers
+MAX_THREADS = 256
 
 
 class ConfigError(ValueError):
@@ -120,10 +123,11 @@ class PublishConfig:
             if not ep.startswith(("tcp://", "ipc://", "inproc://")):
                 found.append((f"endpoints[{i}]", f"endpoint {ep!r} must start with tcp://, "
                                                  "ipc:// or inproc://"))
-        if self.sndhwm < 1:
-            found.append(("sndhwm", f"must be >= 1, got {self.sndhwm}"))
-        if self.linger_ms < 0:
-            found.append(("linger_ms", f"must be >= 0, got {self.linger_ms}"))
+        if not 1 <= self.sndhwm <= MAX_SNDHWM:
+            found.append(("sndhwm", f"must be 1..{MAX_SNDHWM} messages per subscriber, got "
+                                    f"{self.sndhwm}"))
+        if not 0 <= self.linger_ms <= MAX_LINGER_MS:
+            found.append(("linger_ms", f"must be 0..{MAX_LINGER_MS} ms, got {self.linger_ms}"))
         _problems(found)
 
 
@@ -223,8 +227,8 @@ class PipelineConfig:
         if self.backend not in (None, "onnxruntime", "torch", "tensorrt"):
             found.append(("backend", f"must be onnxruntime, torch or tensorrt, got "
                                      f"{self.backend!r}"))
-        if self.threads is not None and self.threads < 1:
-            found.append(("threads", f"must be >= 1, got {self.threads}"))
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            found.append(("threads", f"must be 1..{MAX_THREADS}, got {self.threads}"))
         found += engine_problems(self.batch, self.batch_wait_ms, self.overlap,
                                  self.engine_policy)
         if not _finite(self.stats_interval) or self.stats_interval < 0:

@@ -132,6 +132,19 @@ def allowed_public_keys(folder: str | Path) -> list[bytes]:
     return keys
 
 
+def check_server_keys(cfg: CurveConfig) -> list[str]:
+    """What :func:`start_server` would refuse in ``cfg`` (the server key pair, the allowed
+    client keys), as messages, without starting anything; for ``launch --check``."""
+    problems = []
+    for load in (lambda: load_keypair(cfg.server_secret_file),
+                 lambda: allowed_public_keys(cfg.allowed_clients_dir)):
+        try:
+            load()
+        except SecurityError as e:
+            problems.append(str(e))
+    return problems
+
+
 def start_server(ctx: zmq.Context, sock: zmq.Socket, cfg: CurveConfig) -> ThreadAuthenticator:
     """Make ``sock`` a CURVE server admitting only the allowed keys; call before bind.
 

@@ -71,10 +71,13 @@ def _check_raw(data: object, base: Path) -> list[str]:
     errors = []
     sources = data.get("sources")
     if isinstance(sources, list):
-        pairs = [(s.get("uri"), s.get("id") or f"cam{i}") for i, s in enumerate(sources)
-                 if isinstance(s, dict)]
-        if all(isinstance(u, str) and u and isinstance(i, str) for u, i in pairs):
-            errors += _check_sources(pairs)  # type: ignore[arg-type]
+        # each well-formed source, checked under its own index (a malformed one beside it
+        # is reported by the structural check, and must not shift the others' numbers)
+        for i, s in enumerate(sources):
+            if isinstance(s, dict) and isinstance(s.get("uri"), str) and s["uri"]:
+                cam_id = s.get("id") or f"cam{i}"
+                if isinstance(cam_id, str):
+                    errors += _check_sources([(s["uri"], cam_id)], first=i)
     model = data.get("model")
     if model is None or isinstance(model, str):
         if model and not Path(model).is_absolute() and (base / model).exists():
@@ -92,13 +95,14 @@ def _check_raw(data: object, base: Path) -> list[str]:
     return errors
 
 
-def _check_sources(sources: Sequence[tuple[str, str]]) -> list[str]:
+def _check_sources(sources: Sequence[tuple[str, str]], first: int = 0) -> list[str]:
+    """Problems of ``(uri, id)`` pairs, keyed ``sources[first + n]``."""
     from stream.pipeline import frame_size_problem
     from stream.sources import SourceError, parse_source
     from stream.wire import DEFAULT_MAX_PIXELS
 
     errors = []
-    for i, (uri, cam_id) in enumerate(sources):
+    for i, (uri, cam_id) in enumerate(sources, start=first):
         try:
             spec = parse_source(uri, cam_id)
         except SourceError as e:
@@ -177,10 +181,37 @@ def _check_publish(endpoints: Sequence[str], keys: str | None) -> list[str]:
                 if not parent.is_dir():
                     errors.append(f"{key}: folder {parent} of {ep} does not exist")
         elif ep.startswith("tcp://"):
-            _, sep, port = ep[len("tcp://"):].rpartition(":")
+            host, sep, port = ep[len("tcp://"):].rpartition(":")
             if not sep or not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
                 errors.append(f"{key}: {ep} needs a port 1..65535 or *, e.g. tcp://*:5555")
+            elif port != "*" and (why := _port_taken(host, int(port))):
+                errors.append(f"{key}: {ep}: {why}")
     if keys is not None and not Path(keys).is_dir():
         errors.append(f"publish.curve_keys: folder {keys} not found; create it with "
                       "`segstream keygen`")
+    elif keys is not None:
+        from stream.security import CurveConfig, check_server_keys
+
+        errors += [f"publish.curve_keys: {why}"
+                   for why in check_server_keys(CurveConfig.from_keys_dir(keys))]
     return errors
+
+
+def _port_taken(host: str, port: int) -> str:
+    """Why ZeroMQ could not bind ``tcp://host:port`` (in use, not allowed), else "": binds
+    and releases a plain socket. Hosts ZeroMQ resolves itself (interface names such as
+    ``eth0``) are left to the bind."""
+    import errno
+    import socket
+
+    host = "" if host in ("*", "") else host.strip("[]")
+    try:
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        socket.create_server((host, port), family=family).close()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return "the port is already in use (another segstream or server listens there)"
+        if e.errno == errno.EACCES:
+            return "not allowed to listen there (ports below 1024 need root)"
+    return ""

@@ -209,3 +209,45 @@ def test_a_metrics_port_in_use_is_refused_by_check_and_launch(tmp_path, capsys, 
                                              f"metrics_port: {port}\nmetrics_bind: 10.255.255.254"))
     assert main(["launch", str(path), "--check"]) == 2
     assert "metrics_bind: cannot listen on 10.255.255.254" in capsys.readouterr().err
+
+
+def test_values_past_what_the_socket_or_runtime_takes_are_config_errors(tmp_path, capsys):
+    """sndhwm 2**31 reached setsockopt as an OverflowError traceback; threads 10**6 made
+    ONNX Runtime try to start a million threads."""
+    path = tmp_path / "big.yaml"
+    path.write_text("sources: [{uri: 'test://'}]\nthreads: 1000000\n"
+                    "publish: {endpoints: ['tcp://*:5555'], sndhwm: 2147483648, "
+                    "linger_ms: 99999999999}\n")
+    assert main(["launch", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "threads: must be 1..256, got 1000000" in err
+    assert "publish.sndhwm: must be 1..10000 messages per subscriber" in err
+    assert "publish.linger_ms: must be 0..60000 ms" in err
+
+
+def test_a_machine_error_names_its_own_source_when_another_is_malformed(tmp_path, capsys):
+    path = tmp_path / "idx.yaml"
+    path.write_text("sources:\n  - 'test://'\n  - uri: bogus://x\n")
+    assert main(["launch", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "sources[1].uri: source 'bogus://x': unknown scheme" in err, err
+    assert "sources[0].uri" not in err
+
+
+def test_check_finds_a_tcp_port_in_use_and_a_keys_folder_without_the_server_key(
+        tmp_path, capsys):
+    """`launch --check` said OK to both; `launch` then failed at bind or at CURVE start."""
+    keys = tmp_path / "keys"
+    (keys / "allowed_clients").mkdir(parents=True)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "busy.yaml"
+        path.write_text(f"sources: [{{uri: 'test://'}}]\npublish: {{endpoints: "
+                        f"['tcp://127.0.0.1:{port}'], curve_keys: {keys}}}\n")
+        assert main(["launch", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert f"publish.endpoints[0]: tcp://127.0.0.1:{port}: the port is already in use" in err
+    assert f"publish.curve_keys: key file {keys}/server.key_secret not found" in err
+    assert "no client public keys" in err
