@@ -32,7 +32,6 @@ import dataclasses
 import io
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +41,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.atomic import staged
+from engines.onnx_check import (
+    FP16_MIN_AGREEMENT,
+    FP16_RTOL,
+    FP32_ATOL,
+    FP32_MIN_AGREEMENT,
+    FP32_RTOL,
+    CheckReport,
+    OnnxCheckError,
+    check_inputs,
+    compare,
+    ort_runner,
+    require,
+)
 from engines.spec import ModelSpec, sidecar_path
 
 INPUT_NAME = "input"
 
-# fp32: ORT and torch differ by summation order and BN folding only.
-FP32_ATOL, FP32_RTOL, FP32_MIN_AGREEMENT = 1e-4, 1e-4, 0.999
-# fp16: 11-bit mantissa on every weight and activation.
-FP16_RTOL, FP16_MIN_AGREEMENT = 1e-2, 0.99
 
 
 class ExportError(RuntimeError):
@@ -60,29 +68,8 @@ class ExportInputError(ExportError):
     """The arguments cannot work (output name, opset, classes); raised before any work."""
 
 
-class ExportCheckError(ExportError):
+class ExportCheckError(ExportError, OnnxCheckError):
     """The exported graph does not reproduce torch within tolerance."""
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """Outcome of comparing an ONNX file with torch.
-
-    Attributes:
-        shapes: input shapes (N, 3, H, W) that were compared.
-        max_abs_error: max |onnx - torch| over all logits (0.0 for label outputs).
-        max_abs_logit: max |torch logit|, the scale the relative tolerance refers to.
-        label_agreement: fraction of pixels with the same argmax label.
-    """
-
-    shapes: tuple[tuple[int, int, int, int], ...]
-    max_abs_error: float
-    max_abs_logit: float
-    label_agreement: float
-
-    def summary(self) -> str:
-        return (f"max |error| {self.max_abs_error:.3g} (max |logit| {self.max_abs_logit:.3g}), "
-                f"label agreement {100 * self.label_agreement:.3f}% on inputs {self.shapes}")
 
 
 class DeployWrapper(nn.Module):
@@ -213,53 +200,23 @@ def _trace_to_onnx(wrapper: DeployWrapper, spec: ModelSpec, out_name: str, *, dy
 def check_onnx(proto: onnx.ModelProto, wrapper: nn.Module, spec: ModelSpec, *,
                dynamic: bool = False, extra: Sequence[np.ndarray] = (), seed: int = 0
                ) -> CheckReport:
-    """Run ``proto`` in ONNX Runtime and ``wrapper`` in torch on the same inputs.
-
-    Inputs: two seeded N(0, 1) frames at ``spec.input_size`` (normalised pixels are
-    roughly N(0, 1)), a batch of 3 of them (the batch is symbolic), for a dynamic model
-    also a batch of 2 at an odd smaller size, and every array in ``extra``.
-    """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    h, w = spec.input_size
-    inputs = [rng.standard_normal((1, 3, h, w), dtype=np.float32) for _ in range(2)]
-    inputs.append(rng.standard_normal((3, 3, h, w), dtype=np.float32))
-    if dynamic:
-        inputs.append(rng.standard_normal((2, 3, h * 3 // 4 + 1, w * 3 // 4 + 3),
-                                          dtype=np.float32))
-    inputs += [np.ascontiguousarray(a, dtype=np.float32) for a in extra]
-    max_err = max_ref = 0.0
-    same = total = 0
+    """Run ``proto`` in ONNX Runtime and ``wrapper`` in torch on the same inputs
+    (:func:`engines.onnx_check.check_inputs`)."""
     wrapper.eval()
-    for x in inputs:
+
+    def reference(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            ref = wrapper(torch.from_numpy(x)).numpy()
-        got = sess.run(None, {INPUT_NAME: x})[0]
-        if got.shape != ref.shape:
-            raise ExportCheckError(f"ONNX output shape {got.shape} != torch {ref.shape} for "
-                                   f"input {x.shape}")
-        if ref.dtype == np.uint8:
-            ref_labels, got_labels = ref, got
-        else:
-            max_err = max(max_err, float(np.abs(got.astype(np.float32) - ref).max()))
-            max_ref = max(max_ref, float(np.abs(ref).max()))
-            ref_labels, got_labels = ref.argmax(1), got.argmax(1)
-        same += int((ref_labels == got_labels).sum())
-        total += ref_labels.size
-    return CheckReport(tuple(tuple(x.shape) for x in inputs), max_err, max_ref, same / total)
+            return wrapper(torch.from_numpy(x)).numpy()
+
+    inputs = check_inputs(spec.input_size, dynamic=dynamic, extra=extra, seed=seed)
+    try:
+        return compare(ort_runner(proto), reference, inputs)
+    except OnnxCheckError as e:
+        raise ExportCheckError(str(e)) from None
 
 
 def _require(report: CheckReport, atol: float, rtol: float, min_agreement: float,
              what: str) -> None:
-    tol = atol + rtol * report.max_abs_logit
-    if report.max_abs_error > tol or report.label_agreement < min_agreement:
-        raise ExportCheckError(
-            f"{what} ONNX output does not match torch: {report.summary()}; allowed max error "
-            f"{tol:.3g} and agreement >= {100 * min_agreement:.1f}%. The graph uses an op "
-            "that exports differently; file an issue with the architecture name")
+    require(report, atol, rtol, min_agreement, what, against="torch", error=ExportCheckError,
+            hint="The graph uses an op that exports differently; file an issue with the "
+            "architecture name")

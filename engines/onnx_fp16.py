@@ -14,13 +14,24 @@ precisions (no builder-side FP16 flag), and for GPUs' half-precision ORT provide
   and axes.
 * The input gets a ``Cast`` float32 -> float16 right after it and a float output a
   ``Cast`` float16 -> float32 right before it, so callers keep feeding float32.
+
+:func:`convert_file` does it to an exported FP32 ONNX file (``segstream export
+model.onnx --fp16``), checked against it in ONNX Runtime.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from engines import onnx_check
+from engines.atomic import staged
+from engines.onnx_check import CheckReport
+from engines.spec import ModelSpec, sidecar_path
 
 # Input positions that carry data (tensor values); others are shapes, axes, roi, scales.
 _DATA_INPUTS: dict[str, tuple[int, ...]] = {
@@ -146,3 +157,49 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+
+
+def convert_file(src: str | Path, out: str | Path, *, check: bool = True,
+                 check_inputs: Sequence[np.ndarray] = (),
+                 on_check: Callable[[CheckReport], None] | None = None) -> Path:
+    """An exported FP32 ONNX + sidecar -> a float16 ONNX (float32 I/O) + sidecar at ``out``,
+    for TensorRT strongly typed FP16 engines, without the training checkpoint.
+
+    ``check`` runs both files in ONNX Runtime on seeded inputs and ``check_inputs``
+    ((N, 3, H, W) float32, e.g. pre-processed real frames) and requires the FP16 export's
+    tolerances against the FP32 file. Nothing is written unless the check passes.
+
+    Raises:
+        FileNotFoundError: ``src`` or its sidecar missing.
+        Fp16ConversionError: ``src`` is not an FP32 graph this converter handles (already
+            float16, INT8 Q/DQ, several inputs), or ``out`` is not a new ``.onnx`` path.
+        OnnxCheckError: the FP16 graph is off.
+    """
+    src, out = Path(src), Path(out)
+    if out.suffix != ".onnx" or out.resolve() == src.resolve():
+        raise Fp16ConversionError(f"output {out} must be a new .onnx path (the sidecar "
+                                  f"takes .json), e.g. {src.with_suffix('.fp16.onnx')}")
+    if not src.is_file():
+        raise FileNotFoundError(f"ONNX model {src} not found")
+    spec = ModelSpec.load(sidecar_path(src))
+    model = onnx.load(str(src))
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        raise Fp16ConversionError(f"{src} is an INT8 (Q/DQ) model; convert its FP32 model")
+    if any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer):
+        raise Fp16ConversionError(f"{src} already holds float16 weights")
+    half = convert_to_fp16(model)
+    if check:
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        symbolic = [not d.HasField("dim_value") for d in dims]
+        inputs = onnx_check.check_inputs(spec.input_size, dynamic=any(symbolic[2:]),
+                                         batch=symbolic[0], extra=check_inputs)
+        report = onnx_check.compare(onnx_check.ort_runner(half), onnx_check.ort_runner(model),
+                                    inputs)
+        onnx_check.require(report, 0.0, onnx_check.FP16_RTOL, onnx_check.FP16_MIN_AGREEMENT,
+                           "fp16", against=f"the FP32 model {src.name}")
+        if on_check:
+            on_check(report)
+    with staged(out, sidecar_path(out), mkdir=True) as (tmp, side_tmp):
+        onnx.save(half, tmp)
+        side_tmp.write_text(spec.to_text())
+    return out

@@ -1,4 +1,5 @@
-"""``segstream export``: training checkpoint -> checked ONNX model + JSON sidecar."""
+"""``segstream export``: training checkpoint -> checked ONNX model + JSON sidecar; or an
+FP32 ONNX -> its FP16 twin (``--fp16``), which needs no torch."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ EPILOG = """examples:
   segstream export runs/camvid/best.pt --out models/camvid_dyn.onnx --dynamic --size 360x480
   segstream export runs/camvid/best.pt --out models/camvid.fp16.onnx --fp16
   segstream export runs/camvid/best.pt --out m.onnx --check-images ../shared/camvid/val
+  # no checkpoint (a shipped model): the FP16 twin of an FP32 ONNX, for TensorRT FP16
+  segstream export engines/models/camvid_fastscnn.onnx --fp16 --out camvid_fastscnn.fp16.onnx
 
 Writes OUT (.onnx) and its sidecar (same stem, .json). Input "input" (N,3,H,W) float32;
 output "logits" (N,K,H/s,W/s) float32, or with --argmax "labels" (N,H,W) uint8 with the
 upsample + argmax inside the graph. --fp16 keeps float32 I/O (for TensorRT strongly
 typed engines). The file is compared with torch in ONNX Runtime before it is written;
-a mismatch exits 1 and leaves an existing OUT untouched.
+a mismatch exits 1 and leaves an existing OUT untouched. From an .onnx input (only with
+--fp16) the FP16 file is compared with the FP32 one in ONNX Runtime instead.
 """
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -29,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export a training checkpoint (.pt) to a checked ONNX model for ONNX "
                     "Runtime and TensorRT, and write its JSON sidecar.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="training checkpoint written by `segstream train`")
+    p.add_argument("checkpoint", help="training checkpoint written by `segstream train`, or "
+                                      "an FP32 .onnx (with --fp16: its FP16 twin)")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--dynamic", action="store_true",
                    help="symbolic height and width too (default: Nx3xHxW, N symbolic)")
@@ -76,8 +81,42 @@ def _real_inputs(folder: str, spec: object, limit: int = 4) -> list:
     return out
 
 
+def _fp16_from_onnx(args: argparse.Namespace) -> int:
+    """``export MODEL.onnx --fp16 --out OUT``: no torch, the FP32 file is the reference."""
+    from engines.onnx_check import OnnxCheckError
+    from engines.onnx_fp16 import Fp16ConversionError, convert_file
+    from engines.spec import ModelSpec, ModelSpecError, sidecar_path
+
+    prog = "segstream export: error:"
+    unused = [flag for flag, on in (("--argmax", args.argmax), ("--dynamic", args.dynamic),
+                                    ("--size", args.size), ("--opset", args.opset != 17))
+              if on]
+    if not args.fp16 or unused:
+        print(prog, f"from an ONNX file ({args.checkpoint}) export only makes its FP16 twin: "
+              f"add --fp16{' and drop ' + ', '.join(unused) if unused else ''}; the other "
+              "options need the training checkpoint (.pt)", file=sys.stderr)
+        return 2
+    try:
+        spec = ModelSpec.load(sidecar_path(args.checkpoint))
+        real = _real_inputs(args.check_images, spec) if args.check_images else []
+        out = convert_file(args.checkpoint, args.out, check=args.check, check_inputs=real,
+                           on_check=lambda r: print(f"check fp16: {r.summary()}"))
+    except (Fp16ConversionError, ModelSpecError, ValueError, OSError) as e:
+        print(prog, e, file=sys.stderr)
+        return 2
+    except OnnxCheckError as e:
+        print(prog, e, file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {spec.architecture}, float16 "
+          f"weights and activations, float32 I/O) and {out.with_suffix('.json')}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
+
+    if str(args.checkpoint).lower().endswith(".onnx"):
+        return _fp16_from_onnx(args)
 
     from stream.commands._common import is_missing_torch, torch_missing_message
 
