@@ -2,8 +2,9 @@
 
 Same interface and state machine as :class:`stream.capture.GstCapture`, but only for the
 sources ``cv2.VideoCapture`` can open by itself: files, V4L2 devices and RTSP URLs
-(through OpenCV's FFmpeg backend). A blocking ``read()`` is bounded by OpenCV's
-open/read timeouts, set to ``stall_timeout``.
+(through OpenCV's FFmpeg backend). A blocking ``read()`` is bounded by OpenCV's read
+timeout, set to ``stall_timeout``; opening by its open timeout, set to the first-frame
+allowance (:meth:`stream.capture_base.CaptureOptions.first_frame_s`).
 """
 
 from __future__ import annotations
@@ -37,15 +38,16 @@ class CvCapture(BaseCapture):
 
     def _open(self) -> cv2.VideoCapture:
         ms = int(self.options.stall_timeout * 1000)
+        # connecting gets the first-frame allowance (an RTSP handshake over a slow link)
+        open_ms = int(self.options.first_frame_s(self.spec.slow_start) * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
         if self.spec.kind == "v4l2":
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
             for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, self.spec.width),
                                 (cv2.CAP_PROP_FRAME_HEIGHT, self.spec.height),
                                 (cv2.CAP_PROP_FPS, self.spec.fps)):
                 if value:
                     params += [prop, value]
             return cv2.VideoCapture(self.spec.target, cv2.CAP_V4L2, params)
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
         return cv2.VideoCapture(self.spec.target, cv2.CAP_FFMPEG, params)
 
     def _session(self) -> tuple[Outcome, str]:

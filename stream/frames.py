@@ -14,9 +14,13 @@ class Frame:
 
     Attributes:
         camera_id: the source's id (``--source ID=URI``, default ``cam0``, ``cam1``...).
-        seq: per-camera sequence number, counted from 0 as frames leave the source
-            (before any drop), so gaps downstream show drops.
-        t_capture_mono: ``time.monotonic_ns()`` when the sample left the source.
+        seq: per-camera sequence number, counted from 0 as the capture thread pulls
+            frames from the source (before the mailbox's newest-wins drop), so gaps
+            downstream show drops. A frame replaced inside GStreamer's one-buffer appsink
+            before the thread pulled it gets no number (the thread pulls continuously:
+            that happens only when it cannot keep up with the camera).
+        t_capture_mono: ``time.monotonic_ns()`` when the capture thread pulled the sample
+            (after decoding and colour conversion; not the sensor's exposure time).
         t_capture_wall: ``time.time_ns()`` at the same moment (for cross-host clients).
         image: (H, W, 3) uint8 BGR, C-contiguous.
     """

@@ -423,3 +423,21 @@ def test_opencv_fallback_rejects_gstreamer_only_sources():
         open_capture(parse_source("test://ball"), backend="opencv")
     with pytest.raises(ValueError, match="backend must be"):
         open_capture(parse_source("test://ball"), backend="ffmpeg")
+
+
+def test_opencv_fallback_gives_rtsp_the_first_frame_allowance_to_connect(monkeypatch):
+    """OpenCV's open timeout was the stall timeout, so an RTSP camera on a slow link that
+    GStreamer allows 10 s to connect got 3 s with the fallback."""
+    import cv2
+
+    from stream.cvcapture import CvCapture
+
+    seen: list[tuple[str, list[int]]] = []
+    monkeypatch.setattr(cv2, "VideoCapture", lambda target, api, params: seen.append(
+        (target, params)))
+    opts = CaptureOptions(stall_timeout=3.0)
+    for uri in ("rtsp://10.0.0.5/s", "v4l2:///dev/video0"):
+        CvCapture(parse_source(uri), options=opts, start=False)._open()
+    timeouts = [dict(zip(p[::2], p[1::2], strict=False)) for _, p in seen]
+    assert [t[cv2.CAP_PROP_OPEN_TIMEOUT_MSEC] for t in timeouts] == [10_000, 3_000]
+    assert [t[cv2.CAP_PROP_READ_TIMEOUT_MSEC] for t in timeouts] == [3_000, 3_000]
