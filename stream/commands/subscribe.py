@@ -52,7 +52,8 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
                    help="the publisher's public key (server.key) to use CURVE encryption")
     p.add_argument("--curve-client-key", type=Path, metavar="FILE",
                    help="this client's key pair (client-NAME.key_secret)")
-    p.add_argument("--max-pixels", type=int, default=8192 * 8192, metavar="N",
+    p.add_argument("--max-pixels", type=positive(int, "a number of pixels"), default=8192 * 8192,
+                   metavar="N",
                    help="largest label map accepted; bigger frames are refused before they "
                         "are read (default 8192*8192)")
     p.add_argument("--max-backlog-mb", type=positive(float, "a number of MiB"), default=256,
@@ -116,7 +117,8 @@ def register(subparsers: Any) -> None:
                    help="skip maps that queued up while we were busy (newest per camera)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per message instead of text")
-    p.add_argument("--stats-interval", type=float, default=2.0, metavar="S",
+    p.add_argument("--stats-interval", type=positive(float, "a number of seconds", zero=True),
+                   default=2.0, metavar="S",
                    help="seconds between statistics lines on stderr (0: off; default 2)")
     p.set_defaults(func=run)
 

@@ -36,7 +36,7 @@ EPILOG = r"""examples:
 Checkpoints: <out>/last.pt every epoch, <out>/best.pt by validation mIoU; one JSON line
 per epoch in <out>/log.jsonl (with img/s) and a loss / val mIoU plot in <out>/curves.png.
 On CPUs with native bf16 (AVX-512 BF16, AMX) training autocasts to bfloat16 (--bf16).
-Export with `segstream export <out>/last.pt`.
+Export with `segstream export <out>/last.pt --out model.onnx`.
 """
 
 

@@ -241,3 +241,16 @@ def test_view_refuses_a_bad_fps(fps, capsys):
         main(["view", "ipc:///tmp/none", "--save", "x.mp4", "--fps", fps])
     assert e.value.code == 2
     assert "--fps: must be a number of frames per second > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--max-pixels", "0"], "--max-pixels: must be a number of pixels > 0"),
+    (["--stats-interval", "-1"], "--stats-interval: must be a number of seconds >= 0"),
+    (["--stats-interval", "nan"], "--stats-interval: must be a number of seconds >= 0"),
+])
+def test_bad_numbers_are_refused_before_connecting(capsys, args, why):
+    """--max-pixels 0 refused every map; a negative or nan interval printed stats at every
+    message (or never)."""
+    with pytest.raises(SystemExit) as e:
+        main(["subscribe", "tcp://127.0.0.1:1", *args])
+    assert e.value.code == 2 and why in capsys.readouterr().err
