@@ -287,8 +287,13 @@ def _build(cls: type, data: Any, where: str, errors: list[str]) -> Any:
 
     Every problem is appended to ``errors`` as ``key.path: reason``; returns ``_BAD`` when
     there was one, so that siblings are still checked and all errors are reported."""
+    if data is None and not where:
+        errors.append("the file is empty: a launch file needs at least `sources:` (see "
+                      "launch/*.yaml for examples)")
+        return _BAD
     if not isinstance(data, dict):
-        errors.append(f"{where or 'top level'}: expected a mapping, got {type(data).__name__}")
+        got = "nothing (an empty entry)" if data is None else type(data).__name__
+        errors.append(f"{where or 'top level'}: expected a mapping, got {got}")
         return _BAD
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -351,6 +356,9 @@ def _coerce(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
         return _coerce(inner[0], value, where, errors)
     if origin is tuple:
         (item,) = typing.get_args(tp)[:1]
+        if value is None:
+            errors.append(f"{where}: empty: give a list with at least one entry")
+            return _BAD
         if isinstance(value, str | dict) or not isinstance(value, list | tuple):
             value = [value]
         items = tuple(_coerce(item, v, f"{where}[{i}]", errors) for i, v in enumerate(value))
@@ -361,11 +369,29 @@ def _coerce(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
         return float(value)
     if tp in (int, float, str, bool) and (not isinstance(value, tp) or
                                           (tp is int and isinstance(value, bool))):
-        hint = (" (YAML reads unquoted on/off/yes/no as true/false: quote the word, e.g. "
-                "'off')" if tp is str and isinstance(value, bool) else "")
+        hint = ""
+        if tp is str and isinstance(value, bool):
+            hint = (" (YAML reads unquoted on/off/yes/no as true/false: quote the word, e.g. "
+                    "'off')")
+        elif isinstance(value, bool):
+            hint = " (YAML reads unquoted on/off/yes/no as true/false: write a number)"
+        elif tp in (int, float) and isinstance(value, str) and _is_number(value):
+            hint = (f" (YAML reads {value} as text: write it with a dot and a signed "
+                    f"exponent, e.g. 1.0e+3, or in full)") if "e" in value.lower() else (
+                    " (quoted: drop the quotes)")
         errors.append(f"{where}: expected {tp.__name__}, got {value!r}{hint}")
         return _BAD
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 
 
 def config_from_dict(data: Any, *, source: str = "<dict>",
@@ -443,8 +469,10 @@ def parse_override(text: str) -> Override:
         steps.append(m.group(1))
         steps.extend(int(i) for i in re.findall(r"\d+", m.group(2)))
     if not steps:
+        hint = (f"; keys are written with underscores: {key.replace('-', '_')}"
+                if "-" in key else "")
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY a path such as "
-                          f"publish.encoding or sources[0].uri")
+                          f"publish.encoding or sources[0].uri{hint}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

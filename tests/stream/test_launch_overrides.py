@@ -73,7 +73,7 @@ def test_override_errors_name_the_key_path_and_the_option(
     err = capsys.readouterr().err
     assert "publish.encodng: unknown key" in err and "(--set publish.encodng=rle)" in err
     assert "sources[0].stall_timeout: expected float, got 'fast'" in err
-    assert "publish.sndhwm: must be >= 1" in err
+    assert "publish.sndhwm: must be 1..10000 messages per subscriber, got 0" in err
     # machine checks (a missing file, an endpoint folder) name the option too
     with pytest.raises(ConfigError) as e:
         check_launch(DASHCAM, overrides=[parse_override("sources[0].uri=/no/such.mp4"),

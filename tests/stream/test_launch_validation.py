@@ -251,3 +251,28 @@ def test_check_finds_a_tcp_port_in_use_and_a_keys_folder_without_the_server_key(
     assert f"publish.endpoints[0]: tcp://127.0.0.1:{port}: the port is already in use" in err
     assert f"publish.curve_keys: key file {keys}/server.key_secret not found" in err
     assert "no client public keys" in err
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "the file is empty: a launch file needs at least `sources:`"),
+    ("# a comment only\n", "the file is empty"),
+    ("sources:\n", "sources: empty: give a list with at least one entry"),
+    ("sources: [{uri: 'test://', stall_timeout: 1e3}]\n",
+     "expected float, got '1e3' (YAML reads 1e3 as text: write it with a dot and a signed "
+     "exponent, e.g. 1.0e+3"),
+    ("sources: [{uri: 'test://', stall_timeout: '2.5'}]\n", "got '2.5' (quoted: drop the"),
+    ("sources: [{uri: 'test://'}]\nbatch: yes\n",
+     "batch: expected int, got True (YAML reads unquoted on/off/yes/no as true/false"),
+])
+def test_common_yaml_slips_get_an_error_that_says_what_to_write(tmp_path, capsys, text, why):
+    path = tmp_path / "slip.yaml"
+    path.write_text(text)
+    assert main(["launch", str(path), "--check"]) == 2
+    assert why in capsys.readouterr().err
+
+
+def test_a_set_key_written_with_dashes_gets_the_underscore_spelling(tmp_path, capsys):
+    path = tmp_path / "ok.yaml"
+    path.write_text("sources: [{uri: 'test://'}]\n")
+    assert main(["launch", str(path), "--check", "--set", "batch-wait-ms=3"]) == 2
+    assert "keys are written with underscores: batch_wait_ms" in capsys.readouterr().err
