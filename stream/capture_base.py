@@ -242,6 +242,7 @@ class BaseCapture(ABC):
         self._frame_size: tuple[int, int] | None = None
         self._pull_times: deque[int] = deque(maxlen=256)
         self._session_frames = 0
+        self._session_first = 0.0  # monotonic time of the session's first frame
         self._last_progress = time.monotonic()
         self._thread = threading.Thread(target=self._main, name=f"capture-{spec.id}",
                                         daemon=True)
@@ -368,6 +369,8 @@ class BaseCapture(ABC):
             self._pull_times.append(t_mono)
             self._frame_size = (image.shape[0], image.shape[1])
         self._session_frames += 1
+        if self._session_frames == 1:
+            self._session_first = time.monotonic()
         if self._session_frames == 1 and self._state != "running":
             self._set_state("running", f"{image.shape[1]}x{image.shape[0]}")
         if not self._mailbox.put(frame, block=self.spec.lossless):
@@ -407,7 +410,7 @@ class BaseCapture(ABC):
         try:
             while not self._stopping:
                 self._session_frames = 0
-                self._last_progress = started = time.monotonic()
+                self._last_progress = time.monotonic()
                 try:
                     outcome, detail = self._session()
                 except Exception as e:  # a bug or an odd source: keep the thread's promise
@@ -425,8 +428,11 @@ class BaseCapture(ABC):
                 if outcome is Outcome.FATAL or not self.spec.live:
                     self._set_state("failed", detail)
                     break
-                healthy = time.monotonic() - started >= self.options.healthy_s()
-                attempt = 1 if self._session_frames and healthy else attempt + 1
+                # recovered: frames came for healthy_s (connect time and the final
+                # stall do not count, or a slow or stalling source would always pass)
+                healthy = bool(self._session_frames) and (
+                    self._last_progress - self._session_first >= self.options.healthy_s())
+                attempt = 1 if healthy else attempt + 1
                 retries = self.options.max_retries
                 if 0 <= retries < attempt:
                     self._set_state("failed", f"{detail}; gave up after {retries} reconnects")

@@ -37,11 +37,14 @@ from urllib.parse import (
 log = logging.getLogger("segstream.sources")
 
 KINDS = ("file", "v4l2", "rtsp", "csi", "test", "gst")
-# Source elements whose end of stream is a loss, not an end (see SourceSpec.eos_is_loss).
+# gst:// source elements of live network streams and cameras, whose end of stream is a
+# loss, not an end (SourceSpec.eos_is_loss), and URI schemes of the same for uridecodebin,
+# urisourcebin and playbin. HTTP is left out: a URL there is usually a file, which ends.
 NETWORK_ELEMENTS = frozenset({"rtspsrc", "udpsrc", "tcpclientsrc", "srtsrc", "srtclientsrc",
-                              "souphttpsrc", "rtmpsrc", "rtmp2src", "ristsrc"})
+                              "rtmpsrc", "rtmp2src", "ristsrc"})
 CAMERA_ELEMENTS = frozenset({"v4l2src", "nvarguscamerasrc", "nvv4l2camerasrc",
                              "libcamerasrc"})
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtspt", "udp", "rtp", "srt", "rtmp", "rist")
 
 VALID_FORMS = """valid sources ([ID=]URI, id defaults to cam0, cam1, ... by position):
   /path/video.mp4 or file:///path/video.mp4   [?loop=1&realtime=0&nvmm=0|1]
@@ -119,20 +122,30 @@ class SourceSpec:
         return frozenset(re.findall(r"(?:^|!)\s*([A-Za-z_][\w-]*)", self.pipeline))
 
     @property
+    def _gst_network(self) -> bool:
+        """A gst:// pipeline reading a live network stream (element or ``uri=`` scheme)."""
+        uris = re.findall(r"\buri=\"?([a-z0-9+]+)://", self.pipeline, flags=re.IGNORECASE)
+        return self.kind == "gst" and (bool(self.elements & NETWORK_ELEMENTS) or any(
+            u.lower() in NETWORK_SCHEMES for u in uris))
+
+    @property
     def slow_start(self) -> bool:
         """The first frame may take seconds (an RTSP handshake over a cellular link, a
         long key-frame interval, Argus start-up): RTSP, CSI, and gst:// pipelines with a
-        network or CSI source element."""
-        return self.kind in ("rtsp", "csi") or (
-            self.kind == "gst" and bool(self.elements & (NETWORK_ELEMENTS | {"nvarguscamerasrc"})))
+        network stream, an HTTP source or a CSI camera."""
+        return self.kind in ("rtsp", "csi") or self._gst_network or (
+            self.kind == "gst" and bool(self.elements & {"souphttpsrc", "nvarguscamerasrc"}))
 
     @property
     def eos_is_loss(self) -> bool:
         """An end of stream means the camera or connection was lost (the capture rebuilds
-        it), not that the video is done: RTSP, V4L2, CSI, and gst:// pipelines with a
-        network or camera source element (``videotestsrc num-buffers=N`` does end)."""
-        return self.kind in ("rtsp", "v4l2", "csi") or (
-            self.kind == "gst" and bool(self.elements & (NETWORK_ELEMENTS | CAMERA_ELEMENTS)))
+        it), not that the video is done: RTSP, V4L2, CSI, and gst:// pipelines with a live
+        network stream or a camera, unless they end themselves (``num-buffers=N``)."""
+        if self.kind in ("rtsp", "v4l2", "csi"):
+            return True
+        if self.kind != "gst" or re.search(r"\bnum-buffers=\s*\d", self.pipeline):
+            return False
+        return self._gst_network or bool(self.elements & CAMERA_ELEMENTS)
 
     @property
     def lossless(self) -> bool:

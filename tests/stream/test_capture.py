@@ -83,8 +83,9 @@ def test_first_frame_allowance_by_source_kind():
     slow = [parse_source(u).slow_start for u in (
         "rtsp://10.0.0.5/s", "csi://0", "gst://rtspsrc location=rtsp://10.0.0.5/s ! decodebin",
         "gst://udpsrc port=5000 ! application/x-rtp ! rtph264depay ! avdec_h264",
-        "v4l2:///dev/video0", "gst://videotestsrc", "test://")]
-    assert slow == [True, True, True, True, False, False, False]
+        "gst://uridecodebin uri=rtsp://10.0.0.5/s", "gst://souphttpsrc location=http://h/a.ts",
+        "v4l2:///dev/video0", "gst://videotestsrc", "test://", "gst://uridecodebin uri=file:///a")]
+    assert slow == [True] * 6 + [False] * 4
     assert opts.first_frame_s(True) == 10.0 and opts.first_frame_s(False) == 3.0
     assert CaptureOptions(stall_timeout=12).first_frame_s(True) == 12
     assert CaptureOptions(first_frame_timeout=0.5).first_frame_s(True) == 0.5
@@ -342,19 +343,24 @@ def test_eos_of_a_network_or_camera_gst_pipeline_is_a_loss_not_an_end():
         "gst://rtspsrc location=rtsp://10.0.0.5/s latency=0 ! rtph264depay ! avdec_h264",
         "gst://v4l2src device=/dev/video0 ! videoconvert", "gst://srtsrc uri=srt://:7001 ! tsdemux",
         "rtsp://10.0.0.5/s", "v4l2:///dev/video0", "csi://0",
+        "gst://uridecodebin uri=rtsp://10.0.0.5/s",
+        "gst://urisourcebin uri=\"srt://h:7001\" ! tsdemux",
         "gst://videotestsrc num-buffers=10", "gst://filesrc location=a.mp4 ! decodebin",
+        "gst://souphttpsrc location=https://h/clip.mp4 ! decodebin",
+        "gst://v4l2src num-buffers=30 ! videoconvert", "gst://uridecodebin uri=file:///a.mp4",
         "test://")]
-    assert loss == [True] * 6 + [False] * 3
+    assert loss == [True] * 8 + [False] * 6
 
 
-def test_a_flapping_source_backs_off_and_gives_up():
+@pytest.mark.parametrize("stall", [0.3, 0.6], ids=["stall<backoff.max", "stall>backoff.max"])
+def test_a_flapping_source_backs_off_and_gives_up(stall: float):
     """One frame, then a stall, over and over: a frame alone does not reset the reconnect
     count (it did, so such a source reconnected at the first backoff step forever and
-    max_retries never counted)."""
+    max_retries never counted), nor does a session that lasted long only by its stall."""
     require_elements("videotestsrc")
     spec = parse_source("gst://videotestsrc is-live=true ! "
                         "video/x-raw,width=32,height=24,framerate=1/5")
-    opts = CaptureOptions(stall_timeout=0.3, poll_interval=0.05, max_retries=3,
+    opts = CaptureOptions(stall_timeout=stall, poll_interval=0.05, max_retries=3,
                           backoff=Backoff(0.05, 2, 0.4))
     log = StateLog()
     with open_capture(spec, options=opts, on_state=log) as cap:
