@@ -15,6 +15,10 @@ from calibrate.evaluate import SegScores, Speed
 from calibrate.quantize import QdqSummary
 from calibrate.sensitivity import FallbackResult
 
+# What `segstream eval --record` writes into a sidecar about the weights it scored.
+FP32_EVAL_KEYS = ("val_miou", "val_pixel_acc", "val_mean_acc", "per_class_iou", "eval_split",
+                  "eval_images", "eval_backend", "epoch")
+
 
 @dataclass(frozen=True)
 class CalibrationReport:
@@ -81,10 +85,12 @@ class CalibrationReport:
         return d
 
     def sidecar_metrics(self, previous: dict[str, Any]) -> dict[str, Any]:
-        """Metrics for the INT8 sidecar: the FP32 model's, with the INT8 figures on top."""
-        m = dict(previous)
+        """Metrics for the INT8 sidecar: the FP32 model's, less its own evaluation figures
+        (they describe the FP32 weights), with the INT8 figures measured here."""
+        m = {k: v for k, v in previous.items() if k not in FP32_EVAL_KEYS}
         if self.int8 is not None:
             m["val_miou"] = round(self.int8.miou / 100.0, 5)
+            m["val_pixel_acc"] = round(self.int8.pixel_accuracy / 100.0, 5)
             m["per_class_iou"] = {k: (None if v is None else round(v / 100.0, 5))
                                   for k, v in self.int8.per_class.items()}
         m["quantization"] = {

@@ -73,8 +73,11 @@ def ort_runner(model: Any, threads: int = 2) -> Runner:
     so.log_severity_level = 3
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
-    sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
-                                providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own types (Fail, InvalidGraph, ...) for a bad graph
+        raise OnnxCheckError(f"ONNX Runtime cannot load the graph: {e}") from None
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x})[0]
 

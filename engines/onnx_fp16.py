@@ -182,7 +182,13 @@ def convert_file(src: str | Path, out: str | Path, *, check: bool = True,
     if not src.is_file():
         raise FileNotFoundError(f"ONNX model {src} not found")
     spec = ModelSpec.load(sidecar_path(src))
-    model = onnx.load(str(src))
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:  # protobuf DecodeError, an LFS pointer, a truncated file, ...
+        raise Fp16ConversionError(f"{src} is not a readable ONNX model ({type(e).__name__}: "
+                                  f"{e}); a Git LFS pointer needs `git lfs pull`") from None
+    if len(model.graph.node) == 0:
+        raise Fp16ConversionError(f"{src} holds no graph: not an exported model")
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise Fp16ConversionError(f"{src} is an INT8 (Q/DQ) model; convert its FP32 model")
     if any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer):

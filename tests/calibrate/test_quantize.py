@@ -274,3 +274,22 @@ def test_sensitivity_subset_skips_frames_without_labelled_pixels(frames_dir: Pat
                        speed_runs=2, progress=False)
     report = run_calibration(job)
     assert report.kept_float and report.fallback.met
+
+
+def test_int8_sidecar_keeps_no_figure_of_the_fp32_weights() -> None:
+    """The INT8 sidecar carried the FP32 model's pixel and mean accuracy beside the INT8
+    IoUs (the shipped litefpn INT8 sidecar did)."""
+    from calibrate.evaluate import SegScores
+    from calibrate.report import CalibrationReport
+
+    fp32_metrics = {"val_miou": 0.8, "val_pixel_acc": 0.959, "val_mean_acc": 0.937,
+                    "per_class_iou": {"a": 0.8}, "eval_images": 101, "protocol": {"x": 1}}
+    report = CalibrationReport("m.onnx", "m.int8.onnx", "minmax", True, "ort-cpu", "d", 8,
+                               int8=SegScores(81.0, {"a": 81.0}, 96.13))
+    m = report.sidecar_metrics(fp32_metrics)
+    assert m["val_miou"] == 0.81 and m["val_pixel_acc"] == 0.9613
+    assert m["per_class_iou"] == {"a": 0.81} and m["protocol"] == {"x": 1}
+    assert "val_mean_acc" not in m and "eval_images" not in m
+    unscored = CalibrationReport("m.onnx", "m.int8.onnx", "minmax", True, "ort-cpu", "d", 8)
+    assert not {"val_miou", "val_pixel_acc", "per_class_iou"} & set(
+        unscored.sidecar_metrics(fp32_metrics))

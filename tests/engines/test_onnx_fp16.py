@@ -61,3 +61,35 @@ def test_what_an_onnx_input_cannot_do_is_a_clear_error_and_writes_nothing(
     assert why in capsys.readouterr().err
     assert tiny_model.read_bytes() == before
     assert case == "same-path" or not out.exists()
+
+
+def test_a_file_that_is_not_onnx_is_a_clear_error(tiny_model, tmp_path, capsys):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
+    sidecar_path(junk).write_text(sidecar_path(tiny_model).read_text())
+    assert main(["export", str(junk), "--fp16", "--out", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a readable ONNX model" in err and "Traceback" not in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_an_fp16_twin_that_changes_the_labels_exits_1_and_writes_nothing(tmp_path, capsys):
+    """Logits 1000.00 and 1000.01 apart by less than float16's step there (0.5): the FP16
+    file would label every pixel with the first class."""
+    from tests.tinymodel import make_tiny_model
+
+    src = make_tiny_model(tmp_path / "m", num_classes=2)
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        if init.name == "w2":
+            init.CopyFrom(onnx.numpy_helper.from_array(
+                np.zeros(onnx.numpy_helper.to_array(init).shape, np.float32), "w2"))
+        if init.name == "b2":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.array([1000.0, 1000.01], np.float32),
+                                                       "b2"))
+    onnx.save(model, str(src))
+    out = tmp_path / "o.fp16.onnx"
+    assert main(["export", str(src), "--fp16", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "fp16 ONNX output does not match the FP32 model" in err and "label agreement" in err
+    assert not out.exists() and not sidecar_path(out).exists()

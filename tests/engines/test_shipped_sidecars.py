@@ -1,0 +1,38 @@
+"""The shipped INT8 sidecars say what their calibration reports measured: every figure in
+``metrics.seen_split_fit`` of an INT8 model is the INT8 model's (one sidecar carried its
+FP32 model's pixel and mean accuracy beside INT8 IoUs), and the report in docs/reports is
+the one of the shipped file."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+INT8 = sorted((ROOT / "engines" / "models").glob("*.int8.json"))
+
+
+def _report_row(md: str, label: str) -> tuple[float, float]:
+    m = re.search(rf"^\| {re.escape(label)} \| ([\d.]+) \| ([\d.]+) \|", md, flags=re.M)
+    assert m, f"no '{label}' row"
+    return float(m.group(1)), float(m.group(2))
+
+
+@pytest.mark.parametrize("sidecar", INT8, ids=[p.stem for p in INT8])
+def test_int8_sidecar_figures_are_the_int8_reports(sidecar: Path) -> None:
+    report = ROOT / "docs" / "reports" / f"{sidecar.stem}.report.md"
+    if not report.is_file():
+        pytest.skip(f"no calibration report {report.name} shipped for {sidecar.name}")
+    md = report.read_text()
+    metrics = json.loads(sidecar.read_text())["metrics"]
+    scored = metrics.get("seen_split_fit") or metrics
+    fp32_miou, int8_miou = _report_row(md, "mIoU %")
+    _, int8_acc = _report_row(md, "pixel accuracy %")
+    assert 100 * scored["val_miou"] == pytest.approx(int8_miou, abs=0.01)
+    assert 100 * scored["val_pixel_acc"] == pytest.approx(int8_acc, abs=0.01)
+    assert "val_mean_acc" not in scored  # calibrate does not measure it for INT8
+    q = metrics["quantization"]
+    assert 100 * q["fp32_val_miou"] == pytest.approx(fp32_miou, abs=0.01)
