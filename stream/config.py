@@ -147,15 +147,17 @@ def listen_problems(port_key: str, port: int | None, host_key: str, host: str,
 
 def listen_error(e: OSError, host: str, port: int, port_key: str, host_key: str,
                  option: str) -> str:
-    """``key: reason`` for a failed bind of ``host:port``; ``option`` is the flag or key a
-    user changes (``--preview``, ``metrics_port``), used in the suggested fix."""
+    """``key: reason`` for a failed bind of ``host:port``; ``option`` is the ``segstream
+    run`` flag a user changes (``--preview``); the fix names it and ``port_key``, what a
+    launch file sets."""
     where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    how = f"{option}, or {port_key} in a launch file"
     if e.errno == errno.EADDRINUSE:
         return (f"{port_key}: {where} is already in use (another segstream or server "
-                f"listens there); pick a free port, e.g. {option} {port + 1}")
+                f"listens there); pick a free port, e.g. {port + 1} ({how})")
     if e.errno == errno.EACCES:
         return (f"{port_key}: not allowed to listen on {where} (ports below 1024 need "
-                f"root); use e.g. {option} 8080")
+                f"root); use e.g. 8080 ({how})")
     return (f"{host_key}: cannot listen on {where}: {e.strerror or e}; use an address of "
             "this machine, e.g. 127.0.0.1 or 0.0.0.0")
 
@@ -417,8 +419,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: its keys may be
-                continue                                 # overridden here; the base merges
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+                key: Any = "<<"                          # overridden here; the base merges
+            else:
+                key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
             line = key_node.start_mark.line + 1
             try:
                 if key in seen:

@@ -199,16 +199,20 @@ def _check_publish(endpoints: Sequence[str], keys: str | None) -> list[str]:
 
 def _port_taken(host: str, port: int) -> str:
     """Why ZeroMQ could not bind ``tcp://host:port`` (in use, not allowed), else "": binds
-    and releases a plain socket. Hosts ZeroMQ resolves itself (interface names such as
-    ``eth0``) are left to the bind."""
+    and releases a plain IPv4 socket, as ZeroMQ binds (IPv6 off). Only ``*`` and numeric
+    IPv4 hosts are probed; names and interfaces (``eth0``) are left to the bind."""
     import errno
+    import ipaddress
     import socket
 
-    host = "" if host in ("*", "") else host.strip("[]")
+    host = "0.0.0.0" if host in ("*", "") else host
     try:
-        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                    flags=socket.AI_PASSIVE)[0][0]
-        socket.create_server((host, port), family=family).close()
+        if ipaddress.ip_address(host).version != 4:
+            return ""
+    except ValueError:
+        return ""
+    try:
+        socket.create_server((host, port), family=socket.AF_INET).close()
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             return "the port is already in use (another segstream or server listens there)"

@@ -14,6 +14,14 @@ from engines.spec import ModelSpec, sidecar_path
 from stream.cli import main
 from stream.config import ConfigError, PipelineConfig, SourceConfig, load_launch
 
+
+def _free_port() -> int:
+    """A TCP port free just now (the checks probe endpoints' ports: not a fixed 5555)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 BAD = """\
 sources:
   - uri: bogus://x
@@ -70,10 +78,12 @@ def test_yaml_merge_keys_work_and_x_keys_hold_the_shared_parts(tmp_path):
     cfg = load_launch(path)
     assert [(s.id, s.stall_timeout, s.max_retries) for s in cfg.sources] == [
         ("a", 3.0, 5), ("b", 2.0, 5)]
-    path.write_text(path.read_text() + "    id: c\nsources-x: 1\n")
+    path.write_text(path.read_text() + "    id: c\nsources-x: 1\nx-b: &b {max_retries: 1}\n"
+                    "publish: {<<: *b, <<: *b}\n")
     with pytest.raises(ConfigError) as e:
         load_launch(path)
     assert "id: duplicate key" in str(e.value) and "sources-x: unknown key" in str(e.value)
+    assert "<<: duplicate key" in str(e.value)
 
 
 def test_unnamed_sources_get_the_cli_names_in_a_launch_file(tmp_path, capsys, tiny_model):
@@ -105,7 +115,8 @@ def test_check_accepts_a_good_file(tmp_path, capsys, tiny_model):
     path = tmp_path / "good.yaml"
     path.write_text(f"sources:\n  - id: yard\n    uri: 'test://ball?width=64&height=48'\n"
                     f"model: {tiny_model.relative_to(tmp_path)}\n"
-                    f"publish: {{endpoints: ['ipc://{tmp_path}/seg.sock', 'tcp://*:5555']}}\n")
+                    f"publish: {{endpoints: ['ipc://{tmp_path}/seg.sock', "
+                    f"'tcp://*:{_free_port()}']}}\n")
     assert main(["launch", str(path), "--check"]) == 0, capsys.readouterr().err
     assert f"{path}: OK" in capsys.readouterr().out
 
@@ -127,7 +138,7 @@ def test_bad_endpoints_and_keys_folder_are_caught_before_binding(tmp_path):
 
 def test_run_reports_every_bad_option_at_once(tiny_model, capsys):
     code = main(["run", "--source", "bogus://x", "--source", "/nonexistent/clip.mp4",
-                 "--model", "/nonexistent/model.onnx", "--publish", "tcp://*:5555"])
+                 "--model", "/nonexistent/model.onnx", "--publish", f"tcp://*:{_free_port()}"])
     err = capsys.readouterr().err
     assert code == 2 and "3 errors:" in err
     assert "sources[0].uri" in err and "sources[1].uri" in err and "model: model file" in err
@@ -204,7 +215,7 @@ def test_a_metrics_port_in_use_is_refused_by_check_and_launch(tmp_path, capsys, 
             assert main(["launch", str(path), *check]) == 2
             err = capsys.readouterr().err
             assert f"metrics_port: 127.0.0.1:{port} is already in use" in err, err
-            assert f"--metrics-port {port + 1}" in err
+            assert f"e.g. {port + 1} (--metrics-port, or metrics_port in a launch file)" in err
     path.write_text(path.read_text().replace(f"metrics_port: {port}",
                                              f"metrics_port: {port}\nmetrics_bind: 10.255.255.254"))
     assert main(["launch", str(path), "--check"]) == 2
@@ -216,7 +227,7 @@ def test_values_past_what_the_socket_or_runtime_takes_are_config_errors(tmp_path
     ONNX Runtime try to start a million threads."""
     path = tmp_path / "big.yaml"
     path.write_text("sources: [{uri: 'test://'}]\nthreads: 1000000\n"
-                    "publish: {endpoints: ['tcp://*:5555'], sndhwm: 2147483648, "
+                    f"publish: {{endpoints: ['tcp://*:{_free_port()}'], sndhwm: 2147483648, "
                     "linger_ms: 99999999999}\n")
     assert main(["launch", str(path), "--check"]) == 2
     err = capsys.readouterr().err

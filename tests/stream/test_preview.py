@@ -292,8 +292,8 @@ def test_port_in_use_exits_2_before_any_camera_opens(gst, tiny_model, capsys):
     assert f"127.0.0.1:{port} is already in use" in err and "--preview" in err
     assert "starting" not in err and "Traceback" not in err
     assert problems == [f"preview.port: 127.0.0.1:{port} is already in use (another segstream "
-                        f"or server listens there); pick a free port, e.g. --preview "
-                        f"{port + 1}"]
+                        f"or server listens there); pick a free port, e.g. {port + 1} "
+                        f"(--preview, or preview.port in a launch file)"]
 
 
 def test_bad_preview_flags_exit_2(capsys):
