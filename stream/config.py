@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import math
 import re
+import socket
 import types
 import typing
 from collections.abc import Sequence
@@ -48,6 +49,17 @@ class ConfigError(ValueError):
             text = (f"{head}{len(self.errors)} errors:\n"
                     + "\n".join(f"  {e}" for e in self.errors))
         super().__init__(f"{text}\n{hint}" if hint else text)
+
+
+class NotReadyError(ConfigError):
+    """Every problem is a resource of this machine that is not there yet (an address DHCP
+    has not assigned at boot): the commands exit 1, which a service restarts, where a
+    wrong configuration exits 2."""
+
+
+class NotReady(str):
+    """A problem text (``key: reason``) that a later start may not have: see
+    :class:`NotReadyError`."""
 
 
 def _problems(found: list[tuple[str, str]]) -> None:
@@ -145,6 +157,14 @@ def listen_problems(port_key: str, port: int | None, host_key: str, host: str,
     return found
 
 
+def listen_failure(e: OSError, host: str, port: int, port_key: str, host_key: str,
+                   option: str) -> ConfigError:
+    """The exception for a failed bind at start: :func:`listen_error`'s text, as a
+    :class:`NotReadyError` when the address may appear later."""
+    why = listen_error(e, host, port, port_key, host_key, option)
+    return NotReadyError(why) if isinstance(why, NotReady) else ConfigError(why)
+
+
 def listen_error(e: OSError, host: str, port: int, port_key: str, host_key: str,
                  option: str) -> str:
     """``key: reason`` for a failed bind of ``host:port``; ``option`` is the ``segstream
@@ -158,6 +178,10 @@ def listen_error(e: OSError, host: str, port: int, port_key: str, host_key: str,
     if e.errno == errno.EACCES:
         return (f"{port_key}: not allowed to listen on {where} (ports below 1024 need "
                 f"root); use e.g. 8080 ({how})")
+    if e.errno in (errno.EADDRNOTAVAIL, socket.EAI_AGAIN):
+        return NotReady(f"{host_key}: cannot listen on {where}: {e.strerror or e} (not on "
+                        "this machine yet? a service retries; else use an address of this "
+                        "machine, e.g. 127.0.0.1 or 0.0.0.0)")
     return (f"{host_key}: cannot listen on {where}: {e.strerror or e}; use an address of "
             "this machine, e.g. 127.0.0.1 or 0.0.0.0")
 

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from stream.config import ConfigError, listen_error
+from stream.config import ConfigError, listen_error, listen_failure
 from stream.stats import STAGES, EngineMode
 
 INSTALL_HINT = ("metrics_port: the metrics endpoint needs prometheus-client: "
@@ -146,8 +146,8 @@ def serve_metrics(port: int, pipeline: Any, captures: Sequence[Any], publisher: 
     try:
         server, thread = start_http_server(port, addr=addr, registry=registry)
     except OSError as e:
-        raise ConfigError(listen_error(e, addr, port, "metrics_port", "metrics_bind",
-                                       "--metrics-port")) from e
+        raise listen_failure(e, addr, port, "metrics_port", "metrics_bind",
+                             "--metrics-port") from e
     try:
         yield server
     finally:

@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 
 from engines.spec import ModelSpec
-from stream.config import ConfigError, PreviewConfig, listen_error
+from stream.config import ConfigError, PreviewConfig, listen_failure
 from stream.frame_pub import encode_jpeg
 from stream.frames import Frame
 from stream.pipeline import LabelSink
@@ -282,8 +282,7 @@ def bind(host: str, port: int) -> list[socket.socket]:
     try:
         return bind_sockets(port, address=host, backlog=32)
     except OSError as e:
-        why = listen_error(e, host, port, "preview.port", "preview.host", "--preview")
-        raise ConfigError(why) from e
+        raise listen_failure(e, host, port, "preview.port", "preview.host", "--preview") from e
 
 
 def check(cfg: PreviewConfig) -> list[str]:

@@ -21,6 +21,7 @@ loop, capture threads, the frame encoder).
 
 from __future__ import annotations
 
+import errno
 import logging
 import operator
 import os
@@ -35,7 +36,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from engines.spec import ClassInfo, ModelSpec
-from stream.config import PublishConfig
+from stream.config import NotReadyError, PublishConfig
 from stream.frame_pub import FrameOptions, FrameTap
 from stream.frames import Frame
 from stream.ipc_guard import ipc_path, live_ipc_owner
@@ -220,6 +221,9 @@ class Publisher:
                 try:
                     self._sock.bind(ep)
                 except zmq.ZMQError as e:
+                    if e.errno == errno.EADDRNOTAVAIL:  # e.g. DHCP has not assigned it yet
+                        raise NotReadyError(f"cannot bind {ep}: {e.strerror} (not on this "
+                                            "machine yet? a service retries)") from None
                     raise PublishError(f"cannot bind {ep}: {e.strerror}; check the address, "
                                        "or another process already publishes there") from None
                 bound.append(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))

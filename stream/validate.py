@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream.config import ConfigError, Override, PipelineConfig, blame, parse_launch
+from stream.config import (
+    ConfigError,
+    NotReady,
+    NotReadyError,
+    Override,
+    PipelineConfig,
+    blame,
+    parse_launch,
+)
 
 
 def check_config(cfg: PipelineConfig, *, load_model: bool = False) -> list[str]:
@@ -28,7 +36,7 @@ def validate(cfg: PipelineConfig, *, where: str = "", load_model: bool = False) 
     """Raise one :class:`ConfigError` listing every problem :func:`check_config` finds."""
     errors = check_config(cfg, load_model=load_model)
     if errors:
-        raise _error(errors, where)
+        raise _error(errors, where, _not_ready(errors))
 
 
 def check_launch(path: str | Path, *, load_model: bool = False,
@@ -48,7 +56,7 @@ def check_launch(path: str | Path, *, load_model: bool = False,
     if cfg is not None:
         problems = check_config(cfg, load_model=load_model)
         if problems:
-            raise _error(blame(problems, overrides), str(path))
+            raise _error(blame(problems, overrides), str(path), _not_ready(problems))
         return cfg
     if not Path(path).is_file():
         raise ConfigError(errors[0])
@@ -57,11 +65,18 @@ def check_launch(path: str | Path, *, load_model: bool = False,
     raise _error(errors, str(path))
 
 
-def _error(errors: list[str], where: str) -> ConfigError:
+def _error(errors: list[str], where: str, not_ready: bool = False) -> ConfigError:
+    """One error for all ``errors``; a :class:`NotReadyError` when ``not_ready`` (every
+    problem may be gone at the next start)."""
     from stream.sources import VALID_FORMS
 
     hint = VALID_FORMS if any(".uri:" in e for e in errors) else ""
-    return ConfigError(errors=errors, where=where, hint=hint)
+    cls = NotReadyError if not_ready else ConfigError
+    return cls(errors=errors, where=where, hint=hint)
+
+
+def _not_ready(problems: Sequence[str]) -> bool:
+    return bool(problems) and all(isinstance(p, NotReady) for p in problems)
 
 
 def _check_raw(data: object, base: Path) -> list[str]:
@@ -84,6 +99,12 @@ def _check_raw(data: object, base: Path) -> list[str]:
             model = str(base / model)
         backend = data.get("backend")
         errors += _check_model(model, backend if isinstance(backend, str) else None, False)
+    port, bind = data.get("metrics_port"), data.get("metrics_bind", "127.0.0.1")
+    if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535 and (
+            isinstance(bind, str) and bind):
+        from stream.metrics import check
+
+        errors += check(port, bind)
     publish = data.get("publish")
     if isinstance(publish, dict):
         eps = publish.get("endpoints", ())

@@ -12,7 +12,7 @@ from typing import Any
 from engines.backend import BackendError, DeviceUnavailableError
 from engines.spec import ModelSpecError
 from engines.zoo import NoModelError
-from stream.config import ConfigError
+from stream.config import ConfigError, NotReadyError
 
 # Errors that mean "the user's input is wrong": print the message, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -31,12 +31,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def report_errors(func: Callable[[Any], int]) -> Callable[[Any], int]:
     """Wrap a command: user errors print ``segstream: error: ...`` and exit 2; an
-    accelerator that is not usable just now exits 1, which a service restarts."""
+    accelerator that is not usable just now, or an address not on this machine yet, exits
+    1, which a service restarts."""
 
     def wrapper(args: Any) -> int:
         try:
             return func(args)
-        except DeviceUnavailableError as e:
+        except (DeviceUnavailableError, NotReadyError) as e:
             print(f"segstream: error: {e}", file=sys.stderr)
             return 1
         except user_errors() as e:

@@ -218,8 +218,22 @@ def test_a_metrics_port_in_use_is_refused_by_check_and_launch(tmp_path, capsys, 
             assert f"e.g. {port + 1} (--metrics-port, or metrics_port in a launch file)" in err
     path.write_text(path.read_text().replace(f"metrics_port: {port}",
                                              f"metrics_port: {port}\nmetrics_bind: 10.255.255.254"))
-    assert main(["launch", str(path), "--check"]) == 2
+    # an address not on this machine (yet: DHCP at boot) is retried by a service: exit 1
+    assert main(["launch", str(path), "--check"]) == 1
     assert "metrics_bind: cannot listen on 10.255.255.254" in capsys.readouterr().err
+    path.write_text(path.read_text() + "threads: 0\n")  # with a real error beside it: 2
+    assert main(["launch", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "threads: must be 1..256" in err and "metrics_bind" in err
+
+
+def test_a_publish_address_not_on_this_machine_yet_exits_1_so_a_service_retries(
+        tiny_model, capsys):
+    code = main(["run", "--source", "test://?width=64&height=48", "--model", str(tiny_model),
+                 "--publish", f"tcp://10.255.255.254:{_free_port()}", "--max-frames", "1"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "cannot bind tcp://10.255.255.254" in err and "not on this machine yet?" in err
 
 
 def test_values_past_what_the_socket_or_runtime_takes_are_config_errors(tmp_path, capsys):
