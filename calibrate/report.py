@@ -16,8 +16,9 @@ from calibrate.quantize import QdqSummary
 from calibrate.sensitivity import FallbackResult
 
 # What `segstream eval --record` writes into a sidecar about the weights it scored.
+# (and scripts/record_protocol.py's ``seen_split_fit``, the same figures moved aside)
 FP32_EVAL_KEYS = ("val_miou", "val_pixel_acc", "val_mean_acc", "per_class_iou", "eval_split",
-                  "eval_images", "eval_backend", "epoch")
+                  "eval_images", "eval_backend", "epoch", "seen_split_fit")
 
 
 @dataclass(frozen=True)

@@ -199,8 +199,11 @@ def convert_file(src: str | Path, out: str | Path, *, check: bool = True,
         symbolic = [not d.HasField("dim_value") for d in dims]
         inputs = onnx_check.check_inputs(spec.input_size, dynamic=any(symbolic[2:]),
                                          batch=symbolic[0], extra=check_inputs)
-        report = onnx_check.compare(onnx_check.ort_runner(half), onnx_check.ort_runner(model),
-                                    inputs)
+        try:
+            reference = onnx_check.ort_runner(model)
+        except onnx_check.OnnxCheckError as e:  # the input, not the conversion, is at fault
+            raise Fp16ConversionError(f"{src}: {e}") from None
+        report = onnx_check.compare(onnx_check.ort_runner(half), reference, inputs)
         onnx_check.require(report, 0.0, onnx_check.FP16_RTOL, onnx_check.FP16_MIN_AGREEMENT,
                            "fp16", against=f"the FP32 model {src.name}")
         if on_check:

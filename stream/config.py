@@ -40,7 +40,10 @@ class ConfigError(ValueError):
                  hint: str = "") -> None:
         from stream.sources import redact
 
-        self.errors = tuple(redact(e) for e in errors) or (redact(message),)
+        def clean(e: str) -> str:  # a NotReady problem stays one (preview.check passes
+            return NotReady(redact(e)) if isinstance(e, NotReady) else redact(e)  # them on)
+
+        self.errors = tuple(clean(e) for e in errors) or (clean(message),)
         self.where = where
         head = f"{where}: " if where else ""
         if len(self.errors) == 1:
@@ -178,7 +181,7 @@ def listen_error(e: OSError, host: str, port: int, port_key: str, host_key: str,
     if e.errno == errno.EACCES:
         return (f"{port_key}: not allowed to listen on {where} (ports below 1024 need "
                 f"root); use e.g. 8080 ({how})")
-    if e.errno in (errno.EADDRNOTAVAIL, socket.EAI_AGAIN):
+    if e.errno in (errno.EADDRNOTAVAIL, errno.ENODEV, socket.EAI_AGAIN):
         return NotReady(f"{host_key}: cannot listen on {where}: {e.strerror or e} (not on "
                         "this machine yet? a service retries; else use an address of this "
                         "machine, e.g. 127.0.0.1 or 0.0.0.0)")
@@ -400,22 +403,26 @@ def _coerce(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
             hint = (" (YAML reads unquoted on/off/yes/no as true/false: quote the word, e.g. "
                     "'off')")
         elif isinstance(value, bool):
-            hint = " (YAML reads unquoted on/off/yes/no as true/false: write a number)"
-        elif tp in (int, float) and isinstance(value, str) and _is_number(value):
-            hint = (f" (YAML reads {value} as text: write it with a dot and a signed "
-                    f"exponent, e.g. 1.0e+3, or in full)") if "e" in value.lower() else (
-                    " (quoted: drop the quotes)")
+            hint = (" (YAML reads unquoted on/off/yes/no as true/false: write a number, or "
+                    "leave the key out for its default)")
+        elif tp in (int, float) and isinstance(value, str):
+            hint = _number_hint(tp, value)
         errors.append(f"{where}: expected {tp.__name__}, got {value!r}{hint}")
         return _BAD
     return value
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def _number_hint(tp: type, text: str) -> str:
+    """Why a number came out as text: YAML 1.1 reads ``1e3`` as a string (it needs a dot
+    and a signed exponent), and a quoted ``"2.5"`` is a string."""
+    if re.fullmatch(r"[-+]?\d+(\.\d*)?", text.strip()):
+        return " (quoted: drop the quotes)"
+    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", text.strip()):
+        if tp is int:
+            return f" (YAML reads {text} as text: write the whole number, e.g. {float(text):.0f})"
+        return (f" (YAML reads {text} as text: write it with a dot and a signed exponent, "
+                f"e.g. {float(text):.1e}, or in full)")
+    return ""
 
 
 
@@ -449,8 +456,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             try:
                 if key in seen:
+                    what = ("merge both mappings: give one <<: [*a, *b]" if key == "<<"
+                            else "silently keep the last one")
                     self.duplicates.append(f"{key}: duplicate key (lines {seen[key]} and "
-                                           f"{line}); YAML would silently keep the last one")
+                                           f"{line}); YAML would {what}")
                 else:
                     seen[key] = line
             except TypeError:  # an unhashable key: the base class reports it

@@ -221,7 +221,8 @@ class Publisher:
                 try:
                     self._sock.bind(ep)
                 except zmq.ZMQError as e:
-                    if e.errno == errno.EADDRNOTAVAIL:  # e.g. DHCP has not assigned it yet
+                    if e.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):  # before DHCP, or
+                        # an interface (tcp://eth0:5555) that is not up yet
                         raise NotReadyError(f"cannot bind {ep}: {e.strerror} (not on this "
                                             "machine yet? a service retries)") from None
                     raise PublishError(f"cannot bind {ep}: {e.strerror}; check the address, "

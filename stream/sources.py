@@ -129,6 +129,13 @@ class SourceSpec:
             u.lower() in NETWORK_SCHEMES for u in uris))
 
     @property
+    def _http_stream(self) -> bool:
+        """A gst:// HTTP source that is a live stream (an MJPEG IP camera), not a file."""
+        return self.kind == "gst" and "souphttpsrc" in self.elements and (
+            "multipartdemux" in self.elements
+            or re.search(r"\bis-live=(true|1)\b", self.pipeline) is not None)
+
+    @property
     def slow_start(self) -> bool:
         """The first frame may take seconds (an RTSP handshake over a cellular link, a
         long key-frame interval, Argus start-up): RTSP, CSI, and gst:// pipelines with a
@@ -145,7 +152,8 @@ class SourceSpec:
             return True
         if self.kind != "gst" or re.search(r"\bnum-buffers=\s*\d", self.pipeline):
             return False
-        return self._gst_network or bool(self.elements & CAMERA_ELEMENTS)
+        return (self._gst_network or self._http_stream
+                or bool(self.elements & CAMERA_ELEMENTS))
 
     @property
     def lossless(self) -> bool:

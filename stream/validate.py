@@ -221,12 +221,13 @@ def _check_publish(endpoints: Sequence[str], keys: str | None) -> list[str]:
 def _port_taken(host: str, port: int) -> str:
     """Why ZeroMQ could not bind ``tcp://host:port`` (in use, not allowed), else "": binds
     and releases a plain IPv4 socket, as ZeroMQ binds (IPv6 off). Only ``*`` and numeric
-    IPv4 hosts are probed; names and interfaces (``eth0``) are left to the bind."""
+    IPv4 hosts (and ``localhost``) are probed; other names and interfaces (``eth0``) are
+    left to the bind (resolving them could wait on DNS)."""
     import errno
     import ipaddress
     import socket
 
-    host = "0.0.0.0" if host in ("*", "") else host
+    host = {"*": "0.0.0.0", "": "0.0.0.0", "localhost": "127.0.0.1"}.get(host, host)
     try:
         if ipaddress.ip_address(host).version != 4:
             return ""

@@ -22,9 +22,10 @@ publish.endpoints.
 The file is validated before anything starts, the same way with and without --check:
 unknown or duplicate keys, bad values, sources that do not parse or exist, a missing or
 inconsistent model. Every problem is reported, each with the file, the key path (e.g.
-sources[1].stall_timeout) and the reason; exit 2.
-See launch/*.yaml for annotated examples. Exit status as for `segstream run` (0 clean,
-1 engine failed, 2 bad file/source/model, 3 a working source was lost).
+sources[1].stall_timeout) and the reason; exit 2 (exit 1 when the only problems are
+addresses not on this machine yet). See launch/*.yaml for annotated examples. Exit status
+as for `segstream run` (0 clean, 1 engine failed or not ready yet, 2 bad
+file/source/model, 3 a working source was lost).
 """
 
 

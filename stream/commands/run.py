@@ -38,7 +38,8 @@ examples:
 exit status:
   0  stopped by Ctrl-C / SIGTERM / --duration / --max-frames, or every source reached its end
   1  the engine failed (nothing invalid was published), or the GPU was not usable at
-     start (no CUDA context yet, device memory): worth a restart
+     start (no CUDA context yet, device memory), or an address to listen on is not on
+     this machine yet (DHCP at boot): worth a restart
   2  bad model, source, endpoint or option, or a source failed before delivering any frame
      (a text file named .mp4, an empty or truncated file, a camera this machine lacks)
   3  every source ended and one that had delivered frames failed (retries used up,

@@ -93,3 +93,17 @@ def test_an_fp16_twin_that_changes_the_labels_exits_1_and_writes_nothing(tmp_pat
     err = capsys.readouterr().err
     assert "fp16 ONNX output does not match the FP32 model" in err and "label agreement" in err
     assert not out.exists() and not sidecar_path(out).exists()
+
+
+def test_an_fp32_model_onnx_runtime_cannot_load_is_the_inputs_fault_exit_2(tmp_path, capsys):
+    from tests.tinymodel import make_tiny_model
+
+    src = make_tiny_model(tmp_path / "m")
+    model = onnx.load(str(src))
+    model.graph.node[1].op_type = "SegstreamNoSuchOp"  # the Relu: an op no runtime knows
+    onnx.save(model, str(src))
+    out = tmp_path / "o.fp16.onnx"
+    assert main(["export", str(src), "--fp16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "SegstreamNoSuchOp" in err and "Traceback" not in err
+    assert not out.exists()

@@ -348,8 +348,10 @@ def test_eos_of_a_network_or_camera_gst_pipeline_is_a_loss_not_an_end():
         "gst://videotestsrc num-buffers=10", "gst://filesrc location=a.mp4 ! decodebin",
         "gst://souphttpsrc location=https://h/clip.mp4 ! decodebin",
         "gst://v4l2src num-buffers=30 ! videoconvert", "gst://uridecodebin uri=file:///a.mp4",
-        "test://")]
-    assert loss == [True] * 8 + [False] * 6
+        "test://",
+        "gst://souphttpsrc location=http://cam/video.mjpg ! multipartdemux ! jpegdec",
+        "gst://souphttpsrc is-live=true location=http://cam/live.ts ! tsdemux")]
+    assert loss == [True] * 8 + [False] * 6 + [True] * 2
 
 
 @pytest.mark.parametrize("stall", [0.3, 0.6], ids=["stall<backoff.max", "stall>backoff.max"])

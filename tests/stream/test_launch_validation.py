@@ -83,7 +83,7 @@ def test_yaml_merge_keys_work_and_x_keys_hold_the_shared_parts(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_launch(path)
     assert "id: duplicate key" in str(e.value) and "sources-x: unknown key" in str(e.value)
-    assert "<<: duplicate key" in str(e.value)
+    assert "<<: duplicate key" in str(e.value) and "give one <<: [*a, *b]" in str(e.value)
 
 
 def test_unnamed_sources_get_the_cli_names_in_a_launch_file(tmp_path, capsys, tiny_model):
@@ -227,6 +227,17 @@ def test_a_metrics_port_in_use_is_refused_by_check_and_launch(tmp_path, capsys, 
     assert "threads: must be 1..256" in err and "metrics_bind" in err
 
 
+def test_a_preview_address_not_on_this_machine_yet_exits_1_too(tmp_path, capsys):
+    """The preview's check passed its problem on through ConfigError, whose redaction made
+    it a plain text: exit 2, the service down for good."""
+    pytest.importorskip("tornado")
+    path = tmp_path / "p.yaml"
+    path.write_text(f"sources: [{{uri: 'test://'}}]\npreview: {{port: {_free_port()}, "
+                    "host: 10.255.255.254}\n")
+    assert main(["launch", str(path), "--check"]) == 1
+    assert "preview.host: cannot listen on 10.255.255.254" in capsys.readouterr().err
+
+
 def test_a_publish_address_not_on_this_machine_yet_exits_1_so_a_service_retries(
         tiny_model, capsys):
     code = main(["run", "--source", "test://?width=64&height=48", "--model", str(tiny_model),
@@ -284,10 +295,12 @@ def test_check_finds_a_tcp_port_in_use_and_a_keys_folder_without_the_server_key(
     ("sources:\n", "sources: empty: give a list with at least one entry"),
     ("sources: [{uri: 'test://', stall_timeout: 1e3}]\n",
      "expected float, got '1e3' (YAML reads 1e3 as text: write it with a dot and a signed "
-     "exponent, e.g. 1.0e+3"),
+     "exponent, e.g. 1.0e+03"),
     ("sources: [{uri: 'test://', stall_timeout: '2.5'}]\n", "got '2.5' (quoted: drop the"),
     ("sources: [{uri: 'test://'}]\nbatch: yes\n",
      "batch: expected int, got True (YAML reads unquoted on/off/yes/no as true/false"),
+    ("sources: [{uri: 'test://'}]\npublish: {sndhwm: 1e3}\n",
+     "got '1e3' (YAML reads 1e3 as text: write the whole number, e.g. 1000)"),
 ])
 def test_common_yaml_slips_get_an_error_that_says_what_to_write(tmp_path, capsys, text, why):
     path = tmp_path / "slip.yaml"
