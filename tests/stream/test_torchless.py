@@ -103,3 +103,11 @@ def test_run_streams_without_torch(tiny_model: Path) -> None:
                 "--stats-interval", "0", "--threads", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TORCH-FREE" in proc.stderr
+
+
+def test_fp16_twin_of_an_onnx_without_torch(tiny_model: Path, tmp_path: Path) -> None:
+    """A Jetson runtime install makes the FP16 ONNX of a shipped model for TensorRT."""
+    out = tmp_path / "tiny.fp16.onnx"
+    proc = _cli("export", str(tiny_model), "--fp16", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH-FREE" in proc.stderr and out.is_file()
