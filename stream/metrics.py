@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import importlib.util
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from stream.config import ConfigError, listen_error, listen_failure
 from stream.stats import STAGES, EngineMode
+from stream.web_guard import host_allowed, host_name_of
 
 INSTALL_HINT = ("metrics_port: the metrics endpoint needs prometheus-client: "
                 "pip install 'segstream[metrics]'")
@@ -138,18 +140,54 @@ def serve_metrics(port: int, pipeline: Any, captures: Sequence[Any], publisher: 
             lacks.
     """
     try:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry, make_wsgi_app
     except ImportError as e:
         raise ConfigError(INSTALL_HINT) from e
     registry = CollectorRegistry()
     registry.register(PipelineCollector(pipeline, captures, publisher))
     try:
-        server, thread = start_http_server(port, addr=addr, registry=registry)
+        server = _wsgi_server(addr, port, _host_checked(make_wsgi_app(registry), addr))
     except OSError as e:
         raise listen_failure(e, addr, port, "metrics_port", "metrics_bind",
                              "--metrics-port") from e
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     try:
         yield server
     finally:
         server.shutdown()
+        server.server_close()
         thread.join(timeout=2)
+
+
+def _host_checked(app: Callable[..., Any], listen_host: str) -> Callable[..., Any]:
+    """``app`` answering only requests addressed to this machine
+    (:func:`stream.web_guard.host_allowed`): 403 otherwise (DNS rebinding)."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if not host_allowed(host_name_of(environ.get("HTTP_HOST", "")), listen_host):
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"unknown host name\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+def _wsgi_server(addr: str, port: int, app: Callable[..., Any]) -> Any:
+    """A threading WSGI server bound to ``addr:port`` (IPv4 or IPv6, as the address is)
+    that logs no request lines."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        address_family = family
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return make_server(addr, port, app, Server, handler_class=Quiet)

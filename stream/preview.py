@@ -40,7 +40,6 @@ No authentication: it listens on loopback unless a host is given, and says so th
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import math
 import socket
@@ -61,6 +60,7 @@ from stream.frame_pub import encode_jpeg
 from stream.frames import Frame
 from stream.pipeline import LabelSink
 from stream.stats import STAGES, EngineMode
+from stream.web_guard import is_loopback
 
 INSTALL_HINT = "pip install 'segstream[preview]' (it needs tornado)"
 
@@ -257,15 +257,6 @@ def parse_listen(text: str, default_host: str = PreviewConfig.host) -> tuple[str
     if not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(how)
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind(host: str, port: int) -> list[socket.socket]:

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ipaddress
 import json
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -32,6 +29,7 @@ import tornado.websocket
 from tornado.escape import json_encode, url_escape
 
 from stream.preview import encode_view, snapshot_jpeg
+from stream.web_guard import host_allowed
 
 if TYPE_CHECKING:
     from stream.preview import Preview, PreviewTap, Shot
@@ -263,31 +261,6 @@ class PreviewServer:
     def remove_viewer(self, viewer: ViewerSocket) -> None:
         self.viewers[viewer.camera].discard(viewer)
         self._watch(time.monotonic())
-
-
-def host_allowed(host_name: str, listen_host: str) -> bool:
-    """Requests must be addressed to an IP, ``localhost``, the address the preview listens
-    on, or (bound beyond loopback) this machine's own name (``hostname``, its FQDN,
-    ``hostname.local``): a web page the operator opens cannot then reach the preview
-    through a DNS name of its own pointed at this machine (DNS rebinding)."""
-    from stream.preview import is_loopback
-
-    name = host_name.lower().rstrip(".")
-    if name in ("localhost", listen_host.lower()):
-        return True
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-        return True
-    except ValueError:
-        pass
-    return not is_loopback(listen_host) and name in _machine_names()
-
-
-@functools.cache
-def _machine_names() -> frozenset[str]:
-    short = socket.gethostname().lower()
-    return frozenset({short, socket.getfqdn().lower(), f"{short.split('.')[0]}.local",
-                      short.split(".")[0]})
 
 
 class _Base(tornado.web.RequestHandler):

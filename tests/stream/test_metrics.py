@@ -7,6 +7,7 @@ import re
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -66,6 +67,15 @@ def test_metrics_endpoint_reports_per_camera_figures(tiny_model):
                 break
             time.sleep(0.2)
         listening = _listening_addresses(port)
+        # a page the operator opens, through its own DNS name pointed here (DNS rebinding)
+        rebound = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                         headers={"Host": f"evil.example:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=2)
+        assert refused.value.code == 403
+        plain = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                       headers={"Host": f"localhost:{port}"})
+        assert urllib.request.urlopen(plain, timeout=2).status == 200
     finally:
         stop.set()
         t.join(15)
