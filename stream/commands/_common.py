@@ -6,7 +6,9 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from engines.backend import BackendError, DeviceUnavailableError
@@ -73,6 +75,45 @@ def positive(kind: type = float, what: str = "a number", *, zero: bool = False,
 
     parse.__name__ = kind.__name__  # argparse's fallback wording, never reached
     return parse
+
+
+def output_problem(path: str | Path | None, flag: str, *, inputs: Sequence[Any] = (),
+                   suffixes: Sequence[str] = ()) -> str | None:
+    """Why writing ``path`` (an output option) would fail or destroy an input, else None;
+    for checking before any work is done (a report written after an hour of calibration
+    must not fail on its path, nor replace the model it scored).
+
+    ``inputs``: files the command reads (a model's sidecar is added for each ``.onnx``,
+    ``.engine`` or ``.plan``); ``suffixes``: the suffixes the output may have.
+    """
+    if path is None or str(path) == "":
+        return None
+    out = Path(path)
+    if suffixes and out.suffix.lower() not in suffixes:
+        return f"{flag} {out}: give a {' or '.join(suffixes)} path"
+    guarded = []
+    for item in inputs:
+        if item:
+            guarded.append(Path(item))
+            if Path(item).suffix.lower() in (".onnx", ".engine", ".plan"):
+                guarded.append(Path(item).with_suffix(".json"))
+    target = out.resolve()
+    for item in guarded:
+        if item.exists() and item.resolve() == target:
+            return f"{flag} {out} is {item}, an input of this command: write elsewhere"
+    if out.is_dir():
+        return f"{flag} {out} is a folder: give a file path in it"
+    parent = out.parent.resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{flag} {out}: {parent} is a file, not a folder"
+    try:  # os.access says yes to root on /proc and read-only mounts: try it
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        return f"{flag} {out}: cannot write in {parent} ({e.strerror or e})"
+    return None
 
 
 TORCH_PACKAGES = ("torch", "torchvision")

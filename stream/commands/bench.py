@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from engines.backend import BACKENDS, ENGINE_POLICIES
-from stream.commands._common import positive, report_errors
+from stream.commands._common import output_problem, positive, report_errors
 from stream.config import ENCODINGS, MAX_BATCH, OVERLAP_MODES, PipelineConfig, PublishConfig
 
 MAX_CAMERAS = 16  # live test cameras in one bench pipeline
@@ -167,6 +167,13 @@ def _measure(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from stream.bench_report import markdown, plot, table
 
+    inputs = [*(args.model or []), args.from_json]
+    for flag, path, suffixes in (("--json", args.json, (".json",)),
+                                 ("--markdown", args.markdown, ()),
+                                 ("--plot", args.plot, (".png", ".svg", ".pdf"))):
+        if why := output_problem(path, flag, inputs=inputs, suffixes=suffixes):
+            print(f"segstream bench: error: {why}", file=sys.stderr)
+            return 2
     if args.from_json:
         try:
             report = _load_report(args.from_json)

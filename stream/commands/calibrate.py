@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -108,12 +109,24 @@ def run(args: argparse.Namespace) -> int:
     from calibrate.data import CalibrationDataError
     from calibrate.pipeline import CalibrateJob, report_md_path, resolve_eval, run_calibration
     from calibrate.quantize import QuantConfig, QuantizeError
+    from stream.commands._common import output_problem
 
     for name in ("samples", "sensitivity_budget", "sensitivity_samples", "speed_runs",
                  "agreement_samples"):
         if getattr(args, name) <= 0:
             print(f"error: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
             return 2
+    report_json = (Path(f"{args.report}.json") if args.report else None)
+    inputs = [args.model, args.reference]
+    for why in (output_problem(args.out, "--out", inputs=inputs, suffixes=(".onnx",)),
+                output_problem(report_json, "--report", inputs=inputs)):
+        if why:
+            print(f"error: {why}", file=sys.stderr)
+            return 2
+    if args.max_drop is not None and not math.isfinite(args.max_drop):
+        print(f"error: --max-drop must be a number of mIoU points, got {args.max_drop}",
+              file=sys.stderr)
+        return 2
     if args.min_agreement is not None and (args.labels or args.eval_data):
         print("error: --min-agreement is the fallback target without labels; with --labels or "
               "--eval-data the target is --max-drop (mIoU points)", file=sys.stderr)

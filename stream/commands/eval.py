@@ -53,9 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from engines.evaluate import EvalError, evaluate, record_in_sidecar, write_report
     from engines.spec import ModelSpecError
     from engines.zoo import NoModelError, resolve_model
+    from stream.commands._common import output_problem
 
     if args.limit is not None and args.limit < 1:
         print(f"segstream eval: error: --limit must be >= 1, got {args.limit}", file=sys.stderr)
+        return 2
+    if args.record and args.limit is not None:
+        print("segstream eval: error: --record writes the model's figures into its sidecar: "
+              "score the whole split (drop --limit), or write a report with --out",
+              file=sys.stderr)
         return 2
     if args.record and args.model and Path(args.model).suffix.lower() in (".pt", ".pth"):
         print("segstream eval: error: --record needs a model with a JSON sidecar "
@@ -63,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         model = resolve_model(args.model)
+        if why := output_problem(args.out, "--out", inputs=[model], suffixes=(".json",)):
+            print(f"segstream eval: error: {why}", file=sys.stderr)
+            return 2
         report = evaluate(model, args.data, args.split, fmt=args.fmt, backend=args.backend,
                           threads=args.threads, limit=args.limit)
     except (BackendError, DatasetError, EvalError, ModelSpecError, NoModelError) as e:

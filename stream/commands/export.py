@@ -115,6 +115,12 @@ def _fp16_from_onnx(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from stream.commands._common import output_problem
+
+    if why := output_problem(args.out, "--out", inputs=[args.checkpoint],
+                             suffixes=(".onnx",)):
+        print(f"segstream export: error: {why}", file=sys.stderr)
+        return 2
     if str(args.checkpoint).lower().endswith(".onnx"):
         return _fp16_from_onnx(args)
 

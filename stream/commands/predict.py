@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -75,12 +76,19 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         return _fail(f"--alpha must be in 0..1, got {args.alpha}")
-    if args.frames < 0 or args.fps < 0:
-        return _fail("--frames and --fps must be >= 0")
+    if args.frames < 0 or not (math.isfinite(args.fps) and 0 <= args.fps <= 1000):
+        return _fail(f"--frames must be >= 0 and --fps 0..1000 (0: the source's rate), got "
+                     f"{args.frames} and {args.fps}")
     is_folder = Path(args.input).is_dir()
     if is_folder and (args.visualize or args.frames or args.fps or args.capture != "auto"):
         return _fail(f"{args.input} is an image folder: --visualize, --frames, --fps and "
                      f"--capture are for videos; use --overlay-dir for overlays")
+    out = Path(args.out).resolve()
+    source = Path(args.input).resolve() if Path(args.input).is_file() else None
+    if source is not None and (out / "labels" in source.parents or (
+            source.parent == out and source.name in ("annotated.mp4", "class_share.csv"))):
+        return _fail(f"--out {args.out} would overwrite the input {args.input} (predict writes "
+                     f"annotated.mp4, class_share.csv and labels/ there): write elsewhere")
     if not is_folder and args.overlay_dir:
         return _fail(f"--overlay-dir is for image folders; for the video {args.input} use "
                      f"--visualize overlay (writes OUT/annotated.mp4)")

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from engines.postprocess import colorize, overlay
-from stream.commands._common import positive, report_errors
+from stream.commands._common import output_problem, positive, report_errors
 from stream.commands.subscribe import add_connection_args, connection_errors, open_subscriber
 from stream.mp4 import Mp4Writer
 from stream.wire import ClassTable, terminal_safe
@@ -249,6 +249,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.count < 0 or not 0 <= args.alpha <= 1:
         print("segstream: error: --count must be >= 0 and --alpha in 0..1", file=sys.stderr)
+        return 2
+    save = args.save.replace("{camera}", "cam") if args.save else None
+    if why := output_problem(save, "--save", suffixes=(".mp4", ".avi", ".mov")):
+        print(f"segstream: error: {why}", file=sys.stderr)
         return 2
     try:  # a window shows the newest map per camera; recordings keep every map
         sub = open_subscriber(args, latest_only=window and not (args.save or args.save_dir),
