@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from engines import onnx_check
 from engines.atomic import staged
 from engines.onnx_check import CheckReport
+from engines.ort_backend import check_graph_against_spec
 from engines.spec import ModelSpec, sidecar_path
 
 # Input positions that carry data (tensor values); others are shapes, axes, roi, scales.
@@ -189,6 +190,10 @@ def convert_file(src: str | Path, out: str | Path, *, check: bool = True,
                                   f"{e}); a Git LFS pointer needs `git lfs pull`") from None
     if len(model.graph.node) == 0:
         raise Fp16ConversionError(f"{src} holds no graph: not an exported model")
+    dims = [[d.dim_value if d.HasField("dim_value") else None
+             for d in v.type.tensor_type.shape.dim]
+            for v in (model.graph.input[0], model.graph.output[0])]
+    check_graph_against_spec(src, spec, *dims)  # ModelSpecError: a sidecar passed on wrong
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise Fp16ConversionError(f"{src} is an INT8 (Q/DQ) model; convert its FP32 model")
     if any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer):

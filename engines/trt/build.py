@@ -26,6 +26,7 @@ import onnx
 
 from engines.atomic import write_bytes
 from engines.onnx_portable import portable_model_bytes
+from engines.ort_backend import check_graph_against_spec
 from engines.spec import ModelSpec, sidecar_path
 from engines.trt import compat
 from engines.trt.engine_info import (
@@ -277,6 +278,24 @@ class PreparedBuild:
     rewrite_batch: bool = False  # the ONNX fixes N = 1: parse it with a symbolic N
 
 
+def read_onnx(path: str | Path) -> onnx.ModelProto:
+    """The graph of ``path`` (external weights not loaded).
+
+    Raises:
+        BuildError: not an ONNX file (a checkpoint, an image, a Git LFS pointer).
+    """
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: the file is not ONNX
+        raise BuildError(f"{path} is not a readable ONNX model ({type(e).__name__}); "
+                         "give the .onnx from `segstream export` or `calibrate`") from None
+
+
+def _static_dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    dims = value.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+
 def prepare_build(onnx_path: str | Path, out_path: str | Path | None,
                   opts: BuildOptions) -> PreparedBuild:
     """Check the ONNX, its sidecar, the precision and the shapes; no TensorRT needed.
@@ -296,7 +315,9 @@ def prepare_build(onnx_path: str | Path, out_path: str | Path | None,
     if sidecar_path(out) == sidecar_path(onnx_path):
         raise BuildError(f"--out {out} would share the sidecar {sidecar_path(out)} with the "
                          f"ONNX; pick another stem, e.g. {default_engine_path(onnx_path)}")
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = read_onnx(onnx_path)
+    check_graph_against_spec(onnx_path, spec, *(_static_dims(v) for v in (
+        model.graph.input[0], model.graph.output[0])))
     info = inspect_precision(model)
     check_precision(opts.precision, info, onnx_path)
     inputs = onnx_inputs(model)

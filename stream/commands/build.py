@@ -69,7 +69,6 @@ def register(subparsers: Any) -> None:
 
 @report_errors
 def run(args: argparse.Namespace) -> int:
-    import onnx
 
     from engines.trt import compat
     from engines.trt.build import (
@@ -78,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         build_engine,
         inspect_precision,
         prepare_build,
+        read_onnx,
     )
     from engines.trt.engine_info import fmt_shape
 
@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if precision == "auto":
             if not args.model.is_file():
                 return _fail(f"ONNX model {args.model} not found")
-            precision = inspect_precision(onnx.load(str(args.model),
-                                                    load_external_data=False)).detected
+            precision = inspect_precision(read_onnx(args.model)).detected
         if args.batch < 1:
             return _fail(f"--batch must be >= 1, got {args.batch}")
         opts = BuildOptions(precision=precision, shape=tuple(args.shape), batch=args.batch,

@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from calibrate.data import CalibrationDataError
     from calibrate.pipeline import CalibrateJob, report_md_path, resolve_eval, run_calibration
     from calibrate.quantize import QuantConfig, QuantizeError
+    from engines.spec import ModelSpecError
     from stream.commands._common import output_problem
 
     for name in ("samples", "sensitivity_budget", "sensitivity_samples", "speed_runs",
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             reference=args.reference,
         )
         report = run_calibration(job)
-    except (CalibrationDataError, QuantizeError) as e:
+    except (CalibrationDataError, QuantizeError, ModelSpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.to_markdown())

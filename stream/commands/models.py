@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from stream.commands._common import positive
+
 EPILOG = """examples:
   segstream models
   segstream models --family realtime
@@ -25,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=("realtime", "classic"), default=None,
                    help="only this family")
-    p.add_argument("--classes", type=int, default=11, help="classes to size the heads (11)")
+    p.add_argument("--classes", type=positive(int, most=256), default=11,
+                   help="classes to size the heads (default 11; label maps are uint8: <= 256)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 

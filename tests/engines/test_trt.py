@@ -322,3 +322,22 @@ def test_build_auto_precision_reads_the_onnx(tiny_model: Path,
     assert main(["build", str(int8), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "precision int8 (2 Q/DQ nodes" in out and "tiny.int8.trt.engine" in out
+
+
+def test_build_refuses_a_file_that_is_not_onnx_and_a_sidecar_that_disagrees(
+        tiny_model: Path, tmp_path: Path, capsys) -> None:
+    """A checkpoint or garbage given as the ONNX was a protobuf traceback (exit 1); a sidecar
+    listing the wrong class count passed the dry run and failed on the device."""
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x80\x04not protobuf")
+    sidecar_path(junk).write_text(sidecar_path(tiny_model).read_text())
+    assert main(["build", str(junk), "--dry-run"]) == 2
+    assert "is not a readable ONNX model" in capsys.readouterr().err
+    side = json.loads(sidecar_path(tiny_model).read_text())
+    side["classes"] = side["classes"][:-1]
+    sidecar_path(tiny_model).write_text(json.dumps(side))
+    assert main(["build", str(tiny_model), "--dry-run"]) == 2
+    assert "disagree: the sidecar lists 4 classes but the graph outputs 5" in \
+        capsys.readouterr().err
+    assert main(["export", str(tiny_model), "--fp16", "--out", str(tmp_path / "h.onnx")]) == 2
+    assert "disagree" in capsys.readouterr().err and not (tmp_path / "h.onnx").exists()
