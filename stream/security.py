@@ -197,6 +197,12 @@ def generate_keys(keys_dir: str | Path, name: str = SERVER_NAME, *,
         if p is not None and (p.exists() or p.is_symlink()) and not force:
             raise SecurityError(f"{p} already exists; pass --force to replace it (clients or "
                                 "servers holding the old key will then be refused)")
+    if admitted is not None:  # before any key is written: a failure leaves nothing behind
+        try:
+            admitted.parent.mkdir(mode=0o755, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise SecurityError(f"{admitted.parent} is a file, not the allowed-clients folder: "
+                                "move it away and run keygen again") from None
     # Create inside a private (0700) temporary folder, then move into place, so the
     # secret key is never readable by others, not even briefly.
     tmp = Path(tempfile.mkdtemp(prefix=".keygen-", dir=keys_dir))
@@ -209,7 +215,6 @@ def generate_keys(keys_dir: str | Path, name: str = SERVER_NAME, *,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if admitted is not None:
-        admitted.parent.mkdir(mode=0o755, exist_ok=True)
         # a new file renamed over the path: a symlink there is replaced, not followed
         with staged(admitted) as (tmp_admit,):
             shutil.copyfile(public, tmp_admit)

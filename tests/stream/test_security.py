@@ -78,6 +78,17 @@ def test_keygen_never_replaces_an_admitted_key_without_force(keys, tmp_path, cap
     assert load_public_key(admitted) == load_public_key(d / "client-laptop.key")
 
 
+def test_keygen_that_cannot_admit_the_client_writes_no_key(tmp_path, capsys):
+    """allowed_clients a regular file: the key pair was written, then the admission failed
+    with a bare errno text, and the next run refused the half-made pair."""
+    d = tmp_path / "keys"
+    d.mkdir()
+    (d / "allowed_clients").write_text("not a folder")
+    assert main(["keygen", str(d), "--name", "client-b"]) == 2
+    assert "is a file, not the allowed-clients folder" in capsys.readouterr().err
+    assert sorted(p.name for p in d.iterdir()) == ["allowed_clients"]
+
+
 def test_a_key_libzmq_refuses_is_an_error_not_a_hang(keys, tmp_path):
     d, _ = keys
     bad = tmp_path / "bad.key_secret"
