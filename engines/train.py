@@ -431,8 +431,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(
                         f"loss became {loss.item()} at epoch {epoch + 1} step {step}; lower --lr "
-                        f"(now {cfg.lr}) or use --class-weight none. Last good checkpoint: "
-                        f"{last_path}")
+                        f"(now {cfg.lr}) or use --class-weight none. "
+                        + (f"Last good checkpoint: {last_path}" if last_path.exists()
+                           else "No checkpoint was written yet."))
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

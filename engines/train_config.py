@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -69,10 +70,19 @@ class TrainConfig:
         if self.class_weight not in CLASS_WEIGHTINGS:
             raise ValueError(f"class_weight must be one of {CLASS_WEIGHTINGS}, "
                              f"got {self.class_weight!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
-        if self.encoder_lr_mult < 0:
-            raise ValueError(f"encoder_lr_mult must be >= 0, got {self.encoder_lr_mult}")
+        if self.epochs < 1 or self.batch_size < 1 or not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"epochs, batch_size and lr must be positive, got {self.epochs}, "
+                             f"{self.batch_size} and {self.lr}")
+        for name, value in (("encoder_lr_mult", self.encoder_lr_mult),
+                            ("warmup_epochs", self.warmup_epochs),
+                            ("aux_weight", self.aux_weight),
+                            ("weight_decay", 0.0 if self.weight_decay is None
+                             else self.weight_decay)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value}")
+        if self.ohem is not None and not 0 < self.ohem <= 1:
+            raise ValueError(f"ohem must be a probability in (0, 1] (hard pixels: p(true) "
+                             f"below it), got {self.ohem}")
         if self.workers < 0 or (self.prefetch or 0) < 0:
             raise ValueError(f"workers and prefetch must be >= 0, got {self.workers} and "
                              f"{self.prefetch}")

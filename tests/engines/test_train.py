@@ -401,6 +401,22 @@ def test_a_diverging_loss_ends_with_a_message_not_a_traceback(
     assert args.func(args) == 1
     err = capsys.readouterr().err
     assert "segstream train: error: loss became" in err and "lower --lr" in err
+    assert "No checkpoint was written yet" in err  # it named a last.pt that did not exist
+
+
+@pytest.mark.parametrize("flag, value, why", [
+    ("--lr", "nan", "lr must be positive"), ("--ohem", "5", "ohem must be a probability"),
+    ("--warmup-epochs", "-1", "warmup_epochs must be a number >= 0"),
+    ("--aux-weight", "nan", "aux_weight must be a number >= 0"),
+    ("--weight-decay", "nan", "weight_decay must be a number >= 0")])
+def test_bad_recipe_numbers_exit_2_before_the_run_folder_is_made(tmp_path, capsys, flag, value,
+                                                                 why):
+    from stream.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "fastscnn", "--data", str(tmp_path), "--out", str(out),
+                 flag, value]) == 2
+    assert why in capsys.readouterr().err and not out.exists()
 
 
 def test_resume_with_a_new_length_retargets_every_parameter_group(tiny_data: Path,
