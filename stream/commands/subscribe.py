@@ -38,9 +38,24 @@ EPILOG = """examples:
 """
 
 
+def endpoint(text: str) -> str:
+    """An argparse ``type`` for a publisher address another process can reach:
+    ``tcp://HOST:PORT`` (port 1..65535) or ``ipc:///PATH``."""
+    if text.startswith("ipc://") and len(text) > len("ipc://"):
+        return text
+    if text.startswith("tcp://"):
+        host, sep, port = text[len("tcp://"):].rpartition(":")
+        if host and sep and port.isdigit() and 1 <= int(port) <= 65535:
+            return text
+        raise argparse.ArgumentTypeError(f"{text!r} needs a host and a port 1..65535, e.g. "
+                                         "tcp://vehicle.local:5555")
+    raise argparse.ArgumentTypeError(f"{text!r}: give tcp://HOST:PORT or ipc:///PATH (the "
+                                     "publisher's address)")
+
+
 def add_connection_args(p: argparse.ArgumentParser) -> None:
     """ENDPOINT, camera filter, CURVE keys, timeout and count (shared with ``view``)."""
-    p.add_argument("endpoint", metavar="ENDPOINT",
+    p.add_argument("endpoint", metavar="ENDPOINT", type=endpoint,
                    help="publisher address: tcp://HOST:PORT or ipc:///PATH")
     p.add_argument("--camera", "-c", action="append", metavar="ID",
                    help="only this camera (repeatable; default: all)")

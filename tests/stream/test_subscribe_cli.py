@@ -110,8 +110,9 @@ def test_subscribe_times_out_and_rejects_bad_endpoints(capsys):
     ep = f"ipc:///tmp/segstream-nobody-{uuid.uuid4().hex[:8]}.sock"
     assert main(["subscribe", ep, "--timeout", "0.3"]) == 1
     assert "no message from" in capsys.readouterr().err
-    assert main(["subscribe", "udp://x:1", "--timeout", "0.3"]) == 2
-    assert "cannot connect" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused by the argument parser
+        main(["subscribe", "udp://x:1", "--timeout", "0.3"])
+    assert e.value.code == 2 and "give tcp://HOST:PORT or ipc:///PATH" in capsys.readouterr().err
 
 
 def test_view_saves_png_frames_in_class_colours(live_publisher, tmp_path, capsys):
@@ -241,6 +242,15 @@ def test_view_refuses_a_bad_fps(fps, capsys):
         main(["view", "ipc:///tmp/none", "--save", "x.mp4", "--fps", fps])
     assert e.value.code == 2
     assert "--fps: must be a number of frames per second > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://localhost:99999", "tcp://localhost:0",
+                                      "inproc://x", "tcp://:5555", "udp://h:1"])
+def test_an_endpoint_no_publisher_can_have_is_refused(capsys, endpoint):
+    """These waited for ever (or until --timeout, exit 1) for a publisher that cannot be."""
+    with pytest.raises(SystemExit) as e:
+        main(["subscribe", endpoint, "--timeout", "1"])
+    assert e.value.code == 2 and "argument ENDPOINT" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, why", [
