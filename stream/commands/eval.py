@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from stream.commands._common import output_problem, positive
+
 EPILOG = """examples:
   # the shipped model on CamVid val, through ONNX Runtime (as the stream runs it)
   segstream eval --data ../shared/camvid --split val --out reports/camvid_val.json
@@ -39,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    choices=("auto", "camvid", "cityscapes", "folder"))
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default=None,
                    help="default: from the model file suffix")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend")
+    p.add_argument("--threads", type=positive(int), default=None,
+                   help="CPU threads for the backend")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--out", default=None, help="report JSON path (PNG written beside it)")
     p.add_argument("--record", action="store_true",
@@ -53,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     from engines.evaluate import EvalError, evaluate, record_in_sidecar, write_report
     from engines.spec import ModelSpecError
     from engines.zoo import NoModelError, resolve_model
-    from stream.commands._common import output_problem
 
     if args.limit is not None and args.limit < 1:
         print(f"segstream eval: error: --limit must be >= 1, got {args.limit}", file=sys.stderr)

@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+from stream.commands._common import positive
+
 DESCRIPTION = """Run a model over a folder of images, a video file or any source URI that
 `segstream run` takes, and write label maps.
 
@@ -59,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="video only: how frames are read (default auto: OpenCV for files it "
                         "can open, GStreamer for the rest)")
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive(int), default=None,
+                   help="CPU threads for the backend")
     p.set_defaults(func=run)
 
 

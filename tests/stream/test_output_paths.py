@@ -89,3 +89,11 @@ def test_predict_does_not_overwrite_the_video_it_reads(tiny_model: Path, tmp_pat
     assert main(["predict", "test://ball?frames=3", "--out", str(tmp_path / "o"),
                  "--fps", "nan"]) == 2
     assert "--fps 0..1000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["eval"], ["predict", "x", "--out", "y"]])
+def test_threads_must_be_positive(command, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--threads", "-3"])
+    assert e.value.code == 2 and "--threads: must be a whole number > 0" in \
+        capsys.readouterr().err
