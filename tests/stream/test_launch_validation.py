@@ -3,10 +3,12 @@ with its key path; what `launch` refuses, `--check` refuses; duplicate keys are 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,6 +22,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _busy_port() -> Iterator[int]:
+    """A loopback TCP port another socket listens on while the block runs."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
 
 
 BAD = """\
@@ -203,10 +214,7 @@ def test_an_unreadable_launch_file_is_a_clear_error_not_a_traceback(tmp_path, ca
 
 def test_a_metrics_port_in_use_is_refused_by_check_and_launch(tmp_path, capsys, tiny_model):
     pytest.importorskip("prometheus_client")
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with _busy_port() as port:
         path = tmp_path / "m.yaml"
         path.write_text(f"sources: [{{uri: 'test://ball?width=64&height=48'}}]\n"
                         f"model: {tiny_model}\nmetrics_port: {port}\n"
@@ -275,10 +283,7 @@ def test_check_finds_a_tcp_port_in_use_and_a_keys_folder_without_the_server_key(
     """`launch --check` said OK to both; `launch` then failed at bind or at CURVE start."""
     keys = tmp_path / "keys"
     (keys / "allowed_clients").mkdir(parents=True)
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with _busy_port() as port:
         path = tmp_path / "busy.yaml"
         path.write_text(f"sources: [{{uri: 'test://'}}]\npublish: {{endpoints: "
                         f"['tcp://127.0.0.1:{port}'], curve_keys: {keys}}}\n")
