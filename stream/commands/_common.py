@@ -90,7 +90,7 @@ def output_problem(path: str | Path | None, flag: str, *, inputs: Sequence[Any] 
         return None
     out = Path(path)
     if suffixes and out.suffix.lower() not in suffixes:
-        return f"{flag} {out}: give a {' or '.join(suffixes)} path"
+        return f"{flag} {out} must end in {' or '.join(suffixes)}"
     guarded = []
     for item in inputs:
         if item:

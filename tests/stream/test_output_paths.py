@@ -31,7 +31,7 @@ def test_output_problem_names_the_conflict(tmp_path: Path) -> None:
     for out, why in cases.items():
         got = output_problem(out, "--out", inputs=[model])
         assert got is not None and why in got, (out, got)
-    assert "give a .onnx path" in output_problem(tmp_path / "x.json", "--out",
+    assert "must end in .onnx" in output_problem(tmp_path / "x.json", "--out",
                                                  suffixes=(".onnx",))
     assert output_problem(tmp_path / "new" / "deeper" / "r.json", "--out", inputs=[model]) is None
 
@@ -41,7 +41,7 @@ def test_eval_refuses_to_write_its_report_over_the_model_or_record_a_partial_sco
     data = tmp_path / "data"  # never read: the paths are refused first
     before = {p: p.read_bytes() for p in (tiny_model, tiny_model.with_suffix(".json"))}
     for extra, why in ((["--out", str(tiny_model.with_suffix(".json"))], "an input"),
-                       (["--out", str(tiny_model)], "give a .json path"),
+                       (["--out", str(tiny_model)], "must end in .json"),
                        (["--limit", "2", "--record"], "score the whole split")):
         assert main(["eval", "--model", str(tiny_model), "--data", str(data), *extra]) == 2
         assert why in capsys.readouterr().err
@@ -51,7 +51,7 @@ def test_eval_refuses_to_write_its_report_over_the_model_or_record_a_partial_sco
 def test_calibrate_wants_an_onnx_out_and_checks_it_first(tiny_model: Path, tmp_path: Path,
                                                         capsys) -> None:
     (tmp_path / "afile").write_text("x")
-    for out, why in ((tmp_path / "c.json", "give a .onnx path"),
+    for out, why in ((tmp_path / "c.json", "must end in .onnx"),
                      (tmp_path / "afile" / "c.onnx", "is a file, not a folder")):
         assert main(["calibrate", str(tiny_model), "--data", str(tmp_path / "none"),
                      "--out", str(out)]) == 2
@@ -69,7 +69,7 @@ def test_bench_does_not_render_a_report_over_itself(tmp_path: Path, capsys) -> N
     assert json.loads(report.read_text()) == {"results": []}
 
 
-@pytest.mark.parametrize("save, why", [("shot.png", "give a .mp4 or .avi or .mov path"),
+@pytest.mark.parametrize("save, why", [("shot.png", "must end in .mp4 or .avi or .mov"),
                                        ("afile/run-{camera}.mp4", "is a file, not a folder")])
 def test_view_checks_its_recording_path(tmp_path: Path, capsys, monkeypatch, save, why):
     monkeypatch.chdir(tmp_path)
