@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from engines import onnx_check
 from engines.atomic import staged
 from engines.onnx_check import CheckReport
-from engines.ort_backend import check_graph_against_spec
+from engines.ort_backend import check_graph_against_spec, graph_io_dims
 from engines.spec import ModelSpec, sidecar_path
 
 # Input positions that carry data (tensor values); others are shapes, axes, roi, scales.
@@ -190,18 +190,15 @@ def convert_file(src: str | Path, out: str | Path, *, check: bool = True,
                                   f"{e}); a Git LFS pointer needs `git lfs pull`") from None
     if len(model.graph.node) == 0:
         raise Fp16ConversionError(f"{src} holds no graph: not an exported model")
-    dims = [[d.dim_value if d.HasField("dim_value") else None
-             for d in v.type.tensor_type.shape.dim]
-            for v in (model.graph.input[0], model.graph.output[0])]
-    check_graph_against_spec(src, spec, *dims)  # ModelSpecError: a sidecar passed on wrong
+    inp, out_dims = graph_io_dims(model)
+    check_graph_against_spec(src, spec, inp, out_dims)  # ModelSpecError: a wrong sidecar
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise Fp16ConversionError(f"{src} is an INT8 (Q/DQ) model; convert its FP32 model")
     if any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer):
         raise Fp16ConversionError(f"{src} already holds float16 weights")
     half = convert_to_fp16(model)
     if check:
-        dims = model.graph.input[0].type.tensor_type.shape.dim
-        symbolic = [not d.HasField("dim_value") for d in dims]
+        symbolic = [d is None for d in inp]
         inputs = onnx_check.check_inputs(spec.input_size, dynamic=any(symbolic[2:]),
                                          batch=symbolic[0], extra=check_inputs)
         try:

@@ -261,6 +261,16 @@ def _static(shape: list[object] | None) -> list[int | None]:
     return [d if isinstance(d, int) and d > 0 else None for d in shape or []]
 
 
+def graph_io_dims(model: Any) -> tuple[list[int | None], list[int | None]]:
+    """(input dims, output dims) of an ``onnx.ModelProto``'s first graph input and output,
+    None where a dimension is symbolic: the shapes :func:`check_graph_against_spec` takes,
+    read without a session."""
+    inp, out = (
+        [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in (model.graph.input[0], model.graph.output[0]))
+    return inp, out
+
+
 def check_graph_against_spec(model_path: str | Path, spec: ModelSpec,
                              inp: list[int | None], out: list[int | None]) -> None:
     """Refuse a graph whose (static) input/output shapes disagree with its sidecar, so that

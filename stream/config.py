@@ -40,8 +40,9 @@ class ConfigError(ValueError):
                  hint: str = "") -> None:
         from stream.sources import redact
 
-        def clean(e: str) -> str:  # a NotReady problem stays one (preview.check passes
-            return NotReady(redact(e)) if isinstance(e, NotReady) else redact(e)  # them on)
+        def clean(e: str) -> str:
+            """Redacted; a NotReady problem stays one (preview.check passes them on)."""
+            return NotReady(redact(e)) if isinstance(e, NotReady) else redact(e)
 
         self.errors = tuple(clean(e) for e in errors) or (clean(message),)
         self.where = where
@@ -423,8 +424,6 @@ def _number_hint(tp: type, text: str) -> str:
         return (f" (YAML reads {text} as text: write it with a dot and a signed exponent, "
                 f"e.g. {float(text):.1e}, or in full)")
     return ""
-
-
 
 
 def config_from_dict(data: Any, *, source: str = "<dict>",

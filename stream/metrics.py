@@ -121,9 +121,7 @@ def check(port: int | None, addr: str) -> list[str]:
     if importlib.util.find_spec("prometheus_client") is None:
         return [INSTALL_HINT]
     try:
-        family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
-                                    flags=socket.AI_PASSIVE)[0][0]
-        socket.create_server((addr, port), family=family).close()
+        socket.create_server((addr, port), family=_family(addr, port)).close()
     except OSError as e:
         return [listen_error(e, addr, port, "metrics_port", "metrics_bind", "--metrics-port")]
     return []
@@ -160,6 +158,12 @@ def serve_metrics(port: int, pipeline: Any, captures: Sequence[Any], publisher: 
         thread.join(timeout=2)
 
 
+def _family(addr: str, port: int) -> socket.AddressFamily:
+    """The address family a listener on ``addr:port`` needs (IPv4 or IPv6)."""
+    return socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
+                              flags=socket.AI_PASSIVE)[0][0]
+
+
 def _host_checked(app: Callable[..., Any], listen_host: str) -> Callable[..., Any]:
     """``app`` answering only requests addressed to this machine
     (:func:`stream.web_guard.host_allowed`): 403 otherwise (DNS rebinding)."""
@@ -179,8 +183,7 @@ def _wsgi_server(addr: str, port: int, app: Callable[..., Any]) -> Any:
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM,
-                                flags=socket.AI_PASSIVE)[0][0]
+    family = _family(addr, port)
 
     class Server(ThreadingMixIn, WSGIServer):
         address_family = family

@@ -184,9 +184,7 @@ def _check_preview(cfg: PipelineConfig) -> list[str]:
 
 
 def _check_metrics(cfg: PipelineConfig) -> list[str]:
-    if cfg.metrics_port is None:
-        return []
-    from stream.metrics import check
+    from stream.metrics import check  # no metrics_port: nothing to check
 
     return check(cfg.metrics_port, cfg.metrics_bind)
 

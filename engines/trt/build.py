@@ -26,7 +26,7 @@ import onnx
 
 from engines.atomic import write_bytes
 from engines.onnx_portable import portable_model_bytes
-from engines.ort_backend import check_graph_against_spec
+from engines.ort_backend import check_graph_against_spec, graph_io_dims
 from engines.spec import ModelSpec, sidecar_path
 from engines.trt import compat
 from engines.trt.engine_info import (
@@ -291,11 +291,6 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
                          "give the .onnx from `segstream export` or `calibrate`") from None
 
 
-def _static_dims(value: onnx.ValueInfoProto) -> list[int | None]:
-    dims = value.type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
-
-
 def prepare_build(onnx_path: str | Path, out_path: str | Path | None,
                   opts: BuildOptions) -> PreparedBuild:
     """Check the ONNX, its sidecar, the precision and the shapes; no TensorRT needed.
@@ -316,8 +311,7 @@ def prepare_build(onnx_path: str | Path, out_path: str | Path | None,
         raise BuildError(f"--out {out} would share the sidecar {sidecar_path(out)} with the "
                          f"ONNX; pick another stem, e.g. {default_engine_path(onnx_path)}")
     model = read_onnx(onnx_path)
-    check_graph_against_spec(onnx_path, spec, *(_static_dims(v) for v in (
-        model.graph.input[0], model.graph.output[0])))
+    check_graph_against_spec(onnx_path, spec, *graph_io_dims(model))
     info = inspect_precision(model)
     check_precision(opts.precision, info, onnx_path)
     inputs = onnx_inputs(model)
