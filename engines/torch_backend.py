@@ -51,8 +51,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                          for mod in ("numpy.core", "numpy._core")]
             with scoped(safe):
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BackendError(f"no checkpoint {path}: give the last.pt (or best.pt) of a "
+                           "`segstream train` run folder") from None
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise BackendError(f"cannot read checkpoint {path}: {e}") from e
+        raise BackendError(f"cannot read checkpoint {path}: {_load_failure(e)}; a "
+                           "checkpoint is the last.pt (or best.pt) `segstream train` "
+                           "writes") from e
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise BackendError(
@@ -60,6 +65,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"found {keys}. Train with `segstream train` (a bare state_dict lacks the "
             "architecture name)")
     return ckpt
+
+
+def _load_failure(e: Exception) -> str:
+    """torch.load's reason in one line, without its advice to load unsafely.
+
+    A refused weights-only load explains how to turn the safe load off and allow arbitrary
+    code: not advice for a file of unknown origin, and not what segstream will do.
+    """
+    if isinstance(e, EOFError):
+        return "the file is empty or cut short"
+    text = str(e)
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        reason = detail[0].strip() if detail and detail[0].strip() else type(e).__name__
+        return (f"not a torch checkpoint, or it holds objects a safe (weights-only) load "
+                f"refuses ({reason})")
+    first = text.strip().splitlines()
+    return first[0] if first else type(e).__name__
 
 
 def _torch_at_least(version: str, wanted: tuple[int, int]) -> bool:

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from engines.arch.efficientnet_lite import PretrainedWeightsError
 from engines.atomic import staged
 from engines.backend import BackendError
-from engines.data.augment import AugmentConfig
+from engines.data.augment import AugmentConfig, check_crop_fits
 from engines.data.prefetch import Prefetcher
 from engines.data.readers import IGNORE, SplitData, open_split
 from engines.data.torch_dataset import EvalDataset, TrainDataset
@@ -306,6 +306,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         if cfg.val_split else None
     if val_data is not None:
         check_disjoint(train_data, val_data, cfg)
+    check_crop_fits(AugmentConfig(crop=cfg.crop, scale=cfg.scale),
+                    [lbl.shape for lbl in train_data.labels])
     input_size = cfg.input_size or (val_data or train_data).labels[0].shape
     input_size = (int(input_size[0]), int(input_size[1]))
 

@@ -504,8 +504,12 @@ def parse_override(text: str) -> Override:
         steps.append(m.group(1))
         steps.extend(int(i) for i in re.findall(r"\d+", m.group(2)))
     if not steps:
-        hint = (f"; keys are written with underscores: {key.replace('-', '_')}"
-                if "-" in key else "")
+        if re.search(r"\[\s*-", key):
+            hint = "; list indexes count from 0 (sources[0] is the first), none from the end"
+        elif "-" in key:
+            hint = f"; keys are written with underscores: {key.replace('-', '_')}"
+        else:
+            hint = ""
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY a path such as "
                           f"publish.encoding or sources[0].uri{hint}")
     try:

@@ -213,9 +213,14 @@ def parse_source(uri: str, camera_id: str = "cam0") -> SourceSpec:
     else:
         builder = _BUILDERS.get(scheme.lower())
         if builder is None and "=" in scheme:
-            raise SourceError(f"source {uri!r}: an ID=URI string goes through "
-                              f"parse_source_args (or --source); parse_source takes the "
-                              f"URI and the id separately")
+            head, _, rest = uri.partition("=")
+            if not head:
+                raise SourceError(f"source {uri!r}: the camera id before '=' is empty; "
+                                  f"write ID=URI (e.g. front={rest}) or the URI alone")
+            raise SourceError(f"source {uri!r}: {head!r} before '=' reads as a camera id, "
+                              f"which goes apart from the URI: --source {head}={rest} on "
+                              f"the command line; in a launch file 'id: {head}' beside "
+                              f"'uri: {rest}'")
         if builder is None:
             raise SourceError(f"source {uri!r}: unknown scheme {scheme + '://'!r}\n"
                               f"{VALID_FORMS}")

@@ -6,6 +6,7 @@ Order: random scale -> pad (image with the mean colour, label with IGNORE) -> ra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -54,6 +55,24 @@ def random_scale(img: np.ndarray, lbl: np.ndarray, factor: float) -> tuple[np.nd
     size = (max(1, round(w * factor)), max(1, round(h * factor)))  # cv2 takes (W, H)
     return (cv2.resize(img, size, interpolation=cv2.INTER_LINEAR),
             cv2.resize(lbl, size, interpolation=cv2.INTER_NEAREST_EXACT))
+
+
+def check_crop_fits(cfg: AugmentConfig, shapes: Sequence[tuple[int, ...]]) -> None:
+    """Refuse a crop that no frame of ``shapes`` ((H, W, ...) each) fills even at the
+    largest scale: every crop would be mostly padding (ignored pixels), at the memory and
+    time cost of its full size.
+
+    Raises:
+        ValueError: naming ``--crop``, the largest scaled frame and a crop that fits.
+    """
+    top_h = max(max(1, round(s[0] * cfg.scale[1])) for s in shapes)
+    top_w = max(max(1, round(s[1] * cfg.scale[1])) for s in shapes)
+    if cfg.crop[0] > top_h or cfg.crop[1] > top_w:
+        h, w = shapes[0][:2]
+        raise ValueError(f"--crop {cfg.crop[0]}x{cfg.crop[1]} is larger than any training "
+                         f"frame even at the largest --scale ({cfg.scale[1]:g}: at most "
+                         f"{top_h}x{top_w}), so every crop would be mostly padding; use a "
+                         f"crop no larger, e.g. the frame size {h}x{w}")
 
 
 def pad_to(img: np.ndarray, lbl: np.ndarray, crop: tuple[int, int],

@@ -125,8 +125,8 @@ def _load_report(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"--from-json: report {path} not found")
     try:
-        report = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--from-json: {path} is not JSON ({e}); give a file written by "
                          "`segstream bench --json`") from None
     return upgrade(report, f"--from-json: {path}")

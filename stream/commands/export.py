@@ -68,6 +68,9 @@ def _real_inputs(folder: str, spec: object, limit: int = 4) -> list:
 
     from engines.preprocess import Preprocessor
 
+    if not Path(folder).is_dir():
+        raise ValueError(f"--check-images {folder}: no such folder; give a folder of frames "
+                         "the model is meant for, e.g. --check-images ../shared/camvid/val")
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"--check-images {folder}: no {'/'.join(IMAGE_SUFFIXES)} images")

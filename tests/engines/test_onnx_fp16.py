@@ -37,7 +37,8 @@ def test_fp16_twin_of_an_onnx_file(tiny_model, tmp_path, capsys):
     np.testing.assert_allclose(got, ref, atol=1e-2 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("case", ["no-fp16", "argmax", "same-path", "already-fp16", "missing"])
+@pytest.mark.parametrize("case", ["no-fp16", "argmax", "same-path", "already-fp16", "missing",
+                                  "no-check-folder"])
 def test_what_an_onnx_input_cannot_do_is_a_clear_error_and_writes_nothing(
         tiny_model, tmp_path, capsys, case):
     out = tmp_path / "o.onnx"
@@ -54,6 +55,8 @@ def test_what_an_onnx_input_cannot_do_is_a_clear_error_and_writes_nothing(
         assert main(["export", str(tiny_model), "--fp16", "--out", str(src)]) == 0
         capsys.readouterr()
         why = "already holds float16 weights"
+    elif case == "no-check-folder":
+        args, why = ["--fp16", "--check-images", str(tmp_path / "frames")], "no such folder"
     else:
         src, why = tmp_path / "nope.onnx", "not found"
     before = tiny_model.read_bytes()

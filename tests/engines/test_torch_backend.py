@@ -102,6 +102,17 @@ def test_checkpoint_errors(model, tmp_path):
     pickled = _save(tmp_path / "pickled.pt", model, extra=NotAllowed())
     with pytest.raises(BackendError, match="cannot read checkpoint"):
         TorchBackend(pickled)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(BackendError, match="not a torch checkpoint") as err:
+        TorchBackend(junk)
+    assert "weights_only" not in str(err.value)  # no advice to load it unsafely
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(BackendError, match="empty or cut short"):
+        TorchBackend(empty)
+    with pytest.raises(BackendError, match=r"no checkpoint .*missing\.pt: give the last\.pt"):
+        TorchBackend(tmp_path / "missing.pt")
     nospec = tmp_path / "nospec.pt"
     torch.save({"arch": ARCH, "arch_options": OPTS, "num_classes": K,
                 "model": model.state_dict()}, nospec)

@@ -374,6 +374,13 @@ def test_bench_cli_rejects_a_file_that_is_not_a_report(tmp_path: Path, capsys):
     assert "it says format 1" in err
 
 
+def test_bench_cli_names_a_binary_file_given_as_a_report(tmp_path: Path, capsys):
+    png = tmp_path / "frame.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    assert main(["bench", "--from-json", str(png)]) == 2
+    assert f"--from-json: {png} is not JSON" in capsys.readouterr().err
+
+
 def test_a_report_of_the_previous_format_renders_with_its_recorded_settings(tmp_path, capsys):
     old = realistic_report()
     old["segstream_bench"] = 2

@@ -319,3 +319,12 @@ def test_a_set_key_written_with_dashes_gets_the_underscore_spelling(tmp_path, ca
     path.write_text("sources: [{uri: 'test://'}]\n")
     assert main(["launch", str(path), "--check", "--set", "batch-wait-ms=3"]) == 2
     assert "keys are written with underscores: batch_wait_ms" in capsys.readouterr().err
+
+
+def test_a_set_key_with_a_negative_index_is_told_indexes_count_from_0(tmp_path, capsys):
+    path = tmp_path / "ok.yaml"
+    path.write_text("sources: [{uri: 'test://'}]\n")
+    assert main(["launch", str(path), "--check", "--set", "sources[-1].uri=test://"]) == 2
+    err = capsys.readouterr().err
+    assert "list indexes count from 0 (sources[0] is the first)" in err
+    assert "sources[_1]" not in err

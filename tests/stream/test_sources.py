@@ -47,6 +47,14 @@ def test_split_source_arg_keeps_query_equals_in_uri():
     assert split_source_arg("/videos/a=b.mp4") == ("", "/videos/a=b.mp4")
 
 
+def test_an_id_left_in_the_uri_is_explained_in_the_users_words():
+    with pytest.raises(SourceError, match=r"id before '=' is empty; write ID=URI "
+                                          r"\(e\.g\. front=test://\)"):
+        parse_source_args(["=test://"])
+    with pytest.raises(SourceError, match="in a launch file 'id: front' beside 'uri: test://'"):
+        parse_source("front=test://", "cam0")  # a launch file's uri: key holding an id
+
+
 def test_ids_default_by_position_and_must_be_unique():
     specs = parse_source_args(["test://", "rear=test://ball", "test://snow"])
     assert [s.id for s in specs] == ["cam0", "rear", "cam2"]
