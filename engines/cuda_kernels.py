@@ -440,7 +440,7 @@ class CudaKernels(KernelOps):
             import pycuda.autoprimaryctx  # noqa: F401  (creates/retains the primary context)
 
             cc = tuple(cuda.Context.get_device().compute_capability())
-        except (ImportError, cuda.Error) as e:
+        except (ImportError, RuntimeError, cuda.Error) as e:  # RuntimeError: no device
             raise KernelError(f"no usable CUDA context for the kernels ({e}); check the "
                               "NVIDIA driver") from e
         self._cuda = cuda

@@ -114,7 +114,7 @@ class TensorRTBackend:
         self.record = record
         # pycuda.autoprimaryctx made the device's primary context current on this thread
         self._ctx = cuda.Context.get_current()
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger = compat.trt_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
@@ -245,9 +245,11 @@ class TensorRTBackend:
 
         pycuda keeps a context stack per thread and aborts the process when a thread
         ends with a context still pushed, so a thread without one gets it pushed here and
-        popped on the way out; on a thread where it is current this costs one query.
+        popped on the way out; on a thread where it is current this costs one query. A
+        thread where another context is current (a second GPU, an application's own)
+        gets ours pushed over it for the work, and its own back after.
         """
-        if self._ctx is None or self._cuda.Context.get_current() is not None:
+        if self._ctx is None or self._cuda.Context.get_current() == self._ctx:
             yield
             return
         self._ctx.push()

@@ -408,7 +408,7 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None = None,
         device = compat.device_identity(cuda)
     except compat.CudaContextError as e:
         raise BuildError(str(e)) from e
-    logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
+    logger = compat.trt_logger(trt, verbose=opts.verbose)
     builder = trt.Builder(logger)
     network = builder.create_network(compat.network_flags(trt))
     parser = trt.OnnxParser(network, logger)
@@ -430,17 +430,22 @@ def build_engine(onnx_path: str | Path, out_path: str | Path | None = None,
     if opts.workspace_mib is not None:
         compat.set_workspace(trt, config, opts.workspace_mib)
     cache = load_timing_cache(config, opts.timing_cache, on_status)
+    shapes = ", ".join(f"{s.name} {fmt_shape(s.min)}..{fmt_shape(s.max)}" for s in prep.shapes)
     if any(-1 in tuple(network.get_input(i).shape) for i in range(network.num_inputs)):
         profile = builder.create_optimization_profile()
         for s in prep.shapes:
-            profile.set_shape(s.name, s.min, s.opt, s.max)
-        config.add_optimization_profile(profile)
+            try:  # TensorRT raises a bare RuntimeError for an unknown name or bad order
+                profile.set_shape(s.name, s.min, s.opt, s.max)
+            except (RuntimeError, TypeError, ValueError) as e:
+                raise BuildError(f"TensorRT refused the shapes of input {s.name!r} "
+                                 f"({fmt_shape(s.min)}..{fmt_shape(s.max)}): {e}") from e
+        if config.add_optimization_profile(profile) < 0:
+            raise BuildError(f"TensorRT refused the optimisation profile {shapes}; see the "
+                             "TensorRT log above (rerun with --verbose)")
     monitor = _progress_monitor(trt)
     if monitor is not None:
         config.progress_monitor = monitor
-    on_status(f"building for {device.describe()} with TensorRT {trt.__version__}; "
-              + ", ".join(f"{s.name} {fmt_shape(s.min)}..{fmt_shape(s.max)}"
-                          for s in prep.shapes))
+    on_status(f"building for {device.describe()} with TensorRT {trt.__version__}; {shapes}")
     t0 = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

@@ -66,8 +66,10 @@ def import_pycuda() -> Any:
 
     Raises:
         TensorRTImportError: pycuda is not installed.
-        CudaContextError: pycuda is there but no context could be made (no GPU or driver;
-            ``pycuda.autoprimaryctx`` raises the driver's error at import time).
+        CudaContextError: pycuda is there but no context could be made (no GPU or driver,
+            a GPU busy in exclusive-process mode or hidden by CUDA_VISIBLE_DEVICES:
+            ``pycuda.autoprimaryctx`` raises the driver's error, or pycuda's own
+            RuntimeError when no device takes a context, at import time).
     """
     try:
         import pycuda.driver as cuda
@@ -77,11 +79,29 @@ def import_pycuda() -> Any:
         import pycuda.autoprimaryctx  # noqa: F401  (retains and pushes the primary context)
     except ImportError as e:
         raise TensorRTImportError(f"pycuda not usable ({e}); {GPU_ONLY_HINT}") from e
-    except cuda.Error as e:
+    except (cuda.Error, RuntimeError) as e:  # make_default_context raises RuntimeError
         raise CudaContextError(f"cannot create a CUDA context ({e}); check the NVIDIA driver "
                                "(nvidia-smi, or tegrastats on Jetson) and CUDA_VISIBLE_DEVICES"
                                ) from e
     return cuda
+
+
+_LOGGER: list[Any] = []  # the process's one TensorRT Logger, once made
+
+
+def trt_logger(trt: Any, *, verbose: bool = False) -> Any:
+    """The process's one TensorRT logger, at WARNING (VERBOSE while ``verbose``).
+
+    TensorRT keeps a single logger for every builder and runtime of a process: one created
+    later with another logger logs through the first, which may have been freed by then
+    (a build's local logger after the build returned). So every builder, parser and
+    runtime here takes this one, kept alive for the process.
+    """
+    if not _LOGGER:
+        _LOGGER.append(trt.Logger(trt.Logger.WARNING))
+    logger = _LOGGER[0]
+    logger.min_severity = trt.Logger.VERBOSE if verbose else trt.Logger.WARNING
+    return logger
 
 
 def network_flags(trt: Any) -> int:

@@ -25,12 +25,20 @@ class CudaGraphError(RuntimeError):
 
 @cache
 def _libcuda() -> ctypes.CDLL:
-    name = ctypes.util.find_library("cuda") or "libcuda.so.1"
-    try:
-        lib = ctypes.CDLL(name)
-    except OSError as e:
-        raise CudaGraphError(f"cannot load the CUDA driver library ({e}); CUDA graphs need an "
-                             "NVIDIA driver") from e
+    # The driver's own soname first: find_library("cuda") can name the toolkit's link-time
+    # stub libcuda.so, whose every call returns CUDA_ERROR_STUB_LIBRARY.
+    errors = []
+    for name in dict.fromkeys(("libcuda.so.1", ctypes.util.find_library("cuda"))):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError as e:
+            errors.append(str(e))
+    else:
+        raise CudaGraphError(f"cannot load the CUDA driver library ({'; '.join(errors)}); "
+                             "CUDA graphs need an NVIDIA driver")
     vp, pvp = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
     for fn, args in (("cuStreamBeginCapture_v2", [vp, ctypes.c_int]),
                      ("cuStreamEndCapture", [vp, pvp]),

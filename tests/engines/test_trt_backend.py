@@ -273,6 +273,24 @@ def test_runs_on_a_thread_that_did_not_create_it(fakes: SimpleNamespace,
     assert len(fakes.cuda.stack()) == 1  # the creating thread's context is left alone
 
 
+def test_a_thread_with_another_context_current_runs_in_the_backends(
+        fakes: SimpleNamespace, engine_file: tuple[Path, ModelSpec]) -> None:
+    be = TensorRTBackend(*engine_file, batch=1)
+    seen: list[object] = []
+
+    def worker() -> None:
+        theirs = fakes.cuda.Context()
+        theirs.push()  # e.g. an application's context on a second GPU
+        with be.cuda_context():
+            seen.append(fakes.cuda.Context.get_current())
+        seen.append(fakes.cuda.stack() == [theirs])
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [be._ctx, True]
+
+
 def test_without_the_context_the_stand_in_fails_like_pycuda(fakes: SimpleNamespace) -> None:
     """The thread test above can fail: a copy on a thread without a context raises."""
     errors: list[Exception] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,7 +102,8 @@ def fake_trt() -> SimpleNamespace:
         Logger=type("Logger", (), {"VERBOSE": 0, "WARNING": 1,
                                    "__init__": lambda self, level: None}),
         Builder=FakeBuilder,
-        OnnxParser=lambda network, logger: SimpleNamespace(parse_from_file=lambda p: True),
+        OnnxParser=lambda network, logger: SimpleNamespace(parse_from_file=lambda p: True,
+                                                           parse=lambda data, path: True),
         NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=1),
         MemoryPoolType=SimpleNamespace(WORKSPACE=0))
 
@@ -187,6 +189,72 @@ def test_no_cuda_context_is_a_build_error(tiny_model: Path, tmp_path: Path,
     monkeypatch.setattr(compat, "import_pycuda", no_context)
     with pytest.raises(trt_build.BuildError, match="no device"):
         build_engine(tiny_model, tmp_path / "t.trt.engine")
+
+
+@pytest.fixture
+def pycuda_without_a_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pycuda package whose autoprimaryctx fails as pycuda's make_default_context does
+    when no device takes a context (busy GPU in exclusive-process mode, hidden by
+    CUDA_VISIBLE_DEVICES): Python's own RuntimeError, not pycuda.driver.Error."""
+    pkg = tmp_path / "fakes" / "pycuda"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "driver.py").write_text("class Error(Exception):\n    pass\n")
+    (pkg / "autoprimaryctx.py").write_text(
+        "raise RuntimeError(\"make_default_context() wasn't able to create a context on "
+        "any of the 1 detected devices\")\n")
+    for name in ("pycuda", "pycuda.driver", "pycuda.autoprimaryctx"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "fakes"))
+
+
+class RefusingProfile:
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def set_shape(self, name: str, lo: tuple, opt: tuple, hi: tuple) -> None:
+        if self.how == "set_shape":  # what TensorRT's binding raises for a bad name/order
+            raise RuntimeError(f"input {name} is not a network input")
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("set_shape", r"refused the shapes of input 'input' \(1x3x64x96\.\.4x3x64x96\): "
+                  r"input input is not"),
+    ("add", r"refused the optimisation profile input 1x3x64x96\.\.4x3x64x96"),
+])
+def test_a_refused_optimisation_profile_is_a_build_error(
+        tiny_model: Path, tmp_path: Path, fake_gpu: DeviceIdentity,
+        monkeypatch: pytest.MonkeyPatch, how: str, message: str) -> None:
+    dynamic = SimpleNamespace(num_inputs=1,
+                              get_input=lambda i: SimpleNamespace(shape=(-1, 3, 64, 96)))
+    monkeypatch.setattr(FakeBuilder, "create_network", lambda self, flags: dynamic,
+                        raising=False)
+    monkeypatch.setattr(FakeBuilder, "create_optimization_profile",
+                        lambda self: RefusingProfile(how), raising=False)
+    monkeypatch.setattr(FakeConfig, "add_optimization_profile",
+                        lambda self, profile: -1 if how == "add" else 0, raising=False)
+    out = tmp_path / "t.trt.engine"
+    with pytest.raises(trt_build.BuildError, match=message):
+        build_engine(tiny_model, out, BuildOptions(batch=4))
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("pycuda_without_a_device")
+def test_no_device_taking_a_context_is_a_context_error_not_a_traceback() -> None:
+    with pytest.raises(compat.CudaContextError, match="wasn't able to create a context"):
+        compat.import_pycuda()
+    from engines.cuda_kernels import CudaKernels, KernelError
+
+    with pytest.raises(KernelError, match="no usable CUDA context"):
+        CudaKernels()
+
+
+def test_one_tensorrt_logger_serves_every_builder_and_runtime() -> None:
+    trt = fake_trt()
+    first = compat.trt_logger(trt, verbose=True)
+    assert first.min_severity == trt.Logger.VERBOSE
+    again = compat.trt_logger(trt)
+    assert again is first and again.min_severity == trt.Logger.WARNING
 
 
 # -- the module guard: Orin variants all report "Orin" ------------------------------------
