@@ -148,6 +148,7 @@ class SubscriberStats:
     overflow_other: int = 0  # class tables / events dropped from that queue (it was full)
     oversize: int = 0  # messages refused on arrival: header frame over the limit
     restarts: int = 0  # publisher restarted or seq went backwards
+    duplicates: int = 0  # a map already received (same camera, publisher, seq): dropped
     handshake_failures: int = 0  # security handshakes the publisher refused / failed
     frames: int = 0  # camera frames decoded and handed out (frames=True)
     frames_bad: int = 0  # frames whose JPEG was corrupt (skipped; the first one logged)
@@ -343,6 +344,11 @@ class Subscriber:
         carried: dict[str, int] = {}  # camera -> lost before maps superseded unread
         for i, (header, payload, known) in enumerate(maps):
             cam = header.camera
+            prev = self._tracks.get(cam)
+            if prev is not None and (prev.publisher, prev.seq) == (header.publisher,
+                                                                   header.seq):
+                self.stats.duplicates += 1  # the same map twice: two endpoints of one
+                continue                    # publisher connected; not a restart
             if i not in keep:  # superseded unread (latest_only): track only
                 self.stats.skipped += 1
                 carried[cam] = carried.get(cam, 0) + self._track(header, known)

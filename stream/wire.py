@@ -276,6 +276,28 @@ def topic_kind(topic: Buffer) -> str:
     return kinds[head]
 
 
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A header object as JSON parsers agree on it: no repeated key (parsers keep the
+    first or the last), no unpaired surrogate escape in a key or string value (strict
+    parsers refuse them, lenient ones pass them on)."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise WireError(f"header repeats key {key!r:.40}")
+        for text in (key, value) if isinstance(value, str) else (key,):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise WireError("header holds an unpaired surrogate escape "
+                                "(\\ud800-\\udfff)") from None
+        doc[key] = value
+    return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise WireError(f"header holds {name}, which is not JSON (no segstream peer writes it)")
+
+
 def parse_header(parts: Sequence[Buffer], *,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Header | FrameHeader:
     """Validate frames 0 and 1 (and frame 2's presence); the payload is not decoded."""
@@ -290,7 +312,10 @@ def parse_header(parts: Sequence[Buffer], *,
     if raw.nbytes > MAX_HEADER_BYTES:
         raise WireError(f"header of {raw.nbytes} bytes exceeds the {MAX_HEADER_BYTES} limit")
     try:
-        doc = json.loads(bytes(raw).decode("utf-8"))
+        doc = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=_strict_object,
+                         parse_constant=_no_constant)
+    except WireError:
+        raise
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
         raise WireError(f"header is not UTF-8 JSON: {str(e)[:80]}") from None
     if not isinstance(doc, dict):

@@ -49,8 +49,9 @@ _SOS = 0xDA
 def max_jpeg_bytes(h: int, w: int) -> int:
     """Largest JPEG payload of an h x w frame: ``4*h*w + 64 KiB``. A colour JPEG of random
     noise at quality 100 takes ~2 bytes a pixel; since ``h*w <= H*W`` of the label map,
-    a frame message always fits a subscriber's frame limit for maps of that size (RLE's
-    worst case is ``4 + 5*H*W``)."""
+    a frame fits the limit :func:`stream.subscribe.max_frame_bytes` sets for maps of that
+    size (RLE's worst case ``4 + 5*H*W`` **plus its 64 KiB of slack**: without the
+    slack, a small camera's frame can exceed ``4 + 5*H*W``)."""
     return 4 * h * w + JPEG_SLACK_BYTES
 
 

@@ -282,6 +282,8 @@ int json_object_get(struct json_span obj, const char *key, struct json_span *val
         if ((p = scan_value(&s, p, 0, &v)) == NULL)
             break;
         if (name_len == key_len && name_len < sizeof name && memcmp(name, key, key_len) == 0) {
+            if (found)
+                return -1; /* parsers keep the first or the last: refuse, never guess */
             *value = v;
             found = 1;
         }

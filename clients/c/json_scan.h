@@ -13,7 +13,8 @@
  *     them in strings), as are NaN / Infinity (not JSON; Python's json accepts them);
  *   - integers are read only as 0 .. 2^63-1 (the wire format's range); numbers with a
  *     fraction or exponent are "not an integer", as in Python's json.
- * Duplicate object keys: the last one wins, as in Python's json.
+ * Duplicate object keys: json_object_get reports a key it finds twice (-1), since JSON
+ * parsers disagree on which one counts; segstream's Python decoder refuses any repeat.
  */
 #ifndef SEGSTREAM_JSON_SCAN_H
 #define SEGSTREAM_JSON_SCAN_H
@@ -45,8 +46,8 @@ enum json_int { JSON_INT_OK, JSON_INT_NOT_INTEGER, JSON_INT_RANGE };
  * Returns 0 and the root span, or -1 with a reason ("... at byte N") in err. */
 int json_parse(const char *buf, size_t len, struct json_span *root, char *err, size_t errlen);
 
-/* Member `key` of an object span (keys are compared after unescaping; the last
- * duplicate wins). Returns 1 and the value, or 0 when absent or obj is no object. */
+/* Member `key` of an object span (keys are compared after unescaping). Returns 1 and
+ * the value, 0 when absent or obj is no object, -1 when the key appears more than once. */
 int json_object_get(struct json_span obj, const char *key, struct json_span *value);
 
 /* Number of elements of an array span (0 for anything else). */

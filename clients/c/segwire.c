@@ -91,7 +91,10 @@ static void print_escaped(const char *s, size_t n, int keep_space)
 static int member(struct json_span obj, const char *key, enum json_kind want, const char *where,
                   struct json_span *out, struct segwire_err *e)
 {
-    if (!json_object_get(obj, key, out))
+    int found = json_object_get(obj, key, out);
+    if (found < 0)
+        return fail(e, "%s header repeats key '%s'", where, key);
+    if (!found)
         return fail(e, "%s header is missing key '%s'", where, key);
     if (out->kind != want)
         return fail(e, "%s header key '%s' must be %s, got %s", where, key,
@@ -200,7 +203,10 @@ static int parse_labels(struct json_span doc, long long max_pixels, struct label
     if (lab->enc == ENC_COUNT)
         return fail(e, "unknown encoding %.*s; expected \"raw\", \"rle\" or \"zstd\"",
                     SHOWN(v, 40));
-    if (json_object_get(doc, "publisher", &v) && v.kind != JSON_STRING)
+    int found = json_object_get(doc, "publisher", &v);
+    if (found < 0)
+        return fail(e, "labels header repeats key 'publisher'");
+    if (found && v.kind != JSON_STRING)
         return fail(e, "labels header key 'publisher' must be string, got %s",
                     json_kind_name(v.kind));
     lab->minor = 0;
@@ -400,7 +406,7 @@ static int print_class_table(const char *id, size_t id_len, struct json_span cla
     while (json_array_next(&it, &c)) {
         size_t len;
         char *text;
-        if (!json_object_get(c, "name", &name) || (text = json_string_dup(name, &len)) == NULL)
+        if (json_object_get(c, "name", &name) != 1 || (text = json_string_dup(name, &len)) == NULL)
             return fail(e, "out of memory decoding a class name");
         putchar(' ');
         print_escaped(text, len, 0);

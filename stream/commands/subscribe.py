@@ -164,6 +164,8 @@ class _Report:
         out.append(f"[all] rejected {sub.stats.rejected} | skipped {sub.stats.skipped} | "
                    f"overflow {sub.stats.overflow} | publisher restarts {sub.stats.restarts}"
                    + (f" | oversize {sub.stats.oversize}" if sub.stats.oversize else "")
+                   + (f" | duplicates {sub.stats.duplicates} (one endpoint per publisher "
+                      "is enough)" if sub.stats.duplicates else "")
                    + (f" | overflow other {sub.stats.overflow_other}"
                       if sub.stats.overflow_other else ""))
         return out

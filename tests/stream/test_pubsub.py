@@ -298,6 +298,19 @@ def test_sequence_gaps_count_as_lost_unless_the_source_dropped_them(raw_pub):
         assert sub.stats.lost_by_camera == {"front": 2}
 
 
+def test_a_map_received_twice_is_a_duplicate_not_a_restart(raw_pub):
+    """A client connected to two endpoints of one publisher (ipc and tcp) gets every map
+    twice: the second copy is dropped and counted, not taken for a restarted stream."""
+    with Subscriber(raw_pub.endpoint, timeout=5) as sub:
+        raw_pub.wait_subscribed()
+        for seq in (0, 0, 1, 1, 2):
+            raw_pub.send(raw_pub.labels(seq))
+        assert [sub.receive().seq for _ in range(3)] == [0, 1, 2]
+        assert (sub.stats.duplicates, sub.stats.restarts, sub.stats.lost) == (2, 0, 0)
+        raw_pub.send(raw_pub.labels(2, publisher="p2"))  # same seq, new process: a map
+        assert sub.receive().seq == 2 and sub.stats.restarts == 1
+
+
 def test_subscriber_times_out_cleanly():
     with Subscriber(ipc_endpoint(), timeout=0.2) as sub:
         assert sub.receive() is None

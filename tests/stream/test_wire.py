@@ -159,6 +159,13 @@ GOOD = message(np.zeros((4, 6), np.uint8), "raw")
     ([b"evt/a", b'{"v":1,"type":"source_state","camera":"a","state":"","detail":"",'
                 b'"t_ns":1}', b""], "must not be empty"),
     ([*pack_event(SourceEvent("a", "eos", "", 1))[:2], b"x"], "empty payload"),
+    # JSON that parsers read differently: refused, so every decoder agrees
+    ([GOOD[0], GOOD[1][:-1] + b',"seq":9}', GOOD[2]], "header repeats key 'seq'"),
+    ([GOOD[0], GOOD[1][:-1] + b',"x":NaN}', GOOD[2]], "header holds NaN"),
+    ([GOOD[0], GOOD[1][:-1] + b',"x":-Infinity}', GOOD[2]], "header holds -Infinity"),
+    ([GOOD[0], GOOD[1][:-1] + b',"x":"\\ud800"}', GOOD[2]], "unpaired surrogate"),
+    ([GOOD[0], GOOD[1].replace(b'"seq":7', b'"seq":7.0'), GOOD[2]], "'seq' must be int"),
+    ([GOOD[0], GOOD[1].replace(b'"seq":7', b'"seq":7e0'), GOOD[2]], "'seq' must be int"),
 ])
 def test_malformed_messages_are_rejected_with_a_clear_reason(parts, needle):
     with pytest.raises(WireError) as err:
