@@ -398,7 +398,26 @@ def load_prebuilt(cuda: Any, cc: tuple[int, int],
             continue
         return module, f"{im['file']} (nvcc {manifest['nvcc']})"
     raise KernelError(f"no precompiled kernel image loaded for sm_{cc[0]}{cc[1]}: "
-                      + "; ".join(reasons))
+                      + "; ".join(reasons) + _driver_hint(cuda, manifest["nvcc"]))
+
+
+def _driver_hint(cuda: Any, nvcc: str) -> str:
+    """Why a driver refuses every image, when it is older than the images' toolkit.
+
+    Images from nvcc X.Y load only on drivers of CUDA X.Y or newer (a CUDA 13 image needs
+    an r580 driver; JetPack 6 ships CUDA 12.2-12.6 drivers).
+    """
+    try:
+        driver = int(cuda.get_driver_version())  # e.g. 12060 for CUDA 12.6
+        major, minor = (int(x) for x in nvcc.split(".")[:2])
+    except (AttributeError, TypeError, ValueError):
+        return ""
+    if driver >= major * 1000 + minor * 10:
+        return ""
+    return (f" (this driver runs CUDA {driver // 1000}.{driver % 1000 // 10}, the images "
+            f"were built by nvcc {nvcc}: rebuild them on this machine with "
+            "`python scripts/build_kernels.py` and this CUDA's nvcc, or put nvcc on PATH, "
+            "e.g. /usr/local/cuda/bin on Jetson, for the run-time compile)")
 
 
 # ---------------------------------------------------------------------------------------

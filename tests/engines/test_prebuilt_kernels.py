@@ -103,7 +103,8 @@ class FakeModule:
 
 
 def install_fake_pycuda(monkeypatch: pytest.MonkeyPatch, cc: tuple[int, int],
-                        refuse: tuple[str, ...] = (), compiles: bool = False) -> list[str]:
+                        refuse: tuple[str, ...] = (), compiles: bool = False,
+                        driver_version: int = 13000) -> list[str]:
     """pycuda stand-in for a GPU of capability ``cc``; returns the loaded-image log."""
     loaded: list[str] = []
 
@@ -118,6 +119,7 @@ def install_fake_pycuda(monkeypatch: pytest.MonkeyPatch, cc: tuple[int, int],
     driver.Context = SimpleNamespace(  # type: ignore[attr-defined]
         get_device=lambda: SimpleNamespace(compute_capability=lambda: cc))
     driver.module_from_buffer = module_from_buffer  # type: ignore[attr-defined]
+    driver.get_driver_version = lambda: driver_version  # type: ignore[attr-defined]
     compiler = ModuleType("pycuda.compiler")
 
     def source_module(source: str, **kwargs: object) -> FakeModule:
@@ -174,4 +176,18 @@ def test_nothing_loads_names_every_reason(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(KernelError) as exc:
         CudaKernels()
     assert "no precompiled kernel image for sm_70" in str(exc.value)
+    assert "run-time compile failed: OSError" in str(exc.value)
+
+
+def test_a_driver_older_than_the_images_says_how_to_get_kernels(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """JetPack 6 (a CUDA 12.6 driver) refuses images from nvcc 13: the error names the
+    driver, the toolkit and the two ways out, not only the driver's refusals."""
+    install_fake_pycuda(monkeypatch, (8, 7), driver_version=12060,
+                        refuse=tuple(im["file"] for im in read_manifest(PREBUILT_DIR)["images"]))
+    with pytest.raises(KernelError) as exc:
+        CudaKernels()
+    nvcc = read_manifest(PREBUILT_DIR)["nvcc"]
+    assert f"this driver runs CUDA 12.6, the images were built by nvcc {nvcc}" in str(exc.value)
+    assert "scripts/build_kernels.py" in str(exc.value) and "/usr/local/cuda/bin" in str(exc.value)
     assert "run-time compile failed: OSError" in str(exc.value)
