@@ -339,16 +339,12 @@ class Subscriber:
             else:
                 known = self._overflowed.pop((TOPIC_LABELS + header.camera).encode(), 0)
                 maps.append((header, parts[2], known))
+        maps = self._without_duplicates(maps)
         keep = self._kept(maps, frames)
         t_mono, t_wall = time.monotonic_ns(), time.time_ns()
         carried: dict[str, int] = {}  # camera -> lost before maps superseded unread
         for i, (header, payload, known) in enumerate(maps):
             cam = header.camera
-            prev = self._tracks.get(cam)
-            if prev is not None and (prev.publisher, prev.seq) == (header.publisher,
-                                                                   header.seq):
-                self.stats.duplicates += 1  # the same map twice: two endpoints of one
-                continue                    # publisher connected; not a restart
             if i not in keep:  # superseded unread (latest_only): track only
                 self.stats.skipped += 1
                 carried[cam] = carried.get(cam, 0) + self._track(header, known)
@@ -373,6 +369,21 @@ class Subscriber:
         for items in frames.values():
             for header, payload in items:
                 self._frame(header, payload, t_wall, t_mono)
+
+    def _without_duplicates(self, maps: list[tuple[LabelsHeader, memoryview, int]]
+                            ) -> list[tuple[LabelsHeader, memoryview, int]]:
+        """Drop (and count) a map equal to the camera's previous one (same publisher and
+        seq): the same message twice, from two endpoints of one publisher connected."""
+        last = {cam: (t.publisher, t.seq) for cam, t in self._tracks.items()}
+        out = []
+        for item in maps:
+            h = item[0]
+            if last.get(h.camera) == (h.publisher, h.seq):
+                self.stats.duplicates += 1
+                continue
+            last[h.camera] = (h.publisher, h.seq)
+            out.append(item)
+        return out
 
     def _kept(self, maps: list[tuple[LabelsHeader, memoryview, int]],
               frames: dict[str, list[tuple[FrameHeader, memoryview]]]) -> set[int]:

@@ -311,6 +311,20 @@ def test_a_map_received_twice_is_a_duplicate_not_a_restart(raw_pub):
         assert sub.receive().seq == 2 and sub.stats.restarts == 1
 
 
+def test_latest_only_keeps_a_map_that_arrived_twice(raw_pub):
+    """Both copies wait at once: the newest-map choice must not fall on the duplicate and
+    drop the map itself."""
+    with Subscriber(raw_pub.endpoint, timeout=5, latest_only=True) as sub:
+        raw_pub.wait_subscribed()
+        raw_pub.send(raw_pub.labels(0))
+        assert sub.receive().seq == 0
+        for _ in range(2):
+            raw_pub.send(raw_pub.labels(1))
+        time.sleep(0.3)  # both copies wait in the subscriber's queue
+        assert sub.receive().seq == 1
+        assert (sub.stats.duplicates, sub.stats.skipped, sub.stats.restarts) == (1, 0, 0)
+
+
 def test_subscriber_times_out_cleanly():
     with Subscriber(ipc_endpoint(), timeout=0.2) as sub:
         assert sub.receive() is None
