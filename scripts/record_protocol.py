@@ -51,8 +51,10 @@ def load_run(run_dir: Path) -> dict:
     last = {}
     for r in rows:  # a resumed run may repeat epochs: keep the latest line per epoch
         last[r["epoch"]] = r
+    sched = (ckpt.get("scheduler") or {}).get("lr_lambdas") or [{}]
+    steps = sched[0].get("total_steps") if isinstance(sched[0], dict) else None
     return {"split": cfg.get("train_split", "train"), "epochs": ckpt["epoch"],
-            "final_loss": last[ckpt["epoch"]]["loss"],
+            "optimizer_steps": steps, "final_loss": last[ckpt["epoch"]]["loss"],
             "recipe": {k: cfg.get(k) for k in ("crop", "scale", "lr", "batch_size",
                                                "class_weight", "encoder_lr_mult",
                                                "warmup_epochs", "arch_options", "pretrained")
@@ -64,12 +66,13 @@ def split_frames(sidecar: dict) -> str:
     return sidecar.get("training_data", "").split(";")[0]
 
 
-def record(path: Path, report: dict, final: dict | None) -> None:
+def record(path: Path, report: dict, final: dict | None,
+           train_only_run: dict | None = None) -> None:
     doc = json.loads(path.read_text())
     metrics = dict(doc.get("metrics", {}))
     train_only = {"val_miou": report["miou"], "per_class_iou": report["per_class_iou"],
                   "pixel_acc": report.get("pixel_acc"), "eval_split": report.get("data"),
-                  "eval_backend": report.get("backend")}
+                  "eval_backend": report.get("backend"), **(train_only_run or {})}
     if final is None:
         protocol = {"training_split": split_frames(doc),
                     "model_selection": "recipe chosen on val; final-epoch checkpoint, not "
@@ -88,8 +91,9 @@ def record(path: Path, report: dict, final: dict | None) -> None:
                                        "weights = final epoch of the train+val run (no "
                                        "selection on any score)",
                     "train_only_val_miou": report["miou"], "train_only": train_only,
-                    "train_val_run": {k: final[k] for k in ("epochs", "final_loss",
-                                                             "recipe")},
+                    "train_val_run": {k: final[k] for k in ("epochs", "optimizer_steps",
+                                                             "final_loss", "recipe")
+                                      if final.get(k) is not None},
                     "note": "val was in the shipped weights' training data: the val figures "
                             "here are the train-only run of the same recipe"}
         quant = metrics.get("quantization")
@@ -111,14 +115,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="segstream eval --out JSON of the train-only run's model on val")
     p.add_argument("--final-run", type=Path, default=None,
                    help="run folder (log.jsonl, last.pt) of the shipped train+val run")
+    p.add_argument("--train-only-epochs", type=int, default=None,
+                   help="epochs of the train-only run (recorded beside its figures)")
+    p.add_argument("--train-only-steps", type=int, default=None,
+                   help="optimiser steps of the train-only run (e.g. 108 x 45 = 4860): a "
+                        "train+val run may match its steps rather than its epochs")
     args = p.parse_args(argv)
     report = json.loads(args.train_only_report.read_text())
+    run = {k: v for k, v in (("epochs", args.train_only_epochs),
+                             ("optimizer_steps", args.train_only_steps)) if v is not None}
+    run["report"] = args.train_only_report.as_posix()  # tests tie a committed one to these
     final = load_run(args.final_run) if args.final_run else None
     for side in args.sidecars:
         if not side.is_file():
             print(f"error: no sidecar {side}", file=sys.stderr)
             return 2
-        record(side, report, final)
+        record(side, report, final, run)
     return 0
 
 

@@ -36,3 +36,22 @@ def test_int8_sidecar_figures_are_the_int8_reports(sidecar: Path) -> None:
     assert "val_mean_acc" not in scored  # calibrate does not measure it for INT8
     q = metrics["quantization"]
     assert 100 * q["fp32_val_miou"] == pytest.approx(fp32_miou, abs=0.01)
+
+
+SIDECARS = sorted((ROOT / "engines" / "models").glob("*.json"))
+
+
+@pytest.mark.parametrize("sidecar", SIDECARS, ids=[p.stem for p in SIDECARS])
+def test_train_only_figures_are_those_of_the_committed_report(sidecar: Path) -> None:
+    """A sidecar's held-out figures (``metrics.protocol.train_only``) are copied by
+    scripts/record_protocol.py from a ``segstream eval`` report; where that report is
+    committed, they must still be its figures."""
+    protocol = json.loads(sidecar.read_text()).get("metrics", {}).get("protocol") or {}
+    train_only = protocol.get("train_only") or {}
+    report = ROOT / str(train_only.get("report", "-"))
+    if not train_only.get("report") or not report.is_file():
+        pytest.skip(f"{sidecar.name}: its train-only report is not committed")
+    figures = json.loads(report.read_text())
+    assert train_only["val_miou"] == figures["miou"] == protocol["train_only_val_miou"]
+    assert train_only["per_class_iou"] == figures["per_class_iou"]
+    assert train_only["pixel_acc"] == figures["pixel_acc"]
