@@ -148,7 +148,7 @@ class SubscriberStats:
     overflow_other: int = 0  # class tables / events dropped from that queue (it was full)
     oversize: int = 0  # messages refused on arrival: header frame over the limit
     restarts: int = 0  # publisher restarted or seq went backwards
-    duplicates: int = 0  # a map already received (same camera, publisher, seq): dropped
+    duplicates: int = 0  # a map not newer than one received from its publisher: dropped
     handshake_failures: int = 0  # security handshakes the publisher refused / failed
     frames: int = 0  # camera frames decoded and handed out (frames=True)
     frames_bad: int = 0  # frames whose JPEG was corrupt (skipped; the first one logged)
@@ -372,13 +372,18 @@ class Subscriber:
 
     def _without_duplicates(self, maps: list[tuple[LabelsHeader, memoryview, int]]
                             ) -> list[tuple[LabelsHeader, memoryview, int]]:
-        """Drop (and count) a map equal to the camera's previous one (same publisher and
-        seq): the same message twice, from two endpoints of one publisher connected."""
+        """Drop (and count) a map that is not newer than the camera's last one from the
+        same publisher: a copy from a second endpoint of that publisher, back to back or
+        behind (one connection runs ahead of the other). A publisher's seq never goes back
+        (a restart is a new publisher id), so only a 1.0 publisher, which sends no id, can
+        restart behind its last seq: for it only an equal seq is a duplicate."""
         last = {cam: (t.publisher, t.seq) for cam, t in self._tracks.items()}
         out = []
         for item in maps:
             h = item[0]
-            if last.get(h.camera) == (h.publisher, h.seq):
+            prev = last.get(h.camera)
+            if prev is not None and prev[0] == h.publisher and (
+                    h.seq == prev[1] or (h.publisher and h.seq < prev[1])):
                 self.stats.duplicates += 1
                 continue
             last[h.camera] = (h.publisher, h.seq)

@@ -284,14 +284,24 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in doc:
             raise WireError(f"header repeats key {key!r:.40}")
-        for text in (key, value) if isinstance(value, str) else (key,):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise WireError("header holds an unpaired surrogate escape "
-                                "(\\ud800-\\udfff)") from None
+        _check_text(key)
+        _check_text(value)
         doc[key] = value
     return doc
+
+
+def _check_text(value: Any) -> None:
+    """Refuse an unpaired surrogate in a string, or in the strings of a (nested) array;
+    objects inside were checked when they were parsed."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise WireError("header holds an unpaired surrogate escape "
+                            "(\\ud800-\\udfff)") from None
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
 
 
 def _no_constant(name: str) -> Any:

@@ -210,7 +210,8 @@ static int parse_labels(struct json_span doc, long long max_pixels, struct label
         return fail(e, "labels header key 'publisher' must be string, got %s",
                     json_kind_name(v.kind));
     lab->minor = 0;
-    if (json_object_get(doc, "v_minor", &v) && uint_member(doc, "v_minor", w, &lab->minor, e))
+    if (json_object_get(doc, "v_minor", &v) != 0 /* -1: repeated, uint_member says so */
+        && uint_member(doc, "v_minor", w, &lab->minor, e))
         return -1;
     return uint_member(doc, "seq", w, &lab->seq, e) || uint_member(doc, "t_capture_ns", w, &t, e)
            || uint_member(doc, "t_capture_mono_ns", w, &t, e)

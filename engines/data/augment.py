@@ -59,20 +59,20 @@ def random_scale(img: np.ndarray, lbl: np.ndarray, factor: float) -> tuple[np.nd
 
 def check_crop_fits(cfg: AugmentConfig, shapes: Sequence[tuple[int, ...]]) -> None:
     """Refuse a crop that no frame of ``shapes`` ((H, W, ...) each) fills even at the
-    largest scale: every crop would be mostly padding (ignored pixels), at the memory and
+    largest scale: every crop would hold padding (ignored pixels), at the memory and
     time cost of its full size.
 
     Raises:
         ValueError: naming ``--crop``, the largest scaled frame and a crop that fits.
     """
-    top_h = max(max(1, round(s[0] * cfg.scale[1])) for s in shapes)
-    top_w = max(max(1, round(s[1] * cfg.scale[1])) for s in shapes)
-    if cfg.crop[0] > top_h or cfg.crop[1] > top_w:
-        h, w = shapes[0][:2]
+    scaled = sorted({(max(1, round(s[0] * cfg.scale[1])), max(1, round(s[1] * cfg.scale[1])))
+                     for s in shapes}, key=lambda hw: hw[0] * hw[1], reverse=True)
+    if scaled and not any(cfg.crop[0] <= h and cfg.crop[1] <= w for h, w in scaled):
+        h, w = scaled[0]
         raise ValueError(f"--crop {cfg.crop[0]}x{cfg.crop[1]} is larger than any training "
-                         f"frame even at the largest --scale ({cfg.scale[1]:g}: at most "
-                         f"{top_h}x{top_w}), so every crop would be mostly padding; use a "
-                         f"crop no larger, e.g. the frame size {h}x{w}")
+                         f"frame even at the largest --scale ({cfg.scale[1]:g}: {h}x{w}), "
+                         f"so every crop would hold padding; use a crop no larger than "
+                         f"{h}x{w}")
 
 
 def pad_to(img: np.ndarray, lbl: np.ndarray, crop: tuple[int, int],

@@ -86,20 +86,20 @@ def import_pycuda() -> Any:
     return cuda
 
 
-_LOGGER: list[Any] = []  # the process's one TensorRT Logger, once made
-
-
 def trt_logger(trt: Any, *, verbose: bool = False) -> Any:
     """The process's one TensorRT logger, at WARNING (VERBOSE while ``verbose``).
 
     TensorRT keeps a single logger for every builder and runtime of a process: one created
     later with another logger logs through the first, which may have been freed by then
     (a build's local logger after the build returned). So every builder, parser and
-    runtime here takes this one, kept alive for the process.
+    runtime here takes this one, kept alive for the process on the tensorrt module itself
+    (so a stand-in module in tests gets its own). Each call sets the severity: a runtime
+    made after a ``--verbose`` build logs at WARNING again.
     """
-    if not _LOGGER:
-        _LOGGER.append(trt.Logger(trt.Logger.WARNING))
-    logger = _LOGGER[0]
+    logger = getattr(trt, "_segstream_logger", None)
+    if logger is None:
+        logger = trt.Logger(trt.Logger.WARNING)
+        trt._segstream_logger = logger
     logger.min_severity = trt.Logger.VERBOSE if verbose else trt.Logger.WARNING
     return logger
 

@@ -228,7 +228,7 @@ def test_resume_refuses_another_recipe_and_changes_nothing(tiny_data: Path,
     ({"arch_options": {"auxx": True}}, r"--arch-options .*auxx.* do not fit 'fastscnn'"),
     ({"crop": (0, 48)}, "crop must be"),
     ({"crop": (10000, 10000)}, r"--crop 10000x10000 is larger than any training frame even "
-                               r"at the largest --scale \(1\.25: at most"),
+                               r"at the largest --scale \(1\.25: \d+x\d+\)"),
     ({"batch_size": 64}, "batch size 64 is larger"),
     # val's frames are inside train+val (same names and pixels; plain train and val share
     # names 00, 01 with other pixels, which is fine: see the val_split="val" tests)

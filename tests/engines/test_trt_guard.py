@@ -255,6 +255,9 @@ def test_one_tensorrt_logger_serves_every_builder_and_runtime() -> None:
     assert first.min_severity == trt.Logger.VERBOSE
     again = compat.trt_logger(trt)
     assert again is first and again.min_severity == trt.Logger.WARNING
+    # kept on the module: a stand-in's logger never reaches the real tensorrt's builder
+    # (tests/gpu runs after these tests in one process)
+    assert compat.trt_logger(fake_trt()) is not first
 
 
 # -- the module guard: Orin variants all report "Orin" ------------------------------------

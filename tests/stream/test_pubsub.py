@@ -303,10 +303,10 @@ def test_a_map_received_twice_is_a_duplicate_not_a_restart(raw_pub):
     twice: the second copy is dropped and counted, not taken for a restarted stream."""
     with Subscriber(raw_pub.endpoint, timeout=5) as sub:
         raw_pub.wait_subscribed()
-        for seq in (0, 0, 1, 1, 2):
+        for seq in (0, 0, 1, 1, 2, 3, 2, 3, 4):  # back to back, then one connection behind
             raw_pub.send(raw_pub.labels(seq))
-        assert [sub.receive().seq for _ in range(3)] == [0, 1, 2]
-        assert (sub.stats.duplicates, sub.stats.restarts, sub.stats.lost) == (2, 0, 0)
+        assert [sub.receive().seq for _ in range(5)] == [0, 1, 2, 3, 4]
+        assert (sub.stats.duplicates, sub.stats.restarts, sub.stats.lost) == (4, 0, 0)
         raw_pub.send(raw_pub.labels(2, publisher="p2"))  # same seq, new process: a map
         assert sub.receive().seq == 2 and sub.stats.restarts == 1
 

@@ -164,6 +164,7 @@ GOOD = message(np.zeros((4, 6), np.uint8), "raw")
     ([GOOD[0], GOOD[1][:-1] + b',"x":NaN}', GOOD[2]], "header holds NaN"),
     ([GOOD[0], GOOD[1][:-1] + b',"x":-Infinity}', GOOD[2]], "header holds -Infinity"),
     ([GOOD[0], GOOD[1][:-1] + b',"x":"\\ud800"}', GOOD[2]], "unpaired surrogate"),
+    ([GOOD[0], GOOD[1][:-1] + b',"x":[["\\udc00"]]}', GOOD[2]], "unpaired surrogate"),
     ([GOOD[0], GOOD[1].replace(b'"seq":7', b'"seq":7.0'), GOOD[2]], "'seq' must be int"),
     ([GOOD[0], GOOD[1].replace(b'"seq":7', b'"seq":7e0'), GOOD[2]], "'seq' must be int"),
 ])
