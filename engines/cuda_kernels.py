@@ -450,16 +450,17 @@ class CudaKernels(KernelOps):
                  options: Sequence[str] = NVCC_FLAGS, *,
                  prebuilt: str | Path | None = PREBUILT_DIR,
                  compile_fallback: bool = True) -> None:
-        try:
-            import pycuda.driver as cuda
-        except ImportError as e:
-            raise KernelError(f"pycuda is not installed ({e}): the CUDA kernels need a CUDA "
-                              "machine with `pip install 'segstream[gpu]'`") from e
-        try:
-            import pycuda.autoprimaryctx  # noqa: F401  (creates/retains the primary context)
+        from engines.trt import compat  # pycuda and its primary context: one place
 
+        try:
+            cuda = compat.import_pycuda()
+        except compat.TensorRTImportError as e:
+            raise KernelError(f"the CUDA kernels cannot run: {e}") from e
+        except compat.CudaContextError as e:
+            raise KernelError(f"no usable CUDA context for the kernels: {e}") from e
+        try:
             cc = tuple(cuda.Context.get_device().compute_capability())
-        except (ImportError, RuntimeError, cuda.Error) as e:  # RuntimeError: no device
+        except cuda.Error as e:
             raise KernelError(f"no usable CUDA context for the kernels ({e}); check the "
                               "NVIDIA driver") from e
         self._cuda = cuda

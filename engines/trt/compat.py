@@ -74,7 +74,7 @@ def import_pycuda() -> Any:
     try:
         import pycuda.driver as cuda
     except ImportError as e:
-        raise TensorRTImportError(f"pycuda not installed ({e}); {GPU_ONLY_HINT}") from e
+        raise TensorRTImportError(f"pycuda is not installed ({e}); {GPU_ONLY_HINT}") from e
     try:
         import pycuda.autoprimaryctx  # noqa: F401  (retains and pushes the primary context)
     except ImportError as e:
