@@ -306,8 +306,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         if cfg.val_split else None
     if val_data is not None:
         check_disjoint(train_data, val_data, cfg)
-    check_crop_fits(AugmentConfig(crop=cfg.crop, scale=cfg.scale),
-                    [lbl.shape for lbl in train_data.labels])
+    aug = AugmentConfig(crop=cfg.crop, scale=cfg.scale)
+    check_crop_fits(aug, [lbl.shape for lbl in train_data.labels])
     input_size = cfg.input_size or (val_data or train_data).labels[0].shape
     input_size = (int(input_size[0]), int(input_size[1]))
 
@@ -335,7 +335,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     weight = None if w is None else torch.from_numpy(w)
     criterion = SegLoss(weight, IGNORE, cfg.aux_weight, cfg.ohem).to(info.device)
 
-    dataset = TrainDataset(train_data, AugmentConfig(crop=cfg.crop, scale=cfg.scale),
+    dataset = TrainDataset(train_data, aug,
                            spec.mean, spec.std, seed=cfg.seed)
     sampler = DistributedSampler(dataset, seed=cfg.seed, drop_last=True) \
         if info.distributed else None

@@ -377,11 +377,13 @@ class Subscriber:
         behind (one connection runs ahead of the other). A publisher's seq never goes back
         (a restart is a new publisher id), so only a 1.0 publisher, which sends no id, can
         restart behind its last seq: for it only an equal seq is a duplicate."""
-        last = {cam: (t.publisher, t.seq) for cam, t in self._tracks.items()}
+        last: dict[str, tuple[str, int]] = {}  # cameras seen in this batch
         out = []
         for item in maps:
             h = item[0]
             prev = last.get(h.camera)
+            if prev is None and (track := self._tracks.get(h.camera)) is not None:
+                prev = (track.publisher, track.seq)
             if prev is not None and prev[0] == h.publisher and (
                     h.seq == prev[1] or (h.publisher and h.seq < prev[1])):
                 self.stats.duplicates += 1

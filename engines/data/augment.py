@@ -65,10 +65,10 @@ def check_crop_fits(cfg: AugmentConfig, shapes: Sequence[tuple[int, ...]]) -> No
     Raises:
         ValueError: naming ``--crop``, the largest scaled frame and a crop that fits.
     """
-    scaled = sorted({(max(1, round(s[0] * cfg.scale[1])), max(1, round(s[1] * cfg.scale[1])))
-                     for s in shapes}, key=lambda hw: hw[0] * hw[1], reverse=True)
+    scaled = {(max(1, round(s[0] * cfg.scale[1])), max(1, round(s[1] * cfg.scale[1])))
+              for s in shapes}
     if scaled and not any(cfg.crop[0] <= h and cfg.crop[1] <= w for h, w in scaled):
-        h, w = scaled[0]
+        h, w = max(scaled, key=lambda hw: hw[0] * hw[1])
         raise ValueError(f"--crop {cfg.crop[0]}x{cfg.crop[1]} is larger than any training "
                          f"frame even at the largest --scale ({cfg.scale[1]:g}: {h}x{w}), "
                          f"so every crop would hold padding; use a crop no larger than "

@@ -69,7 +69,6 @@ def register(subparsers: Any) -> None:
 
 @report_errors
 def run(args: argparse.Namespace) -> int:
-
     from engines.trt import compat
     from engines.trt.build import (
         BuildError,
