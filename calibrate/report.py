@@ -94,6 +94,10 @@ class CalibrationReport:
             m["val_pixel_acc"] = round(self.int8.pixel_accuracy / 100.0, 5)
             m["per_class_iou"] = {k: (None if v is None else round(v / 100.0, 5))
                                   for k, v in self.int8.per_class.items()}
+            # where these figures come from, as `segstream eval --record` says for FP32
+            m["eval_split"] = self.eval_source
+            m["eval_images"] = self.eval_frames
+            m["eval_backend"] = "onnxruntime"
         m["quantization"] = {
             "precision": "int8",
             "profile": self.profile,

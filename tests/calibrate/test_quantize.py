@@ -286,11 +286,15 @@ def test_int8_sidecar_keeps_no_figure_of_the_fp32_weights() -> None:
                     "per_class_iou": {"a": 0.8}, "eval_images": 101, "protocol": {"x": 1},
                     "seen_split_fit": {"val_miou": 0.8, "val_pixel_acc": 0.959}}
     report = CalibrationReport("m.onnx", "m.int8.onnx", "minmax", True, "ort-cpu", "d", 8,
+                               eval_source="data/val", eval_frames=7,
                                int8=SegScores(81.0, {"a": 81.0}, 96.13))
     m = report.sidecar_metrics(fp32_metrics)
     assert m["val_miou"] == 0.81 and m["val_pixel_acc"] == 0.9613
     assert m["per_class_iou"] == {"a": 0.81} and m["protocol"] == {"x": 1}
-    assert "val_mean_acc" not in m and "eval_images" not in m and "seen_split_fit" not in m
+    assert "val_mean_acc" not in m and "seen_split_fit" not in m
+    # the INT8 figures say where they were measured (the FP32 model's eval_images is gone)
+    assert (m["eval_split"], m["eval_images"], m["eval_backend"]) == ("data/val", 7,
+                                                                      "onnxruntime")
     unscored = CalibrationReport("m.onnx", "m.int8.onnx", "minmax", True, "ort-cpu", "d", 8)
-    assert not {"val_miou", "val_pixel_acc", "per_class_iou"} & set(
+    assert not {"val_miou", "val_pixel_acc", "per_class_iou", "eval_split", "eval_images"} & set(
         unscored.sidecar_metrics(fp32_metrics))
