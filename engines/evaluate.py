@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,19 +152,54 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path | None
     return out, png
 
 
+# One part of a data description, "FORMAT:ROOT SPLIT (N)" or "folder:ROOT (N)"
+# (``SplitData.source``; eval's
+# --limit makes it "(first K of N)"; the sidecar's training_data starts with the training
+# split's, parts joined by " + ").
+_DATA_PART = re.compile(r"(\w+):(.+?)(?: (\S+))? \((?:first \d+ of )?(\d+)\)")
+_FILTERED = re.compile(r" (only|except) ")
+SEEN_SPLIT_NOTE = ("scored on a split these weights were trained on: a fit figure, not "
+                   "accuracy; see protocol.train_only")
+
+
+def seen_in_training(data: str, training_data: str) -> str | None:
+    """The part of a sidecar's ``training_data`` that holds the frames ``data`` (an
+    :class:`EvalReport`'s) describes, e.g. ``"camvid:../shared/camvid val (101)"``; None
+    when they share no split, or when either keeps or drops recordings (``:only=`` /
+    ``:except=``: which frames overlap is not told by the descriptions).
+
+    Parts match on format, the dataset folder's name, split and frame count, so the same
+    data reached by another path (``../shared/camvid`` vs ``/work/shared/camvid``) matches.
+    """
+    train_part = training_data.split(";", maxsplit=1)[0]
+    if _FILTERED.search(data) or _FILTERED.search(train_part):
+        return None
+
+    def parts(text: str) -> dict[tuple[str, str, str, int], str]:
+        return {(f, Path(root).name, split, int(n)): m.group(0)
+                for m in _DATA_PART.finditer(text) for f, root, split, n in [m.groups()]}
+
+    seen = parts(train_part)
+    for key in parts(data):
+        if key in seen:
+            return seen[key]
+    return None
+
+
 def record_in_sidecar(report: EvalReport, model: str | Path) -> Path:
     """Merge the report's figures into the model's JSON sidecar under ``metrics``.
 
     Keys written: ``<split>_miou``, ``<split>_pixel_acc``, ``<split>_mean_acc``,
     ``per_class_iou`` (this split), ``eval_split``, ``eval_images``, ``eval_backend``.
-    Other metric keys already in the sidecar are kept.
+    Other metric keys already in the sidecar are kept. When the sidecar's
+    ``training_data`` holds the scored frames (:func:`seen_in_training`), the same keys go
+    under ``metrics.seen_split_fit`` with a note instead: a fit, never a held-out figure.
     """
     path = sidecar_path(model)
     spec = ModelSpec.load(path)
     split = report.split or "eval"
     m = report.metrics
-    metrics = {
-        **dict(spec.metrics),
+    figures = {
         f"{split}_miou": round(m.miou, 4),
         f"{split}_pixel_acc": round(m.pixel_acc, 4),
         f"{split}_mean_acc": round(m.mean_acc, 4),
@@ -172,5 +208,10 @@ def record_in_sidecar(report: EvalReport, model: str | Path) -> Path:
         "eval_images": report.num_images,
         "eval_backend": report.backend,
     }
+    if seen_in_training(report.data, spec.training_data):
+        metrics = {**dict(spec.metrics),
+                   "seen_split_fit": {**figures, "note": SEEN_SPLIT_NOTE}}
+    else:
+        metrics = {**dict(spec.metrics), **figures}
     return ModelSpec.from_json({**spec.to_json(), "metrics": metrics}, source=str(path)) \
         .save(path)

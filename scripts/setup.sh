@@ -5,21 +5,37 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# python3-venv: `python3 -m venv` (Debian splits ensurepip out); python3-dev and
+# build-essential: PyGObject < 3.51 has no wheel and is compiled at install.
 APT_PKGS=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-libav gstreamer1.0-rtsp gir1.2-gstreamer-1.0
   gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev
   libcairo2-dev pkg-config libzmq3-dev libzstd-dev python3-gst-1.0
-  chromium)  # chromium: the preview's browser test (tests/stream/test_preview.py)
+  python3-venv python3-dev build-essential)
+# Optional: a browser for the preview's page test (tests/stream/test_preview_browser.py,
+# which skips without one). Debian calls it chromium; Ubuntu has only a snap stub
+# (chromium-browser), so it is installed where apt has it (from the package lists apt
+# already has) and never fails the setup.
+OPTIONAL_PKGS=(chromium)
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if ((${#missing[@]})); then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "setup: installing system packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+for p in "${OPTIONAL_PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 && continue
+  if apt-cache show "$p" >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$p" \
+      || echo "setup: optional package $p did not install; the browser test will skip"
+  else
+    echo "setup: optional package $p is not in this distribution's apt; the browser test will skip"
+  fi
+done
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
@@ -31,7 +47,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 "$VPY" -m pip install -q --upgrade pip wheel
-# The CPU build of torch that lies on this disk; a bare `torch` would pull CUDA wheels.
+# torch from the configured pip index (TORCH_VERSION overrides the version). On plain
+# PyPI a Linux x86_64 `torch` is the multi-GB CUDA build: for the CPU build run
+# `PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make setup` (this project's
+# machines point pip at a local CPU wheel).
 "$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 "$VPY" -m pip install -q -e ".[train,dev,pretrained,preview]"
 echo "$want" > "$stamp"

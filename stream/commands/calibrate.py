@@ -12,7 +12,8 @@ AUTO_METHODS = ("minmax", "percentile")
 EPILOG = r"""examples:
   # CamVid model: calibrate on train frames, report FP32 vs INT8 on val, keep mIoU drop <= 0.5
   segstream calibrate engines/models/camvid_fastscnn.onnx --data ../shared/camvid/train \
-      --samples 100 --method auto --eval-data ../shared/camvid --split val
+      --samples 100 --method auto --eval-data ../shared/camvid --split val \
+      --out runs/int8/camvid_fastscnn.int8.onnx
 
   # calibrate on a drive video; no labels: report FP32/INT8 label agreement on another one
   segstream calibrate model.onnx --data drive.mp4 --samples 200 --method entropy \
@@ -31,9 +32,9 @@ EPILOG = r"""examples:
   segstream calibrate model.onnx --data frames/ --labels frames_annot/ --no-per-channel \
       --out build/model.int8.onnx
 
-outputs: OUT (default MODEL.int8.onnx), its sidecar OUT.json (metrics = INT8 figures),
-and the report OUT.report.json / OUT.report.md (also printed). Calibration frames go
-through the stream's own pre-processing with the model's sidecar.
+outputs: OUT (default MODEL.int8.onnx; a shipped model's needs --out), its sidecar OUT.json
+(metrics = INT8 figures), and the report OUT.report.json / OUT.report.md (also printed).
+Calibration frames go through the stream's own pre-processing with the model's sidecar.
 """
 
 
@@ -105,6 +106,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def shipped_output_problem(model: Path, out: Path | None) -> str | None:
+    """Without --out, calibrating a shipped model (``engines/models``) would write over the
+    shipped INT8 model, its sidecar (with the training protocol) and its report."""
+    from engines.zoo import MODELS_DIR
+
+    if out is not None:
+        return None
+    default = model.with_name(f"{model.stem}.int8.onnx")
+    if default.exists() and default.resolve().parent == MODELS_DIR:
+        return (f"without --out this writes {default}, the shipped INT8 model (and its "
+                f"sidecar and report); give --out, e.g. --out runs/{default.name}")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from calibrate.data import CalibrationDataError
     from calibrate.pipeline import CalibrateJob, report_md_path, resolve_eval, run_calibration
@@ -124,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         if why:
             print(f"error: {why}", file=sys.stderr)
             return 2
+    if why := shipped_output_problem(args.model, args.out):
+        print(f"error: {why}", file=sys.stderr)
+        return 2
     if args.max_drop is not None and not math.isfinite(args.max_drop):
         print(f"error: --max-drop must be a number of mIoU points, got {args.max_drop}",
               file=sys.stderr)

@@ -10,14 +10,15 @@ from stream.commands._common import output_problem, positive
 
 EPILOG = """examples:
   # the shipped model on CamVid val, through ONNX Runtime (as the stream runs it)
-  segstream eval --data ../shared/camvid --split val --out reports/camvid_val.json
+  segstream eval --data ../shared/camvid --split val --out runs/reports/camvid_val.json
   # a training checkpoint through the torch backend
   segstream eval --model runs/shipped/best.pt --data ../shared/camvid
   # a TensorRT engine on a GPU machine
   segstream eval --model model.engine --data ../shared/camvid
-  # store the figures in the model's sidecar (what the shipped model's metrics come from)
-  segstream eval --model engines/models/camvid_fastscnn.onnx --data ../shared/camvid \\
-      --threads 2 --out reports/camvid_val.json --record
+  # store the figures in your model's sidecar (metrics.val_miou, per_class_iou, ...);
+  # on a split the model was trained on they go under metrics.seen_split_fit instead
+  segstream eval --model runs/mine/model.onnx --data ../shared/camvid \\
+      --threads 2 --out runs/reports/mine_val.json --record
 
 Writes the JSON report (mIoU, pixel accuracy, per-class IoU, confusion matrix) and
 <report>_confusion.png beside it, and prints a per-class table.
@@ -82,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report.model} [{report.backend}] on {report.data}")
     print(report.metrics.table(report.class_names))
     print(f"{report.ms_per_image:.1f} ms/image (pre + infer + post)")
+    seen = seen_split_of(model, report.data)
+    if seen:
+        print(f"note: {Path(model).name} was trained on {seen} (its sidecar's "
+              "training_data): this is a fit to frames it has seen, not its accuracy on "
+              "new ones; its held-out figures are in the sidecar's metrics.protocol"
+              + (" (--record files these under metrics.seen_split_fit)" if args.record
+                 else ""), file=sys.stderr)
     if args.out:
         js, png = write_report(report, args.out)
         print(f"wrote {js}" + (f" and {png}" if png is not None else
@@ -89,3 +97,14 @@ def run(args: argparse.Namespace) -> int:
     if args.record:
         print(f"recorded metrics in {record_in_sidecar(report, model)}")
     return 0
+
+
+def seen_split_of(model: str | Path, data: str) -> str | None:
+    """The training split of ``model`` (its sidecar's training_data) that holds ``data``."""
+    from engines.evaluate import seen_in_training
+    from engines.spec import ModelSpec, ModelSpecError, sidecar_path
+
+    try:
+        return seen_in_training(data, ModelSpec.load(sidecar_path(model)).training_data)
+    except (ModelSpecError, OSError):  # a .pt checkpoint has no sidecar
+        return None

@@ -175,6 +175,50 @@ def test_record_in_sidecar(tiny_model: Path, tmp_path: Path) -> None:
     assert after.classes == before.classes and after.input_size == before.input_size
 
 
+def test_seen_in_training_matches_the_split_not_the_path() -> None:
+    """The shipped train+val weights scored on val: the same frames, reached by another
+    path or through --limit, are seen; another split, or a filtered one, is not claimed."""
+    from engines.evaluate import seen_in_training
+
+    trained = ("camvid:../shared/camvid train (367) + camvid:../shared/camvid val (101); "
+               "crop 288x288, 84 epochs")
+    assert seen_in_training("camvid:/work/shared/camvid val (101)", trained) == \
+        "camvid:../shared/camvid val (101)"
+    assert seen_in_training("camvid:../shared/camvid val (first 3 of 101)", trained)
+    assert seen_in_training("camvid:../shared/camvid test (233)", trained) is None
+    assert seen_in_training("camvid:../shared/camvid val (101)",
+                            "camvid:../shared/camvid train (367); crop 288x288") is None
+    assert seen_in_training("cityscapes:../shared/camvid val (101)", trained) is None
+    # ':only=' / ':except=': which frames overlap is not in the descriptions
+    assert seen_in_training("camvid:../shared/camvid train (367) only 0006R0 (101)",
+                            trained) is None
+    assert seen_in_training("camvid:../shared/camvid val (101)", "camvid:../shared/camvid "
+                            "train (367) + camvid:../shared/camvid val (101) except 0006R0 "
+                            "(367)") is None
+    assert seen_in_training("folder:/data/my set (12)", "folder:/data/my set (12); 5 epochs")
+    assert seen_in_training("camvid:x val (101)", "") is None
+
+
+def test_record_on_a_split_the_model_was_trained_on_is_a_fit(tiny_model: Path,
+                                                              tmp_path: Path) -> None:
+    """`eval --record` of the shipped train+val weights on val wrote val_miou at the top of
+    the sidecar, where tools read a held-out figure: it goes under seen_split_fit."""
+    from engines.evaluate import SEEN_SPLIT_NOTE, record_in_sidecar
+
+    root = _labelled_folder(tmp_path / "ds", tiny_model, n=2)
+    report = evaluate(tiny_model, root, split="val", threads=1, progress=False)
+    path = sidecar_path(tiny_model)
+    doc = json.loads(path.read_text())
+    doc["training_data"] = f"{report.data}; 3 epochs"
+    doc.setdefault("metrics", {})["val_miou"] = 0.61  # the train-only figure, kept
+    path.write_text(json.dumps(doc))
+    record_in_sidecar(report, tiny_model)
+    m = ModelSpec.load(path).metrics
+    assert m["val_miou"] == 0.61 and "eval_images" not in m
+    fit = m["seen_split_fit"]
+    assert fit["val_miou"] == 1.0 and fit["eval_images"] == 2 and fit["note"] == SEEN_SPLIT_NOTE
+
+
 def test_eval_class_count_mismatch(tiny_model: Path, tmp_path: Path) -> None:
     root = _labelled_folder(tmp_path / "ds", tiny_model, n=1)
     (root / "classes.txt").write_text("a\nb\nc\nd\ne\nf\n")
@@ -192,9 +236,16 @@ def test_cli_predict_and_eval(tiny_model: Path, tmp_path: Path,
     assert "wrote 2 label maps" in capsys.readouterr().out
     assert main(["eval", "--model", str(tiny_model), "--data", str(root), "--threads", "1",
                  "--out", str(tmp_path / "r.json")]) == 0
-    out = capsys.readouterr().out
-    assert "mIoU" in out and "100.00" in out
+    cap = capsys.readouterr()
+    assert "mIoU" in cap.out and "100.00" in cap.out and "note:" not in cap.err
     assert (tmp_path / "r.json").is_file() and (tmp_path / "r_confusion.png").is_file()
+    # the same frames named as the model's training data: the figure is called a fit
+    path = sidecar_path(tiny_model)
+    doc = json.loads(path.read_text())
+    data = json.loads((tmp_path / "r.json").read_text())["data"]
+    path.write_text(json.dumps({**doc, "training_data": f"{data}; 3 epochs"}))
+    assert main(["eval", "--model", str(tiny_model), "--data", str(root), "--threads", "1"]) == 0
+    assert "was trained on" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "nope.onnx"), "--data", str(root)]) == 2
     assert "not found" in capsys.readouterr().err
     # refused before any evaluation: nothing is scored, nothing written

@@ -61,6 +61,26 @@ def test_calibrate_wants_an_onnx_out_and_checks_it_first(tiny_model: Path, tmp_p
     assert "--max-drop must be a number" in capsys.readouterr().err
 
 
+def test_calibrate_of_a_shipped_model_needs_out(tmp_path: Path, capsys) -> None:
+    """The help's first example, run as written, wrote over the shipped INT8 model, its
+    sidecar (with the training protocol) and report."""
+    from engines.zoo import MODELS_DIR, shipped_models
+
+    shipped = [p for p in shipped_models() if (MODELS_DIR / f"{p.stem}.int8.onnx").is_file()]
+    if not shipped:
+        pytest.skip("no shipped model with an INT8 twin in engines/models")
+    int8 = MODELS_DIR / f"{shipped[0].stem}.int8.onnx"
+    before = {p: p.stat().st_mtime_ns for p in MODELS_DIR.iterdir()}
+    assert main(["calibrate", str(shipped[0]), "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert str(int8) in err and "give --out" in err
+    assert {p: p.stat().st_mtime_ns for p in MODELS_DIR.iterdir()} == before
+    # with --out the same command goes on (to the missing --data here)
+    assert main(["calibrate", str(shipped[0]), "--data", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "m.int8.onnx")]) == 2
+    assert "give --out" not in capsys.readouterr().err
+
+
 def test_bench_does_not_render_a_report_over_itself(tmp_path: Path, capsys) -> None:
     report = tmp_path / "b.json"
     report.write_text(json.dumps({"results": []}))
