@@ -175,7 +175,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="fmt", default="auto",
                    choices=("auto", "camvid", "cityscapes", "folder"))
     p.add_argument("--out", required=True, help="run folder for checkpoints and log.jsonl")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=100, help="(default 100)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=lambda s: _pair(s, "--crop"), default=(360, 480),
                    help="training crop HxW (default 360x480)")
@@ -188,7 +188,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=None,
                    help="default 0.01 (AdamW, decoupled) or 5e-4 (SGD)")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--class-weight", choices=CLASS_WEIGHTINGS, default="mfb")
+    p.add_argument("--class-weight", choices=CLASS_WEIGHTINGS, default="mfb",
+                   help="per-class loss weights: median frequency balancing, its square "
+                        "root (what the shipped recipes use), or none (default mfb)")
     p.add_argument("--ohem", type=float, default=None, metavar="P",
                    help="online hard example mining: keep pixels with p(true) < P (e.g. 0.7)")
     p.add_argument("--aux-weight", type=float, default=0.4)
@@ -200,7 +202,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", default="val",
                    help="split for validation ('' for none); ':only=SEQ[,SEQ]' scores on "
                    "recordings held out of training, e.g. 'train:only=0001TP'")
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (default 1)")
     p.add_argument("--name", default=None, help="model name in the sidecar")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch)")

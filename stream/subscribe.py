@@ -300,6 +300,14 @@ class Subscriber:
         security handshake failure if any."""
         why = (f"; {self.stats.handshake_failures} security handshake(s) failed, last: "
                f"{self._handshake_error}" if self.stats.handshake_failures else "")
+        if self.cameras is not None and self.class_tables:
+            # The publisher sends its class tables to every new subscriber: it is up and
+            # reachable, it just publishes no camera of that name.
+            names = ", ".join(repr(c) for c in sorted(self.cameras))
+            return SubscribeTimeoutError(
+                f"no message for camera {names} from {self.endpoint} in {self.timeout} s, "
+                "although the publisher is up (its class table arrived): check the camera "
+                "id; subscribing without a camera filter shows the cameras it publishes")
         return SubscribeTimeoutError(
             f"no message from {self.endpoint} in {self.timeout} s: is the publisher "
             f"running and reachable (and, with CURVE, are the keys right)?{why}")
@@ -450,8 +458,10 @@ class Subscriber:
                     f"{ev['value']}): add its public .key file to the publisher's "
                     "allowed_clients/ folder")
         elif ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:  # the connection ended
-            text = ("the publisher closed the connection during the handshake: it may be at "
-                    "its subscriber limit (its log says 'refused ...: max_connections' or "
+            text = ("the publisher closed the connection during the handshake: one side may "
+                    "use CURVE keys and the other not (--curve-server-key must be given "
+                    "exactly when the publisher has curve_keys), or it is at its subscriber "
+                    "limit (its log says 'refused ...: max_connections' or "
                     "'max_per_address'), or restarting; retrying")
         else:  # a ZMTP protocol error, e.g. CURVE on one side only
             text = ("the security handshake failed: use CURVE keys exactly when the "

@@ -314,7 +314,9 @@ def open_split(root: str | Path, split: str = "train", fmt: str = "auto", *,
         return select_sequences(open_split(root, split, fmt, progress=progress), seq_filter)
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"dataset folder {root} not found (CamVid lives in ../shared/camvid)")
+        where = "" if root.is_absolute() else f" (looked for {root.absolute()})"
+        raise DatasetError(f"dataset folder {root} not found{where}; the examples' "
+                           "../shared/camvid is relative to the segstream checkout")
     fmt = detect_format(root) if fmt == "auto" else fmt
     if "+" in split:
         return concat_splits([open_split(root, s, fmt, progress=progress)

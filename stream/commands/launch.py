@@ -20,7 +20,9 @@ index one past the end adds a list entry), VALUE is read as YAML (2.0 a number,
 publish.endpoints.
 
 The file is validated before anything starts, the same way with and without --check:
-unknown or duplicate keys, bad values, sources that do not parse or exist, a missing or
+unknown or duplicate keys, bad values, sources that do not parse, files that do not
+exist (a V4L2 device that does not exist is a warning: it is retried like an unplugged
+camera), a missing or
 inconsistent model. Every problem is reported, each with the file, the key path (e.g.
 sources[1].stall_timeout) and the reason; exit 2 (exit 1 when the only problems are
 addresses not on this machine yet). See launch/*.yaml for annotated examples. Exit status

@@ -41,7 +41,10 @@ exit status:
      start (no CUDA context yet, device memory), or an address to listen on is not on
      this machine yet (DHCP at boot): worth a restart
   2  bad model, source, endpoint or option, or a source failed before delivering any frame
-     (a text file named .mp4, an empty or truncated file, a camera this machine lacks)
+     (a text file named .mp4, an empty or truncated file, a camera kind this machine
+     lacks, e.g. csi:// without nvarguscamerasrc). A V4L2 device that does not exist is
+     not an error: it is retried like an unplugged camera (USB cameras enumerate late at
+     boot), with a warning
   3  every source ended and one that had delivered frames failed (retries used up,
      a file broken mid-way): worth a restart (systemd Restart=on-failure)
   130  a second Ctrl-C / SIGTERM while stopping: exit at once, without flushing

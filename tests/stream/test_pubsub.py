@@ -332,6 +332,19 @@ def test_subscriber_times_out_cleanly():
             next(iter(sub))
 
 
+def test_camera_filter_timeout_says_the_publisher_is_up():
+    """A mistyped camera id (`--camera front` against `cam0`) was told to check whether
+    the publisher runs: its class table arrived, so the id is what to check."""
+    with Publisher(ipc_endpoint(), class_table=TABLE, class_table_interval=0.05) as pub, \
+            Subscriber(pub.bound_endpoints[0], cameras=["front"], timeout=0.3) as sub:
+        wait_subscribed(pub)
+        publish(pub, "cam0", 0, make_labels(0))
+        wait_until(lambda: TABLE.id in sub.class_tables or sub.receive(0.05) is not None)
+        with pytest.raises(SubscribeTimeoutError,
+                           match="camera 'front' .* the publisher is up .* camera id"):
+            next(iter(sub))
+
+
 def test_publisher_rejects_bad_input_and_reports_bind_errors():
     with Publisher("tcp://127.0.0.1:*", class_table=TABLE) as pub:
         with pytest.raises(ValueError, match=r"\(H, W\) uint8"):
