@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from stream.commands._common import report_errors, setup_logging
+
+if TYPE_CHECKING:
+    from stream.config import PipelineConfig
 
 EPILOG = r"""examples:
   segstream launch launch/dashcam.yaml
@@ -65,9 +69,34 @@ def run(args: argparse.Namespace) -> int:
         for s in cfg.sources:
             print(f"  source {s.id}: {redact(s.uri)}")
         print(f"  model: {cfg.model or '(shipped default)'}  backend: {cfg.backend or 'auto'}")
-        print(f"  publish: {', '.join(cfg.publish.endpoints)} [{cfg.publish.encoding}]")
+        for line in check_summary(cfg):
+            print(f"  {line}")
         return 0
     from stream.runner import run_pipeline
 
     code, _ = run_pipeline(cfg, where=args.file)
     return code
+
+
+def check_summary(cfg: PipelineConfig) -> list[str]:
+    """What the pipeline will do beyond its sources and model, for ``--check``: only the
+    settings that differ from a plain run are named (so an override shows)."""
+    pub = cfg.publish
+    lines = [f"publish: {', '.join(pub.endpoints)} [{pub.encoding}]"
+             + (", CURVE" if pub.curve_keys else "")
+             + (f", camera frames {pub.publish_frames:g}/s at x{pub.frame_scale:g}"
+                if pub.publish_frames else "")]
+    engine = [f"{k} {v}" for k, v, default in (
+        ("threads", cfg.threads, None), ("batch", cfg.batch, 1),
+        ("overlap", cfg.overlap, "auto"), ("engine policy", cfg.engine_policy, "auto"))
+        if v != default]
+    if engine:
+        lines.append("engine: " + ", ".join(engine))
+    if cfg.preview.port is not None:
+        lines.append(f"preview: http://{cfg.preview.host}:{cfg.preview.port}/")
+    if cfg.metrics_port is not None:
+        lines.append(f"metrics: http://{cfg.metrics_bind}:{cfg.metrics_port}/metrics")
+    stop = [f"after {cfg.duration:g} s" if cfg.duration else "",
+            f"after {cfg.max_frames} maps" if cfg.max_frames else ""]
+    lines.append("runs: " + (" or ".join(t for t in stop if t) or "until stopped"))
+    return lines

@@ -129,7 +129,15 @@ def test_check_accepts_a_good_file(tmp_path, capsys, tiny_model):
                     f"publish: {{endpoints: ['ipc://{tmp_path}/seg.sock', "
                     f"'tcp://*:{_free_port()}']}}\n")
     assert main(["launch", str(path), "--check"]) == 0, capsys.readouterr().err
-    assert f"{path}: OK" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{path}: OK" in out and "runs: until stopped" in out and "preview" not in out
+    # what an override turns on is shown (a preview set with --set left no trace)
+    port = _free_port()
+    assert main(["launch", str(path), "--check", "--set", f"preview.port={port}",
+                 "--set", "duration=5", "--set", "batch=2"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"preview: http://127.0.0.1:{port}/" in out and "runs: after 5 s" in out
+    assert "engine: batch 2" in out
 
 
 def test_bad_endpoints_and_keys_folder_are_caught_before_binding(tmp_path):
