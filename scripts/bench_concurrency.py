@@ -10,6 +10,9 @@ clip:    the hand-written loop (stream.handloop) and the pipeline on the same cl
 live:    one live test camera at --fps: capture -> publish p50/p99 per engine policy, and
          the bare engine's best back-to-back p50 (min over rounds of per-round medians).
 engine:  the bare engine (one plain session) per frame at each --batch, interleaved.
+         With --model given more than once: the models' bare engines at batch 1, one
+         round over all models after the other (order reversed every other round), the
+         median call of each; then the median of the rounds.
 cameras: N live test cameras vs one, each at --fps (or --fps / N with --split): total
          fps, per-camera fps and capture -> publish p50/p99, per --batch.
 
@@ -224,6 +227,10 @@ def cmd_live(args: argparse.Namespace) -> None:
 
 
 def cmd_engine(args: argparse.Namespace) -> None:
+    if len(args.models) > 1:
+        cmd_engine_models(args)
+        return
+    args.model = args.models[0]
     h, w = resolve_model_input(args.model)
     backends = {n: create_backend(args.model, threads=args.threads, batch=n) for n in args.batch}
     for r in range(args.rounds):
@@ -239,6 +246,34 @@ def cmd_engine(args: argparse.Namespace) -> None:
                 ts.append(time.perf_counter_ns() - t0)
             out.append(f"batch {n}: {statistics.median(ts) / 1e6 / n:6.2f} ms/frame")
         print(f"round {r}: " + ", ".join(out) + f"  others {others.cores():.2f} cores", flush=True)
+
+
+def cmd_engine_models(args: argparse.Namespace) -> None:
+    """Network alone of several models, batch 1, interleaved rounds (module docstring)."""
+    backends = {m: create_backend(m, threads=args.threads) for m in args.models}
+    per_round: dict[str, list[float]] = {m: [] for m in args.models}
+    for r in range(args.rounds):
+        others = Others()
+        for m in (args.models if r % 2 == 0 else args.models[::-1]):
+            be = backends[m]
+            x = np.random.default_rng(0).standard_normal(be.input_shape).astype(be.input_dtype)
+            for _ in range(5):
+                be.infer(x)
+            ts = []
+            for _ in range(50):
+                t0 = time.perf_counter_ns()
+                be.infer(x)
+                ts.append(time.perf_counter_ns() - t0)
+            per_round[m].append(statistics.median(ts) / 1e6)
+        print(f"round {r}: " + ", ".join(f"{Path(m).name} {per_round[m][-1]:.2f} ms"
+                                         for m in args.models)
+              + f"  others {others.cores():.2f} cores", flush=True)
+    for m, ms in per_round.items():
+        mid = statistics.median(ms)
+        print(f"{Path(m).name}: median {mid:.2f} ms ({1000 / mid:.0f} fps), rounds "
+              f"{min(ms):.2f}-{max(ms):.2f} ms")
+    for be in backends.values():
+        be.close()
 
 
 def resolve_model_input(model: str) -> tuple[int, int]:
@@ -308,6 +343,8 @@ def main() -> None:
     cams.add_argument("--split", action="store_true",
                       help="N cameras at --fps / N each (the same frames offered in all)")
     sub.choices["engine"].add_argument("--batch", type=int, action="append", default=None)
+    sub.choices["engine"].add_argument("--models", "-m", action="append", default=None,
+                                       help="several models: compare them, batch 1")
     args = ap.parse_args()
     if args.cmd == "live":
         args.policy = args.policy or ["throughput", "latency", "auto"]
@@ -315,6 +352,7 @@ def main() -> None:
         args.batch = args.batch or [1, args.cameras]
     if args.cmd == "engine":
         args.batch = args.batch or [1, 2, 4]
+        args.models = args.models or [args.model]
     print(f"# {args.cmd} {vars(args)}")
     {"clip": cmd_clip, "live": cmd_live, "cameras": cmd_cameras,
      "engine": cmd_engine}[args.cmd](args)
