@@ -94,6 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preview-width", type=int, default=PreviewConfig.max_width, metavar="PX",
                    help=f"preview pictures are scaled down to at most this width (default "
                         f"{PreviewConfig.max_width})")
+    p.add_argument("--preview-quality", type=int, default=PreviewConfig.quality, metavar="Q",
+                   help=f"JPEG quality of the preview pictures, 1..100 (default "
+                        f"{PreviewConfig.quality})")
     p.add_argument("--stats-interval", type=float, default=1.0,
                    help="seconds between status lines (0: none)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N label maps")
@@ -132,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     try:
-        preview = PreviewConfig(fps=args.preview_fps, max_width=args.preview_width)
+        preview = PreviewConfig(fps=args.preview_fps, max_width=args.preview_width,
+                                quality=args.preview_quality)
     except ConfigError as e:  # name the flags' key path, as a launch file's errors do
         raise ConfigError(errors=[f"preview.{err}" for err in e.errors]) from None
     if args.preview is not None:

@@ -303,6 +303,8 @@ def test_bad_preview_flags_exit_2(capsys):
     assert "--preview 'host:'" in capsys.readouterr().err
     assert main(["run", "--source", "test://ball", "--preview-fps", "0"]) == 2
     assert "preview.fps: must be" in capsys.readouterr().err
+    assert main(["run", "--source", "test://ball", "--preview-quality", "101"]) == 2
+    assert "preview.quality: must be a JPEG quality" in capsys.readouterr().err
 
 
 def test_a_browser_that_reads_nothing_never_blocks_the_stream(gst, tiny_model):
