@@ -194,6 +194,8 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
             calibration_source=str(job.data),
             calibration_frames=len(calib),
             eval_source=str(job.eval_images) if labelled else None, eval_frames=len(labelled),
+            eval_split=describe_eval(job.eval_images, job.eval_labels, len(labelled))
+            if labelled else None,
             fp32=ev.fp32_scores, int8_first=int8_first[0], int8=int8_final[0],
             agreement_eval=int8_final[1], agreement_data=int8_final[2],
             agreement_frames=len(ev.agree_frames),
@@ -205,6 +207,17 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
         )
         _write_outputs(fm, final, out, report, job.report_stem)
     return report
+
+
+def describe_eval(images: Path | None, labels: Path | None, n: int) -> str | None:
+    """The labelled frames as ``segstream eval`` names data: ``camvid:ROOT SPLIT (N)`` for
+    a CamVid split (``ROOT/SPLIT`` with ``ROOT/SPLITannot``), else ``folder:IMAGES (N)``."""
+    if images is None:
+        return None
+    if labels is not None and labels.parent == images.parent \
+            and labels.name == f"{images.name}annot":
+        return f"camvid:{images.parent} {images.name} ({n})"
+    return f"folder:{images} ({n})"
 
 
 def _reference_model(fm: FloatModel, reference: Path | None) -> FloatModel:
@@ -320,7 +333,8 @@ def _write_outputs(fm: FloatModel, int8: Path, out: Path, report: CalibrationRep
     out.parent.mkdir(parents=True, exist_ok=True)
     report_stem.parent.mkdir(parents=True, exist_ok=True)
     spec = replace(fm.spec, name=f"{fm.spec.name}-int8",
-                   metrics=report.sidecar_metrics(dict(fm.spec.metrics)))
+                   metrics=report.sidecar_metrics(dict(fm.spec.metrics),
+                                                  fm.spec.training_data))
     targets = {
         out: lambda p: shutil.copyfile(int8, p),
         sidecar_path(out): lambda p: p.write_text(spec.to_text()),

@@ -37,6 +37,7 @@ class CalibrationReport:
     calibration_frames: int
     eval_source: str | None = None
     eval_frames: int = 0
+    eval_split: str | None = None  # "camvid:ROOT SPLIT (N)", as segstream eval names data
     fp32: SegScores | None = None
     int8_first: SegScores | None = None  # before any fallback
     int8: SegScores | None = None  # the written model
@@ -85,19 +86,30 @@ class CalibrationReport:
         d["kept_float"] = list(self.kept_float)
         return d
 
-    def sidecar_metrics(self, previous: dict[str, Any]) -> dict[str, Any]:
+    def sidecar_metrics(self, previous: dict[str, Any],
+                        training_data: str = "") -> dict[str, Any]:
         """Metrics for the INT8 sidecar: the FP32 model's, less its own evaluation figures
-        (they describe the FP32 weights), with the INT8 figures measured here."""
+        (they describe the FP32 weights), with the INT8 figures measured here; under
+        ``seen_split_fit`` when ``training_data`` (the FP32 sidecar's) holds the scored
+        frames, as ``segstream eval --record`` files them."""
+        from engines.evaluate import SEEN_SPLIT_NOTE, seen_in_training
+
         m = {k: v for k, v in previous.items() if k not in FP32_EVAL_KEYS}
         if self.int8 is not None:
-            m["val_miou"] = round(self.int8.miou / 100.0, 5)
-            m["val_pixel_acc"] = round(self.int8.pixel_accuracy / 100.0, 5)
-            m["per_class_iou"] = {k: (None if v is None else round(v / 100.0, 5))
-                                  for k, v in self.int8.per_class.items()}
-            # where these figures come from, as `segstream eval --record` says for FP32
-            m["eval_split"] = self.eval_source
-            m["eval_images"] = self.eval_frames
-            m["eval_backend"] = "onnxruntime"
+            scored = {
+                "val_miou": round(self.int8.miou / 100.0, 5),
+                "val_pixel_acc": round(self.int8.pixel_accuracy / 100.0, 5),
+                "per_class_iou": {k: (None if v is None else round(v / 100.0, 5))
+                                  for k, v in self.int8.per_class.items()},
+                # where these figures come from, as `segstream eval --record` says
+                "eval_split": self.eval_split or self.eval_source,
+                "eval_images": self.eval_frames,
+                "eval_backend": "onnxruntime",
+            }
+            if self.eval_split and seen_in_training(self.eval_split, training_data):
+                m["seen_split_fit"] = {**scored, "note": SEEN_SPLIT_NOTE}
+            else:
+                m.update(scored)
         m["quantization"] = {
             "precision": "int8",
             "profile": self.profile,

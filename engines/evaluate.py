@@ -153,13 +153,24 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path | None
 
 
 # One part of a data description, "FORMAT:ROOT SPLIT (N)" or "folder:ROOT (N)"
-# (``SplitData.source``; eval's
-# --limit makes it "(first K of N)"; the sidecar's training_data starts with the training
-# split's, parts joined by " + ").
+# (``SplitData.source``; eval's --limit makes it "(first K of N)"); joined splits are parts
+# separated by " + ", and the sidecar's training_data is that, then "; " and the recipe.
 _DATA_PART = re.compile(r"(\w+):(.+?)(?: (\S+))? \((?:first \d+ of )?(\d+)\)")
-_FILTERED = re.compile(r" (only|except) ")
-SEEN_SPLIT_NOTE = ("scored on a split these weights were trained on: a fit figure, not "
-                   "accuracy; see protocol.train_only")
+# what :func:`engines.data.sequences.select_sequences` appends: " only A,B (N)"
+_FILTERED = re.compile(r" (only|except) \S+ \(\d+\)$")
+SEEN_SPLIT_NOTE = "scored on a split these weights were trained on: a fit figure, not accuracy"
+
+
+def _data_parts(text: str) -> dict[tuple[str, tuple[str, ...], str | None, int], str]:
+    """Each part of a data description keyed by (format, the dataset folder's last two path
+    components, split, frames); parts that do not parse are left out."""
+    found = {}
+    for part in text.split(" + "):
+        m = _DATA_PART.fullmatch(part.strip())
+        if m is not None:
+            fmt, root, split, n = m.groups()
+            found[(fmt, Path(root).parts[-2:], split, int(n))] = m.group(0)
+    return found
 
 
 def seen_in_training(data: str, training_data: str) -> str | None:
@@ -168,19 +179,16 @@ def seen_in_training(data: str, training_data: str) -> str | None:
     when they share no split, or when either keeps or drops recordings (``:only=`` /
     ``:except=``: which frames overlap is not told by the descriptions).
 
-    Parts match on format, the dataset folder's name, split and frame count, so the same
-    data reached by another path (``../shared/camvid`` vs ``/work/shared/camvid``) matches.
+    Parts match on format, the dataset folder's last two path components, split and frame
+    count, so the same data reached by another path (``../shared/camvid`` vs
+    ``/work/shared/camvid``) matches and another dataset's ``val`` does not. Conservative:
+    what cannot be told (a filter, a --limit over joined splits) is not claimed.
     """
-    train_part = training_data.split(";", maxsplit=1)[0]
-    if _FILTERED.search(data) or _FILTERED.search(train_part):
+    train_part = training_data.split(";", maxsplit=1)[0].strip()
+    if _FILTERED.search(data.strip()) or _FILTERED.search(train_part):
         return None
-
-    def parts(text: str) -> dict[tuple[str, str, str, int], str]:
-        return {(f, Path(root).name, split, int(n)): m.group(0)
-                for m in _DATA_PART.finditer(text) for f, root, split, n in [m.groups()]}
-
-    seen = parts(train_part)
-    for key in parts(data):
+    seen = _data_parts(train_part)
+    for key in _data_parts(data):
         if key in seen:
             return seen[key]
     return None
@@ -209,8 +217,9 @@ def record_in_sidecar(report: EvalReport, model: str | Path) -> Path:
         "eval_backend": report.backend,
     }
     if seen_in_training(report.data, spec.training_data):
-        metrics = {**dict(spec.metrics),
-                   "seen_split_fit": {**figures, "note": SEEN_SPLIT_NOTE}}
+        # the same keys at the top (the training loop's val on the same frames) are fits too
+        metrics = {k: v for k, v in spec.metrics.items() if k not in figures}
+        metrics["seen_split_fit"] = {**figures, "note": SEEN_SPLIT_NOTE}
     else:
         metrics = {**dict(spec.metrics), **figures}
     return ModelSpec.from_json({**spec.to_json(), "metrics": metrics}, source=str(path)) \

@@ -10,7 +10,7 @@ clip:    the hand-written loop (stream.handloop) and the pipeline on the same cl
 live:    one live test camera at --fps: capture -> publish p50/p99 per engine policy, and
          the bare engine's best back-to-back p50 (min over rounds of per-round medians).
 engine:  the bare engine (one plain session) per frame at each --batch, interleaved.
-         With --model given more than once: the models' bare engines at batch 1, one
+         With -m/--models given more than once: the models' bare engines at batch 1, one
          round over all models after the other (order reversed every other round), the
          median call of each; then the median of the rounds.
 cameras: N live test cameras vs one, each at --fps (or --fps / N with --split): total
@@ -250,6 +250,9 @@ def cmd_engine(args: argparse.Namespace) -> None:
 
 def cmd_engine_models(args: argparse.Namespace) -> None:
     """Network alone of several models, batch 1, interleaved rounds (module docstring)."""
+    if args.batch != [1, 2, 4]:
+        print("# --batch is ignored with several models: batch 1")
+    args.models = [str(resolve_model(m)) for m in args.models]
     backends = {m: create_backend(m, threads=args.threads) for m in args.models}
     per_round: dict[str, list[float]] = {m: [] for m in args.models}
     for r in range(args.rounds):

@@ -82,7 +82,10 @@ def record(path: Path, report: dict, final: dict | None,
                     "note": "no train+val run of this recipe has been shipped yet"}
     else:
         seen = {k: metrics.pop(k) for k in EVAL_KEYS if k in metrics}
-        if seen:
+        if seen or metrics.get("seen_split_fit"):
+            # what `segstream eval --record` already filed there wins over top-level
+            # figures (e.g. the training loop's val score of a run that validated on val)
+            seen = {**seen, **metrics.get("seen_split_fit", {})}
             seen["note"] = ("scored on a split these weights were trained on: a fit "
                             "figure, not accuracy; see protocol.train_only")
             metrics["seen_split_fit"] = seen

@@ -27,10 +27,18 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+stamp=.venv/.segstream-setup
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0  # set up already, by this version of this script
+fi
+# Optional packages: tried once per setup (not at every `make run`), never prompting for
+# a password (sudo -n) and never failing the setup.
 for p in "${OPTIONAL_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 && continue
   if apt-cache show "$p" >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$p" \
+    DEBIAN_FRONTEND=noninteractive ${SUDO:+$SUDO -n} apt-get install -y -qq \
+      --no-install-recommends "$p" >/dev/null 2>&1 \
       || echo "setup: optional package $p did not install; the browser test will skip"
   else
     echo "setup: optional package $p is not in this distribution's apt; the browser test will skip"
@@ -39,13 +47,12 @@ done
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-VPY=.venv/bin/python
-stamp=.venv/.segstream-setup
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
+# A venv whose creation failed half-way (no ensurepip: python3-venv was missing) has a
+# python but no pip: make it again rather than fail at every run.
+if ! { [ -x .venv/bin/python ] && .venv/bin/python -m pip --version >/dev/null 2>&1; }; then
+  "$PY" -m venv --clear .venv
 fi
+VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip wheel
 # torch from the configured pip index (TORCH_VERSION overrides the version). On plain
 # PyPI a Linux x86_64 `torch` is the multi-GB CUDA build: for the CPU build run

@@ -300,9 +300,11 @@ class Subscriber:
         security handshake failure if any."""
         why = (f"; {self.stats.handshake_failures} security handshake(s) failed, last: "
                f"{self._handshake_error}" if self.stats.handshake_failures else "")
-        if self.cameras is not None and self.class_tables:
+        if (self.cameras is not None and self.class_tables and not self.stats.received
+                and not self._states):
             # The publisher sends its class tables to every new subscriber: it is up and
-            # reachable, it just publishes no camera of that name.
+            # reachable, yet nothing of these cameras ever came (a map or a state event):
+            # it publishes no camera of that name. (One that came and stopped is a gap.)
             names = ", ".join(repr(c) for c in sorted(self.cameras))
             return SubscribeTimeoutError(
                 f"no message for camera {names} from {self.endpoint} in {self.timeout} s, "

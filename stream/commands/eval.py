@@ -83,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report.model} [{report.backend}] on {report.data}")
     print(report.metrics.table(report.class_names))
     print(f"{report.ms_per_image:.1f} ms/image (pre + infer + post)")
-    seen = seen_split_of(model, report.data)
+    seen, has_protocol = seen_split_of(model, report.data)
     if seen:
         print(f"note: {Path(model).name} was trained on {seen} (its sidecar's "
               "training_data): this is a fit to frames it has seen, not its accuracy on "
-              "new ones; its held-out figures are in the sidecar's metrics.protocol"
+              "new ones"
+              + ("; its held-out figures are in the sidecar's metrics.protocol"
+                 if has_protocol else "")
               + (" (--record files these under metrics.seen_split_fit)" if args.record
                  else ""), file=sys.stderr)
     if args.out:
@@ -99,12 +101,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def seen_split_of(model: str | Path, data: str) -> str | None:
-    """The training split of ``model`` (its sidecar's training_data) that holds ``data``."""
+def seen_split_of(model: str | Path, data: str) -> tuple[str | None, bool]:
+    """(The training split of ``model``, from its sidecar's training_data, that holds
+    ``data``; whether the sidecar records a protocol with held-out figures)."""
     from engines.evaluate import seen_in_training
     from engines.spec import ModelSpec, ModelSpecError, sidecar_path
 
     try:
-        return seen_in_training(data, ModelSpec.load(sidecar_path(model)).training_data)
+        spec = ModelSpec.load(sidecar_path(model))
     except (ModelSpecError, OSError):  # a .pt checkpoint has no sidecar
-        return None
+        return None, False
+    return (seen_in_training(data, spec.training_data),
+            isinstance(spec.metrics.get("protocol"), dict))

@@ -93,10 +93,18 @@ def check_summary(cfg: PipelineConfig) -> list[str]:
     if engine:
         lines.append("engine: " + ", ".join(engine))
     if cfg.preview.port is not None:
-        lines.append(f"preview: http://{cfg.preview.host}:{cfg.preview.port}/")
+        lines.append(f"preview: {_url(cfg.preview.host, cfg.preview.port, '/')}")
     if cfg.metrics_port is not None:
-        lines.append(f"metrics: http://{cfg.metrics_bind}:{cfg.metrics_port}/metrics")
+        lines.append(f"metrics: {_url(cfg.metrics_bind, cfg.metrics_port, '/metrics')}")
     stop = [f"after {cfg.duration:g} s" if cfg.duration else "",
             f"after {cfg.max_frames} maps" if cfg.max_frames else ""]
     lines.append("runs: " + (" or ".join(t for t in stop if t) or "until stopped"))
     return lines
+
+
+def _url(host: str, port: int, path: str) -> str:
+    """http://HOST:PORT/PATH, IPv6 hosts in brackets; port 0 is chosen at start."""
+    netloc = f"[{host}]" if ":" in host else host
+    if port == 0:
+        return f"http://{netloc}:<any free port, printed at start>{path}"
+    return f"http://{netloc}:{port}{path}"

@@ -295,6 +295,23 @@ def test_int8_sidecar_keeps_no_figure_of_the_fp32_weights() -> None:
     # the INT8 figures say where they were measured (the FP32 model's eval_images is gone)
     assert (m["eval_split"], m["eval_images"], m["eval_backend"]) == ("data/val", 7,
                                                                       "onnxruntime")
+    # scored on frames the FP32 weights were trained on: a fit, filed as eval --record does
+    seen = CalibrationReport("m.onnx", "m.int8.onnx", "minmax", True, "ort-cpu", "d", 8,
+                             eval_source="d/val", eval_frames=7, eval_split="camvid:d val (7)",
+                             int8=SegScores(81.0, {"a": 81.0}, 96.13))
+    m = seen.sidecar_metrics(fp32_metrics, "camvid:d train (5) + camvid:d val (7); 3 epochs")
+    assert "val_miou" not in m and m["seen_split_fit"]["val_miou"] == 0.81
+    assert m["seen_split_fit"]["eval_split"] == "camvid:d val (7)"
+    assert seen.sidecar_metrics(fp32_metrics, "camvid:d train (5); 3 epochs")["val_miou"] == 0.81
     unscored = CalibrationReport("m.onnx", "m.int8.onnx", "minmax", True, "ort-cpu", "d", 8)
     assert not {"val_miou", "val_pixel_acc", "per_class_iou", "eval_split", "eval_images"} & set(
         unscored.sidecar_metrics(fp32_metrics))
+
+
+def test_eval_frames_are_named_as_segstream_eval_names_them(tmp_path: Path) -> None:
+    from calibrate.pipeline import describe_eval
+
+    root = tmp_path / "camvid"
+    assert describe_eval(root / "val", root / "valannot", 101) == f"camvid:{root} val (101)"
+    assert describe_eval(tmp_path / "f", tmp_path / "l", 4) == f"folder:{tmp_path / 'f'} (4)"
+    assert describe_eval(None, None, 0) is None

@@ -197,6 +197,15 @@ def test_seen_in_training_matches_the_split_not_the_path() -> None:
                             "(367)") is None
     assert seen_in_training("folder:/data/my set (12)", "folder:/data/my set (12); 5 epochs")
     assert seen_in_training("camvid:x val (101)", "") is None
+    assert seen_in_training("camvid:x val (101)", "free text, no parts") is None
+    # found by review: a folder named like a duplicate download, another drive's val
+    trained_dup = "camvid:/home/u/camvid (1) train (367) + camvid:/home/u/camvid (1) val (101)"
+    assert seen_in_training("camvid:/home/u/camvid (1) test (233)", trained_dup) is None
+    assert seen_in_training("camvid:/home/u/camvid (1) val (101)", trained_dup)
+    assert seen_in_training("folder:/a/drive1/val (100)", "folder:/b/drive2/val (100)") is None
+    # "only" / "except" inside a path is not a filter
+    assert seen_in_training("camvid:/data/only set/camvid val (101)",
+                            "camvid:/data/only set/camvid val (101); 3 epochs")
 
 
 def test_record_on_a_split_the_model_was_trained_on_is_a_fit(tiny_model: Path,
@@ -210,11 +219,11 @@ def test_record_on_a_split_the_model_was_trained_on_is_a_fit(tiny_model: Path,
     path = sidecar_path(tiny_model)
     doc = json.loads(path.read_text())
     doc["training_data"] = f"{report.data}; 3 epochs"
-    doc.setdefault("metrics", {})["val_miou"] = 0.61  # the train-only figure, kept
+    doc.setdefault("metrics", {})["val_miou"] = 0.61  # the training loop's, same frames
     path.write_text(json.dumps(doc))
     record_in_sidecar(report, tiny_model)
     m = ModelSpec.load(path).metrics
-    assert m["val_miou"] == 0.61 and "eval_images" not in m
+    assert "val_miou" not in m and "eval_images" not in m  # the old top-level fit moved
     fit = m["seen_split_fit"]
     assert fit["val_miou"] == 1.0 and fit["eval_images"] == 2 and fit["note"] == SEEN_SPLIT_NOTE
 

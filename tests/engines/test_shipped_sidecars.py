@@ -57,3 +57,29 @@ def test_train_only_figures_are_those_of_the_committed_report(sidecar: Path) -> 
     assert train_only["val_miou"] == figures["miou"] == protocol["train_only_val_miou"]
     assert train_only["per_class_iou"] == figures["per_class_iou"]
     assert train_only["pixel_acc"] == figures["pixel_acc"]
+
+
+def test_record_protocol_keeps_what_eval_record_filed_as_a_fit(tmp_path: Path) -> None:
+    """scripts/record_protocol.py replaced a seen_split_fit that `segstream eval --record`
+    had written with stale top-level figures (a train+val run that validated on val)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("record_protocol",
+                                                  ROOT / "scripts" / "record_protocol.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    side = tmp_path / "m.json"
+    side.write_text(json.dumps({
+        "training_data": "camvid:d train (367) + camvid:d val (101); 3 epochs",
+        "metrics": {"val_miou": 0.9, "epoch": 3,  # the training loop's val score, a fit
+                    "seen_split_fit": {"val_miou": 0.82, "eval_images": 101}}}))
+    report = {"miou": 0.7, "per_class_iou": {"a": 0.7}, "pixel_acc": 0.9, "data": "d val",
+              "backend": "onnxruntime"}
+    final = {"epochs": 3, "optimizer_steps": 10, "final_loss": 0.3, "recipe": {},
+             "split": "train+val"}
+    mod.record(side, report, final)
+    metrics = json.loads(side.read_text())["metrics"]
+    assert "val_miou" not in metrics and metrics["protocol"]["train_only_val_miou"] == 0.7
+    fit = metrics["seen_split_fit"]
+    assert fit["val_miou"] == 0.82 and fit["eval_images"] == 101 and fit["epoch"] == 3
