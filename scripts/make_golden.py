@@ -1,6 +1,7 @@
 """Regenerate the golden label maps of the shipped models (tests/golden/).
 
     .venv/bin/python scripts/make_golden.py [MODEL_STEM ...]
+    .venv/bin/python scripts/make_golden.py --variant [MODEL_STEM ...]
 
 Each shipped model (``engines/models/*.onnx``) segments two fixed synthetic street-like
 frames (drawn with NumPy from a fixed seed, no dataset needed) through the stream's own
@@ -11,6 +12,11 @@ processing changes on purpose, and say why in the commit. ``tests/golden/isa.jso
 the environment each map was made in (:func:`environment`: CPU integer-kernel family and
 ONNX Runtime version), because INT8 kernels round differently on AVX2 and VNNI CPUs and
 between ONNX Runtime releases.
+
+``--variant`` writes only the INT8 models' maps, for this environment, into
+``tests/golden/<environment>/`` beside the base ones (which it leaves alone): the test then
+holds INT8 models to the strict tolerance on every kind of machine that has a variant.
+Regenerating a model's base maps deletes its variants (they belong to the old weights).
 """
 
 from __future__ import annotations
@@ -80,6 +86,16 @@ def golden_path(model: Path, frame: str) -> Path:
     return GOLDEN / f"{model.stem}__{frame}.png"
 
 
+def variant_dir(env: str) -> Path:
+    """Where the INT8 maps made in ``env`` (:func:`environment`) go with ``--variant``."""
+    return GOLDEN / env.replace(" ", "_")
+
+
+def isa_key(path: Path) -> str:
+    """A golden's key in ``isa.json``: its path under tests/golden/."""
+    return path.relative_to(GOLDEN).as_posix()
+
+
 def label_maps(model: Path) -> dict[str, np.ndarray]:
     """{frame name: (H, W) uint8 labels} for one model, 1 ONNX Runtime thread."""
     from engines.segmenter import Segmenter
@@ -98,15 +114,26 @@ def main() -> int:
     from engines.zoo import shipped_models
 
     GOLDEN.mkdir(parents=True, exist_ok=True)
-    only = set(sys.argv[1:])  # model stems to regenerate (default: all)
+    args = sys.argv[1:]
+    variant = "--variant" in args
+    only = {a for a in args if a != "--variant"}  # model stems (default: all)
     isa = json.loads(ISA_FILE.read_text()) if ISA_FILE.is_file() else {}
+    env = environment()
     for model in shipped_models():
-        if only and model.stem not in only:
+        if (only and model.stem not in only) or (variant and ".int8" not in model.name):
             continue
+        if not variant:  # new base maps: other environments' variants are stale
+            for old in GOLDEN.glob(f"*/{model.stem}__*.png"):
+                old.unlink()
+                isa.pop(isa_key(old), None)
+                print(f"deleted {old.relative_to(ROOT)} (made from the previous weights)")
         for name, labels in label_maps(model).items():
             out = golden_path(model, name)
+            if variant:
+                out = variant_dir(env) / out.name
+                out.parent.mkdir(exist_ok=True)
             cv2.imwrite(str(out), labels)
-            isa[out.name] = environment()
+            isa[isa_key(out)] = env
             classes = np.unique(labels).tolist()
             print(f"wrote {out.relative_to(ROOT)} {labels.shape} classes {classes}")
     ISA_FILE.write_text(json.dumps(dict(sorted(isa.items())), indent=1) + "\n")
