@@ -92,7 +92,7 @@ class CalibrationReport:
         (they describe the FP32 weights), with the INT8 figures measured here; under
         ``seen_split_fit`` when ``training_data`` (the FP32 sidecar's) holds the scored
         frames, as ``segstream eval --record`` files them."""
-        from engines.evaluate import SEEN_SPLIT_NOTE, seen_in_training
+        from engines.evaluate import file_figures
 
         m = {k: v for k, v in previous.items() if k not in FP32_EVAL_KEYS}
         if self.int8 is not None:
@@ -106,10 +106,7 @@ class CalibrationReport:
                 "eval_images": self.eval_frames,
                 "eval_backend": "onnxruntime",
             }
-            if self.eval_split and seen_in_training(self.eval_split, training_data):
-                m["seen_split_fit"] = {**scored, "note": SEEN_SPLIT_NOTE}
-            else:
-                m.update(scored)
+            m = file_figures(m, scored, self.eval_split, training_data)
         m["quantization"] = {
             "precision": "int8",
             "profile": self.profile,

@@ -194,6 +194,18 @@ def seen_in_training(data: str, training_data: str) -> str | None:
     return None
 
 
+def file_figures(metrics: dict[str, Any], figures: dict[str, Any], data: str | None,
+                 training_data: str) -> dict[str, Any]:
+    """``metrics`` with ``figures`` (scores of the frames ``data`` describes) filed where a
+    reader takes them for what they are: at the top level, or, when the weights were trained
+    on those frames (:func:`seen_in_training`), under ``seen_split_fit`` with a note, the
+    top-level keys of the same names (fits too) removed."""
+    if data and seen_in_training(data, training_data):
+        kept = {k: v for k, v in metrics.items() if k not in figures}
+        return {**kept, "seen_split_fit": {**figures, "note": SEEN_SPLIT_NOTE}}
+    return {**metrics, **figures}
+
+
 def record_in_sidecar(report: EvalReport, model: str | Path) -> Path:
     """Merge the report's figures into the model's JSON sidecar under ``metrics``.
 
@@ -216,11 +228,6 @@ def record_in_sidecar(report: EvalReport, model: str | Path) -> Path:
         "eval_images": report.num_images,
         "eval_backend": report.backend,
     }
-    if seen_in_training(report.data, spec.training_data):
-        # the same keys at the top (the training loop's val on the same frames) are fits too
-        metrics = {k: v for k, v in spec.metrics.items() if k not in figures}
-        metrics["seen_split_fit"] = {**figures, "note": SEEN_SPLIT_NOTE}
-    else:
-        metrics = {**dict(spec.metrics), **figures}
+    metrics = file_figures(dict(spec.metrics), figures, report.data, spec.training_data)
     return ModelSpec.from_json({**spec.to_json(), "metrics": metrics}, source=str(path)) \
         .save(path)

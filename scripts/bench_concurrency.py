@@ -156,20 +156,26 @@ def _variant(text: str) -> dict[str, Any]:
     return out
 
 
-def engine_b2b(model: str, threads: int | None, policy: str | None, n: int = 150) -> float:
-    """Median ms of ``n`` back-to-back infer() calls (after 20 warm-up calls); policy None:
-    one plain session, "latency": one spinning session."""
-    be = create_backend(model, threads=threads, policy=policy)
-    x = np.random.default_rng(0).standard_normal(be.input_shape).astype(be.input_dtype)
-    for _ in range(20):
+def median_call_ms(be: Any, x: np.ndarray, n: int, warmup: int) -> float:
+    """Median ms of ``n`` back-to-back ``be.infer(x)`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
         be.infer(x)
     ts = []
     for _ in range(n):
         t0 = time.perf_counter_ns()
         be.infer(x)
         ts.append(time.perf_counter_ns() - t0)
-    be.close()
     return statistics.median(ts) / 1e6
+
+
+def engine_b2b(model: str, threads: int | None, policy: str | None, n: int = 150) -> float:
+    """Median ms of ``n`` back-to-back infer() calls (after 20 warm-up calls); policy None:
+    one plain session, "latency": one spinning session."""
+    be = create_backend(model, threads=threads, policy=policy)
+    x = np.random.default_rng(0).standard_normal(be.input_shape).astype(be.input_dtype)
+    ms = median_call_ms(be, x, n, warmup=20)
+    be.close()
+    return ms
 
 
 def cmd_clip(args: argparse.Namespace) -> None:
@@ -237,21 +243,13 @@ def cmd_engine(args: argparse.Namespace) -> None:
         out, others = [], Others()
         for n, be in backends.items():
             x = np.random.default_rng(0).standard_normal((n, 3, h, w)).astype(be.input_dtype)
-            for _ in range(3):
-                be.infer(x)
-            ts = []
-            for _ in range(max(8, 40 // n)):
-                t0 = time.perf_counter_ns()
-                be.infer(x)
-                ts.append(time.perf_counter_ns() - t0)
-            out.append(f"batch {n}: {statistics.median(ts) / 1e6 / n:6.2f} ms/frame")
+            ms = median_call_ms(be, x, max(8, 40 // n), warmup=3)
+            out.append(f"batch {n}: {ms / n:6.2f} ms/frame")
         print(f"round {r}: " + ", ".join(out) + f"  others {others.cores():.2f} cores", flush=True)
 
 
 def cmd_engine_models(args: argparse.Namespace) -> None:
     """Network alone of several models, batch 1, interleaved rounds (module docstring)."""
-    if args.batch != [1, 2, 4]:
-        print("# --batch is ignored with several models: batch 1")
     args.models = [str(resolve_model(m)) for m in args.models]
     backends = {m: create_backend(m, threads=args.threads) for m in args.models}
     per_round: dict[str, list[float]] = {m: [] for m in args.models}
@@ -260,14 +258,7 @@ def cmd_engine_models(args: argparse.Namespace) -> None:
         for m in (args.models if r % 2 == 0 else args.models[::-1]):
             be = backends[m]
             x = np.random.default_rng(0).standard_normal(be.input_shape).astype(be.input_dtype)
-            for _ in range(5):
-                be.infer(x)
-            ts = []
-            for _ in range(50):
-                t0 = time.perf_counter_ns()
-                be.infer(x)
-                ts.append(time.perf_counter_ns() - t0)
-            per_round[m].append(statistics.median(ts) / 1e6)
+            per_round[m].append(median_call_ms(be, x, 50, warmup=5))
         print(f"round {r}: " + ", ".join(f"{Path(m).name} {per_round[m][-1]:.2f} ms"
                                          for m in args.models)
               + f"  others {others.cores():.2f} cores", flush=True)
@@ -354,8 +345,10 @@ def main() -> None:
     if args.cmd == "cameras":
         args.batch = args.batch or [1, args.cameras]
     if args.cmd == "engine":
-        args.batch = args.batch or [1, 2, 4]
         args.models = args.models or [args.model]
+        if args.batch and len(args.models) > 1:
+            print("# --batch is ignored with several models: batch 1")
+        args.batch = args.batch or [1, 2, 4]
     print(f"# {args.cmd} {vars(args)}")
     {"clip": cmd_clip, "live": cmd_live, "cameras": cmd_cameras,
      "engine": cmd_engine}[args.cmd](args)

@@ -86,8 +86,9 @@ def record(path: Path, report: dict, final: dict | None,
             # what `segstream eval --record` already filed there wins over top-level
             # figures (e.g. the training loop's val score of a run that validated on val)
             seen = {**seen, **metrics.get("seen_split_fit", {})}
-            seen["note"] = ("scored on a split these weights were trained on: a fit "
-                            "figure, not accuracy; see protocol.train_only")
+            from engines.evaluate import SEEN_SPLIT_NOTE
+
+            seen["note"] = f"{SEEN_SPLIT_NOTE}; see protocol.train_only"
             metrics["seen_split_fit"] = seen
         protocol = {"training_split": split_frames(doc) or final["split"],
                     "model_selection": "recipe chosen on val with a train-only run; shipped "
