@@ -46,6 +46,7 @@ from calibrate.quantize import (
     load_float_model,
     preprocess_graph,
     quantize_to,
+    resolve_keep_float,
     summarize_qdq,
 )
 from calibrate.report import CalibrationReport
@@ -78,6 +79,8 @@ class CalibrateJob:
             None: the calibration frames. agreement_samples: how many, evenly spaced.
         max_drop: allowed mIoU drop in points; larger drops trigger the float fallback.
         min_agreement: without labels, the fallback keeps INT8/FP32 agreement above this %.
+        keep_float: node names or globs kept in float from the start (``--keep-float``; see
+            :func:`calibrate.quantize.resolve_keep_float`); the fallback may add more.
         sensitivity_budget: candidates measured exactly in the sensitivity search.
         sensitivity_samples: frames each candidate is scored on.
         out: INT8 model path; report: report path stem (``.json`` and ``.md`` are added).
@@ -100,6 +103,7 @@ class CalibrateJob:
     eval_samples: int | None = None
     max_drop: float | None = 0.5
     min_agreement: float | None = None
+    keep_float: tuple[str, ...] = ()
     sensitivity_budget: int = 12
     sensitivity_samples: int = 24
     out: Path | None = None
@@ -159,10 +163,12 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
     with tempfile.TemporaryDirectory(prefix="segstream-calib-") as tmp_name:
         tmp = Path(tmp_name)
         prepped = preprocess_graph(fm.path, tmp / "prepped.onnx")
+        requested = resolve_keep_float(prepped, job.keep_float)
+        base = job.quant.with_excluded(requested)
         ev = _Evaluator(ref, labelled, agree, job)
         trials: dict[str, tuple[QuantConfig, Path, Path, Scores]] = {}
         for method in job.methods or (job.quant.method,):
-            quant = replace(job.quant, method=method)
+            quant = replace(base, method=method)
             cache = tmp / f"ranges_{method}.json"
             bar = tqdm(total=len(calib), desc=f"calibrate ({method})", unit="frame",
                        disable=not job.progress)
@@ -201,6 +207,7 @@ def run_calibration(job: CalibrateJob) -> CalibrationReport:
             agreement_frames=len(ev.agree_frames),
             agreement_source=str(job.agreement_data or job.data),
             speed_fp32=speed_fp32, speed_int8=speed_int8, fallback=fallback,
+            kept_float_requested=requested,
             max_drop=objective.max_drop if objective else None, qdq=summarize_qdq(final),
             tensorrt_issues=tuple(tensorrt_issues(final)),
             versions={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
@@ -316,7 +323,9 @@ def _fallback(fm: FloatModel, prepped: Path, first: Path, cache: Path, tmp: Path
 
     rank_frames = [ev.labelled[i] for i in ev.subset[:4]] if ev.labelled else \
         ev.agree_frames[:4]
-    ranked = rank_by_sqnr(prepped, first, candidate_layers(prepped), rank_frames, fm.spec,
+    in_float = set(quant.nodes_to_exclude)  # --keep-float: not candidates
+    layers = [c for c in candidate_layers(prepped) if not in_float.intersection(c.nodes)]
+    ranked = rank_by_sqnr(prepped, first, layers, rank_frames, fm.spec,
                           fm.input_name, progress=job.progress)
     base_subset = ev.objective_score(first, subset=True)
     measured = measure_candidates(ranked[:job.sensitivity_budget], base_subset, quantize,

@@ -24,6 +24,7 @@ provider can make the ``"tensorrt"`` profile slower than FP32; TensorRT fuses th
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import inspect
 import io
 import logging
@@ -78,7 +79,8 @@ class QuantConfig:
             quantization for TensorRT, also runs in ONNX Runtime) or ``"ort-cpu"`` (uint8
             asymmetric activations for ONNX Runtime's CPU kernels; not for TensorRT).
         weight_qdq_pair: store float weights with a Q/DQ pair instead of int8 weights.
-        nodes_to_exclude: node names kept in float (the sensitivity fallback).
+        nodes_to_exclude: node names kept in float (``--keep-float`` and the sensitivity
+            fallback).
     """
 
     method: str = "minmax"
@@ -97,7 +99,9 @@ class QuantConfig:
             raise QuantizeError(f"--percentile must be in (50, 100], got {self.percentile}")
 
     def with_excluded(self, nodes: Sequence[str]) -> QuantConfig:
-        return replace(self, nodes_to_exclude=tuple(nodes))
+        """This config with ``nodes`` kept in float as well as those it already keeps."""
+        return replace(self, nodes_to_exclude=tuple(dict.fromkeys((*self.nodes_to_exclude,
+                                                                   *nodes))))
 
     @property
     def symmetric(self) -> bool:
@@ -303,6 +307,35 @@ def candidate_layers(prepped: Path) -> list[Layer]:
         layers.append(Layer(n.name, n.op_type, tuple(nodes),
                             tuple(t for t in n.input if t and t not in inits), out))
     return layers
+
+
+def resolve_keep_float(prepped: Path, patterns: Sequence[str]) -> tuple[str, ...]:
+    """Node names of the pre-processed graph that ``--keep-float`` patterns name.
+
+    Each pattern is a node name or an ``fnmatch`` glob (``'/model/encoder/stem/*'``) and must
+    match at least one node; a matched compute node brings the activation fused after it
+    (as the sensitivity fallback keeps them, see :func:`candidate_layers`). Returns the names
+    in graph order. Raises QuantizeError naming the pattern and listing the first compute
+    nodes of the graph when a pattern matches nothing.
+    """
+    if not patterns:
+        return ()
+    model = onnx.load(str(prepped))
+    names = [n.name for n in model.graph.node]
+    fused = {layer.name: layer.nodes for layer in candidate_layers(prepped)}
+    wanted: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            first = [f"{n.name} ({n.op_type})" for n in model.graph.node
+                     if n.op_type in COMPUTE_OPS][:6]
+            raise QuantizeError(
+                f"--keep-float {pattern!r} matches no node of {prepped.name}; give a node name "
+                "(as the report's 'Nodes kept in float' lists them) or a glob such as "
+                f"'/model/encoder/stem/*'; the first compute nodes: {', '.join(first)}")
+        for n in hits:
+            wanted.update(fused.get(n, (n,)))
+    return tuple(n for n in names if n in wanted)
 
 
 @dataclass(frozen=True)

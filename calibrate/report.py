@@ -48,6 +48,7 @@ class CalibrationReport:
     speed_fp32: Speed | None = None
     speed_int8: Speed | None = None
     fallback: FallbackResult | None = None
+    kept_float_requested: tuple[str, ...] = ()  # --keep-float, before any fallback
     max_drop: float | None = None
     qdq: QdqSummary | None = None
     tensorrt_issues: tuple[str, ...] = ()  # static rule check, see calibrate.checks
@@ -76,7 +77,8 @@ class CalibrationReport:
 
     @property
     def kept_float(self) -> tuple[str, ...]:
-        return self.fallback.kept_float if self.fallback else ()
+        """Every node of the written model kept in float: requested, then the fallback's."""
+        return self.kept_float_requested + (self.fallback.kept_float if self.fallback else ())
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -139,6 +141,9 @@ class CalibrationReport:
         if self.reference_model:
             lines.append(f"- FP32 column: the reference `{self.reference_model}` (the model "
                          "this one was fine-tuned from)")
+        if self.kept_float_requested:
+            kept = ", ".join(f"`{n}`" for n in self.kept_float_requested)
+            lines.append(f"- kept in float on request (--keep-float): {kept}")
         if self.eval_source:
             lines.append(f"- evaluation: {self.eval_frames} labelled frames from "
                          f"`{self.eval_source}` (void ignored)")
@@ -149,7 +154,7 @@ class CalibrationReport:
             lines.append(f"| pixel accuracy % | {self.fp32.pixel_accuracy:.2f} | "
                          f"{self.int8.pixel_accuracy:.2f} | "
                          f"{self.int8.pixel_accuracy - self.fp32.pixel_accuracy:+.2f} |")
-        if self.int8_first and self.int8 and self.kept_float:
+        if self.int8_first and self.int8 and self.fallback and self.fallback.kept_float:
             lines.append(f"| mIoU % before fallback | | {self.int8_first.miou:.2f} | |")
         if self.agreement_eval is not None:
             lines.append(f"| label agreement % (labelled frames) | 100 | "

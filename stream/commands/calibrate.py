@@ -28,6 +28,11 @@ EPILOG = r"""examples:
   segstream calibrate runs/qat/model.onnx --reference engines/models/camvid_fastscnn.onnx \
       --data ../shared/camvid/train --method auto --eval-data ../shared/camvid
 
+  # calibrated on a CPU with VNNI for CPUs without it too: keep the stem in float, as
+  # the fallback does on AVX2-only CPUs (whose fast int8 kernels saturate there)
+  segstream calibrate model.onnx --data ../shared/camvid/train --profile ort-cpu \
+      --eval-data ../shared/camvid --keep-float '/model/encoder/stem/*'
+
   # frames with their own label maps, per-tensor weights, custom output
   segstream calibrate model.onnx --data frames/ --labels frames_annot/ --no-per-channel \
       --out build/model.int8.onnx
@@ -93,7 +98,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="allowed mIoU drop in points before layers go back to float (0.5)")
     fb.add_argument("--min-agreement", type=float,
                     help="without labels: keep FP32/INT8 label agreement above this %%")
-    fb.add_argument("--no-fallback", action="store_true", help="never keep layers in float")
+    fb.add_argument("--no-fallback", action="store_true",
+                    help="never keep layers in float (but those of --keep-float)")
+    fb.add_argument("--keep-float", action="append", default=[], metavar="NODE",
+                    help="keep this node in float from the start (repeatable): a node name, "
+                         "as the report's 'Nodes kept in float' lists them, or a glob; a "
+                         "convolution brings its activation. For a model deployed on x86 "
+                         "CPUs without VNNI but calibrated on one with it, keep the layers "
+                         "their fallback kept (docs/quantization.md)")
     fb.add_argument("--sensitivity-budget", type=int, default=12,
                     help="layers measured one by one, worst SQNR first (12)")
     fb.add_argument("--sensitivity-samples", type=int, default=24,
@@ -164,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             agreement_data=args.agreement_data, agreement_samples=args.agreement_samples,
             max_drop=None if args.no_fallback else args.max_drop,
             min_agreement=None if args.no_fallback else args.min_agreement,
+            keep_float=tuple(args.keep_float),
             sensitivity_budget=args.sensitivity_budget,
             sensitivity_samples=args.sensitivity_samples,
             out=args.out, report=args.report, threads=args.threads,

@@ -315,3 +315,49 @@ def test_eval_frames_are_named_as_segstream_eval_names_them(tmp_path: Path) -> N
     assert describe_eval(root / "val", root / "valannot", 101) == f"camvid:{root} val (101)"
     assert describe_eval(tmp_path / "f", tmp_path / "l", 4) == f"folder:{tmp_path / 'f'} (4)"
     assert describe_eval(None, None, 0) is None
+
+
+def test_keep_float_nodes_stay_float_with_their_activation_and_add_to_the_fallback(
+        frames_dir: Path, tmp_path: Path) -> None:
+    # The offset model's classifier is what INT8 breaks (see the fallback test); conv1 is
+    # requested in float, so the fallback must add the classifier on top of it and never
+    # measure conv1 as a candidate.
+    model = make_offset_model(tmp_path / "m", offset=1000.0, name="offset")
+    labels = write_fp32_labels(model, frames_dir, tmp_path / "labels")
+    job = CalibrateJob(model=model, data=frames_dir, samples=8, eval_images=frames_dir,
+                       eval_labels=labels, max_drop=10.0, sensitivity_samples=8,
+                       speed_runs=2, progress=False, keep_float=("conv1",))
+    report = run_calibration(job)
+    assert report.kept_float_requested == ("conv1", "relu1")  # ReLU goes with its conv
+    assert report.kept_float == ("conv1", "relu1", "classifier")
+    assert "conv1" not in {c.name for c in report.fallback.candidates}
+    final = summarize_qdq(job.out_path)
+    assert {"conv1", "classifier"} <= set(final.float_compute_nodes)
+    meta = ModelSpec.load(job.out_path.with_suffix(".json")).metrics["quantization"]
+    assert meta["nodes_kept_float"] == ["conv1", "relu1", "classifier"]
+    md = report.to_markdown()
+    assert "- kept in float on request (--keep-float): `conv1`, `relu1`" in md
+    assert "Nodes kept in float: `classifier`" in md  # the fallback's own part
+
+
+def test_keep_float_without_fallback(seg_model: Path, frames_dir: Path,
+                                     tmp_path: Path) -> None:
+    job = CalibrateJob(model=seg_model, data=frames_dir, samples=8, max_drop=None,
+                       speed_runs=2, progress=False, keep_float=("class*",),  # a glob
+                       out=tmp_path / "q" / "seg.int8.onnx")
+    report = run_calibration(job)
+    assert report.fallback is None and report.kept_float == ("classifier",)
+    q = summarize_qdq(job.out_path)
+    assert q.float_compute_nodes == ("classifier",) and q.quantize_nodes > 0
+
+
+def test_keep_float_pattern_matching_nothing_exits_2_and_writes_nothing(
+        seg_model: Path, frames_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "built" / "seg.int8.onnx"
+    rc = main(["calibrate", str(seg_model), "--data", str(frames_dir), "--samples", "4",
+               "--keep-float", "/model/encoder/stem/*", "--out", str(out), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--keep-float '/model/encoder/stem/*' matches no node" in err
+    assert "conv1 (Conv)" in err  # names the graph's nodes to pick from
+    assert not out.parent.exists() or not any(out.parent.iterdir())
