@@ -53,12 +53,15 @@ def load_run(run_dir: Path) -> dict:
         last[r["epoch"]] = r
     sched = (ckpt.get("scheduler") or {}).get("lr_lambdas") or [{}]
     steps = sched[0].get("total_steps") if isinstance(sched[0], dict) else None
-    return {"split": cfg.get("train_split", "train"), "epochs": ckpt["epoch"],
-            "optimizer_steps": steps, "final_loss": last[ckpt["epoch"]]["loss"],
-            "recipe": {k: cfg.get(k) for k in ("crop", "scale", "lr", "batch_size",
-                                               "class_weight", "encoder_lr_mult",
-                                               "warmup_epochs", "arch_options", "pretrained")
-                       if k in cfg}}
+    recipe_keys = ("crop", "scale", "lr", "batch_size", "class_weight", "encoder_lr_mult",
+                   "warmup_epochs", "arch_options", "pretrained", "ohem", "seed")
+    run = {"split": cfg.get("train_split", "train"), "epochs": ckpt["epoch"],
+           "optimizer_steps": steps, "final_loss": last[ckpt["epoch"]]["loss"],
+           "recipe": {k: cfg.get(k) for k in recipe_keys if k in cfg}}
+    autocast = sorted({r["autocast"] for r in rows if "autocast" in r})  # logged since 12-03
+    if autocast:
+        run["autocast"] = "+".join(autocast)
+    return run
 
 
 def split_frames(sidecar: dict) -> str:
@@ -96,7 +99,8 @@ def record(path: Path, report: dict, final: dict | None,
                                        "selection on any score)",
                     "train_only_val_miou": report["miou"], "train_only": train_only,
                     "train_val_run": {k: final[k] for k in ("epochs", "optimizer_steps",
-                                                             "final_loss", "recipe")
+                                                             "final_loss", "recipe",
+                                                             "autocast")
                                       if final.get(k) is not None},
                     "note": "val was in the shipped weights' training data: the val figures "
                             "here are the train-only run of the same recipe"}

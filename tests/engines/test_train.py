@@ -101,6 +101,15 @@ def test_training_reduces_loss_and_writes_checkpoints(tiny_data: Path, tmp_path:
     assert png is not None and png.shape[0] > 100 and not list(out.glob("*.tmp.png"))
 
 
+@pytest.mark.parametrize(("bf16", "logged"), [("off", "float32"), ("on", "bfloat16")])
+def test_log_records_the_autocast_the_run_used(tiny_data: Path, tmp_path: Path, bf16: str,
+                                               logged: str) -> None:
+    # --bf16 auto resolves per machine; the log says what the epochs actually ran in
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, epochs=1, bf16=bf16), progress=False)
+    assert _log(out)[0]["autocast"] == logged
+
+
 def test_validation_picks_best_and_records_metrics(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = tiny_config(tiny_data, out, epochs=2, val_split="val")
