@@ -198,11 +198,12 @@ def build_spec(cfg: TrainConfig, data: SplitData, input_size: tuple[int, int],
     norm = {k: tuple(getattr(model, f"input_{k}")) for k in ("mean", "std")
             if hasattr(model, f"input_{k}")}
     init = "ImageNet-pretrained encoder" if cfg.pretrained else "from scratch"
+    ohem = f", OHEM {cfg.ohem:g}" if cfg.ohem is not None else ""
     return ModelSpec(
         name=name, architecture=cfg.model, classes=data.classes, input_size=input_size,
         output="logits", ignore_index=IGNORE,
         training_data=f"{data.source}; crop {cfg.crop[0]}x{cfg.crop[1]}, {cfg.epochs} epochs, "
-                      f"{init}",
+                      f"{init}{ohem}",
         metrics=metrics or {}, **norm,
     )
 

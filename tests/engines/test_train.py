@@ -106,8 +106,10 @@ def test_log_records_the_autocast_the_run_used(tiny_data: Path, tmp_path: Path, 
                                                logged: str) -> None:
     # --bf16 auto resolves per machine; the log says what the epochs actually ran in
     out = tmp_path / "run"
-    train(tiny_config(tiny_data, out, epochs=1, bf16=bf16), progress=False)
+    train(tiny_config(tiny_data, out, epochs=1, bf16=bf16, ohem=0.7), progress=False)
     assert _log(out)[0]["autocast"] == logged
+    _, spec = load_checkpoint_model(out / "last.pt")
+    assert spec.training_data.endswith("1 epochs, from scratch, OHEM 0.7")  # the loss too
 
 
 def test_validation_picks_best_and_records_metrics(tiny_data: Path, tmp_path: Path) -> None:
