@@ -312,20 +312,21 @@ def candidate_layers(prepped: Path) -> list[Layer]:
 def resolve_keep_float(prepped: Path, patterns: Sequence[str]) -> tuple[str, ...]:
     """Node names of the pre-processed graph that ``--keep-float`` patterns name.
 
-    Each pattern is a node name or an ``fnmatch`` glob (``'/model/encoder/stem/*'``) and must
-    match at least one node; a matched compute node brings the activation fused after it
-    (as the sensitivity fallback keeps them, see :func:`candidate_layers`). Returns the names
-    in graph order. Raises QuantizeError naming the pattern and listing the first compute
-    nodes of the graph when a pattern matches nothing.
+    Each pattern is a node name or an ``fnmatch`` glob (``'/model/encoder/stem/*'``; ``*``
+    also matches ``/``) and must match at least one node; a matched compute node or fused
+    activation brings the rest of its layer (a convolution and its activation stay in float
+    together, as the sensitivity fallback keeps them, see :func:`candidate_layers`).
+    Returns the names in graph order. Raises QuantizeError naming the pattern and listing
+    the first compute nodes of the graph when a pattern matches nothing.
     """
     if not patterns:
         return ()
     model = onnx.load(str(prepped))
     names = [n.name for n in model.graph.node]
-    fused = {layer.name: layer.nodes for layer in candidate_layers(prepped)}
+    fused = {node: layer.nodes for layer in candidate_layers(prepped) for node in layer.nodes}
     wanted: set[str] = set()
-    for pattern in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    for pattern in patterns:  # an exact name first: names may hold glob characters ([0])
+        hits = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             first = [f"{n.name} ({n.op_type})" for n in model.graph.node
                      if n.op_type in COMPUTE_OPS][:6]

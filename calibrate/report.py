@@ -203,10 +203,13 @@ class CalibrationReport:
         if fb is None:
             return []
         lines = ["", f"## Sensitivity (max drop {self.max_drop} points)", ""]
+        beyond = " beyond those kept on request (--keep-float)" \
+            if self.kept_float_requested else ""
         if not fb.kept_float and fb.met and not fb.candidates:
-            return [*lines, "Drop within the maximum: no layer needed to stay in float."]
+            return [*lines, f"Drop within the maximum: no layer{beyond} needed to stay in float."]
         kept = ", ".join(f"`{n}`" for n in fb.kept_float) or "none"
-        lines.append(f"Nodes kept in float: {kept}" + ("" if fb.met else " (target NOT met)"))
+        by = " by the fallback" if self.kept_float_requested else ""
+        lines.append(f"Nodes kept in float{by}: {kept}" + ("" if fb.met else " (target NOT met)"))
         measured = [c for c in fb.candidates if c.recovered is not None]
         if measured:
             lines += ["", "| layer | ops | noise added dB | score with layer in float | "

@@ -30,8 +30,9 @@ EPILOG = r"""examples:
 
   # calibrated on a CPU with VNNI for CPUs without it too: keep the stem in float, as
   # the fallback does on AVX2-only CPUs (whose fast int8 kernels saturate there)
-  segstream calibrate model.onnx --data ../shared/camvid/train --profile ort-cpu \
-      --eval-data ../shared/camvid --keep-float '/model/encoder/stem/*'
+  segstream calibrate engines/models/camvid_litefpn.onnx --data ../shared/camvid/train \
+      --profile ort-cpu --eval-data ../shared/camvid --keep-float '/model/encoder/stem/*' \
+      --out runs/int8/camvid_litefpn.int8.onnx
 
   # frames with their own label maps, per-tensor weights, custom output
   segstream calibrate model.onnx --data frames/ --labels frames_annot/ --no-per-channel \

@@ -11,7 +11,8 @@ EPILOG = r"""examples:
       --epochs 110 --batch-size 8 --crop 360x480 --lr 4e-3 --class-weight sqrt-mfb \
       --arch-options '{"aux": true}' --val-every 10 --threads 2
   # the accurate model: ImageNet-pretrained EfficientNet-Lite0 + light FPN (stride-4 logits),
-  # the shipped litefpn recipe (val mIoU 73.0 % trained on train; 1-2 h on 2 CPU cores)
+  # the shipped litefpn recipe (val mIoU 73.0 % trained on train; 2 CPU cores: 1-2 h with
+  # native bf16, 2-3 h without)
   segstream train --model litefpn --data ../shared/camvid --out runs/litefpn --pretrained \
       --encoder-lr-mult 0.2 --lr 2e-3 --warmup-epochs 2 --epochs 108 --batch-size 8 \
       --crop 288x288 --scale 0.5 1.75 --class-weight sqrt-mfb --ohem 0.7 \
@@ -37,8 +38,9 @@ EPILOG = r"""examples:
   segstream train --model fastscnn --data my_dataset --val-split '' --out runs/mine
 
 Checkpoints: <out>/last.pt every epoch, <out>/best.pt by validation mIoU; one JSON line
-per epoch in <out>/log.jsonl (with img/s) and a loss / val mIoU plot in <out>/curves.png.
-On CPUs with native bf16 (AVX-512 BF16, AMX) training autocasts to bfloat16 (--bf16).
+per epoch in <out>/log.jsonl (with img/s and the autocast used) and a loss / val mIoU plot in
+<out>/curves.png. On CPUs with native bf16 (AVX-512 BF16, AMX) training autocasts to
+bfloat16 (--bf16; the run prints `precision:`).
 Export with `segstream export <out>/last.pt --out model.onnx`.
 """
 

@@ -20,6 +20,7 @@ from calibrate.quantize import (
     load_float_model,
     preprocess_graph,
     quantize_to,
+    resolve_keep_float,
     summarize_qdq,
 )
 from engines.spec import ModelSpec
@@ -337,7 +338,7 @@ def test_keep_float_nodes_stay_float_with_their_activation_and_add_to_the_fallba
     assert meta["nodes_kept_float"] == ["conv1", "relu1", "classifier"]
     md = report.to_markdown()
     assert "- kept in float on request (--keep-float): `conv1`, `relu1`" in md
-    assert "Nodes kept in float: `classifier`" in md  # the fallback's own part
+    assert "Nodes kept in float by the fallback: `classifier`" in md
 
 
 def test_keep_float_without_fallback(seg_model: Path, frames_dir: Path,
@@ -347,6 +348,9 @@ def test_keep_float_without_fallback(seg_model: Path, frames_dir: Path,
                        out=tmp_path / "q" / "seg.int8.onnx")
     report = run_calibration(job)
     assert report.fallback is None and report.kept_float == ("classifier",)
+    # an activation alone brings its convolution: the two stay in float together
+    assert resolve_keep_float(preprocess_graph(seg_model, tmp_path / "p.onnx"),
+                              ["relu1"]) == ("conv1", "relu1")
     q = summarize_qdq(job.out_path)
     assert q.float_compute_nodes == ("classifier",) and q.quantize_nodes > 0
 

@@ -11,8 +11,9 @@ environment where one exists (``tests/golden/<environment>/``, ``make_golden.py
 --variant``). Elsewhere the int8 kernels themselves differ (AVX2's saturating u8s8 sums vs
 AVX-512 VNNI's exact ones, ORT releases), and these synthetic frames, full of near-ties the
 CamVid models never saw, magnify that: measured between AVX2- and VNNI-made maps, Fast-SCNN
-INT8 96.2 / 96.4 % identical, litefpn INT8 88.2 / 89.7 % (on CamVid val both keep >= 98 %
-label agreement with FP32 on either CPU), so there the test asks for >= 85 %: still far
+INT8 96.2 / 96.4 % identical, litefpn INT8 88.2 / 89.7 % (the weights before the OHEM ship
+of 2026-12-03, not measured since; on CamVid val both keep >= 98 % label agreement with FP32
+on either CPU), so there the test asks for >= 85 %: still far
 above what a broken pre- or post-processing gives.
 """
 
