@@ -217,12 +217,6 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-def _precision_line(amp_dtype: torch.dtype | None, device: torch.device) -> str:
-    if amp_dtype is None:
-        return "float32"
-    return f"{str(amp_dtype).removeprefix('torch.')} autocast on {device.type}"
-
-
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a run: float16 on CUDA (``amp``), bfloat16 on a CPU that has
     it (``bf16`` auto/on), else None (float32)."""
@@ -403,11 +397,14 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         }
 
     prefetch = prefetch_depth(cfg, info.device)
+    # what --bf16 auto / --amp resolved to on this machine (runs are compared by it)
+    precision = str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32"
     if progress and info.is_main:
         print("data: " + (f"augmented {prefetch} batches ahead on a prefetch thread" if prefetch
                           else f"{cfg.workers} worker processes" if cfg.workers
                           else "augmented on the main thread"), flush=True)
-        print(f"precision: {_precision_line(amp_dtype, info.device)}", flush=True)
+        print(f"precision: {precision}"
+              + (f" autocast on {info.device.type}" if amp_dtype else ""), flush=True)
     log_path = out / "log.jsonl"
     t_run = time.monotonic()
     for epoch in range(start_epoch, cfg.epochs):
@@ -461,8 +458,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
             "epoch": epoch + 1, "loss": round(loss_sum / max(1, seen), 5),
             "lr": sched.get_last_lr()[0], "epoch_s": round(time.monotonic() - t0, 1),
             "img_s": round(seen * cfg.batch_size / max(1e-9, time.monotonic() - t0), 2),
-            # what --bf16 auto / --amp resolved to on this machine (runs are compared by it)
-            "autocast": str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32",
+            "autocast": precision,
         }
         if info.is_main:
             is_last = epoch + 1 == cfg.epochs
