@@ -199,6 +199,8 @@ def build_spec(cfg: TrainConfig, data: SplitData, input_size: tuple[int, int],
             if hasattr(model, f"input_{k}")}
     init = "ImageNet-pretrained encoder" if cfg.pretrained else "from scratch"
     ohem = f", OHEM {cfg.ohem:g}" if cfg.ohem is not None else ""
+    if cfg.mix is not None:
+        ohem += f", {'ClassMix' if cfg.mix == 'classmix' else 'CutMix'} p={cfg.mix_prob:g}"
     return ModelSpec(
         name=name, architecture=cfg.model, classes=data.classes, input_size=input_size,
         output="logits", ignore_index=IGNORE,
@@ -307,7 +309,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         if cfg.val_split else None
     if val_data is not None:
         check_disjoint(train_data, val_data, cfg)
-    aug = AugmentConfig(crop=cfg.crop, scale=cfg.scale)
+    aug = AugmentConfig(crop=cfg.crop, scale=cfg.scale, mix=cfg.mix, mix_prob=cfg.mix_prob)
     check_crop_fits(aug, [lbl.shape for lbl in train_data.labels])
     input_size = cfg.input_size or (val_data or train_data).labels[0].shape
     input_size = (int(input_size[0]), int(input_size[1]))

@@ -13,6 +13,8 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from engines.data.augment import MIX_MODES
+
 CLASS_WEIGHTINGS = ("mfb", "sqrt-mfb", "none")
 OPTIMIZERS = ("adamw", "sgd")
 BF16_MODES = ("auto", "on", "off")
@@ -41,6 +43,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     class_weight: str = "mfb"
     ohem: float | None = None
+    mix: str | None = None  # "classmix" / "cutmix" (engines.data.augment.mix_views)
+    mix_prob: float = 0.5
     aux_weight: float = 0.4
     arch_options: dict[str, Any] = field(default_factory=dict)
     fmt: str = "auto"
@@ -83,6 +87,10 @@ class TrainConfig:
         if self.ohem is not None and not 0 < self.ohem <= 1:
             raise ValueError(f"ohem must be a probability in (0, 1] (hard pixels: p(true) "
                              f"below it), got {self.ohem}")
+        if self.mix is not None and self.mix not in MIX_MODES:
+            raise ValueError(f"mix must be one of {MIX_MODES}, got {self.mix!r}")
+        if not 0 <= self.mix_prob <= 1:
+            raise ValueError(f"mix_prob must be a probability in [0, 1], got {self.mix_prob}")
         if self.workers < 0 or (self.prefetch or 0) < 0:
             raise ValueError(f"workers and prefetch must be >= 0, got {self.workers} and "
                              f"{self.prefetch}")
@@ -193,6 +201,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "root (what the shipped recipes use), or none (default mfb)")
     p.add_argument("--ohem", type=float, default=None, metavar="P",
                    help="online hard example mining: keep pixels with p(true) < P (e.g. 0.7)")
+    p.add_argument("--mix", choices=MIX_MODES, default=None,
+                   help="mix each sample (see --mix-prob) with a view of another frame: "
+                   "classmix pastes the pixels of half its classes, cutmix a box of 25-50 %% "
+                   "of the crop (default: no mixing)")
+    p.add_argument("--mix-prob", type=float, default=0.5, metavar="P",
+                   help="probability that a sample is mixed, with --mix (default 0.5)")
     p.add_argument("--aux-weight", type=float, default=0.4)
     p.add_argument("--arch-options", type=_opts, default={},
                    help='JSON constructor options, e.g. \'{"aux": true}\'')
@@ -246,6 +260,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size, crop=tuple(args.crop), scale=tuple(args.scale),
         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, class_weight=args.class_weight, ohem=args.ohem,
+        mix=args.mix, mix_prob=args.mix_prob,
         aux_weight=args.aux_weight, arch_options=args.arch_options, fmt=args.fmt,
         train_split=args.train_split, val_split=args.val_split or None,
         val_every=args.val_every, input_size=args.input_size, seed=args.seed,

@@ -1,7 +1,9 @@
 """Training augmentation for (image, label) pairs, deterministic given a NumPy Generator.
 
 Order: random scale -> pad (image with the mean colour, label with IGNORE) -> random crop
--> horizontal flip -> colour jitter (on the crop only, which is cheaper).
+-> horizontal flip -> colour jitter (on the crop only, which is cheaper). Optionally, a
+second view of another frame is then mixed in (:func:`mix_views`: ClassMix or CutMix), so
+that objects appear in streets and beside neighbours they never had in the recordings.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import cv2
 import numpy as np
 
 from engines.data.readers import IGNORE
+
+MIX_MODES = ("classmix", "cutmix")
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,10 @@ class AugmentConfig:
             ``[1 - s, 1 + s]`` (0 disables).
         pad_rgb: fill colour for padding (RGB uint8), the dataset mean by default so that
             padding becomes ~0 after normalisation.
+        mix: ``None``, ``"classmix"`` (the pixels of half the classes of another view are
+            pasted, Olsson et al. 2021) or ``"cutmix"`` (a box of another view, a quarter
+            to half of the crop, Yun et al. 2019); see :func:`mix_views`.
+        mix_prob: probability that a sample is mixed (when ``mix`` is set).
     """
 
     crop: tuple[int, int] = (360, 480)
@@ -36,12 +44,18 @@ class AugmentConfig:
     contrast: float = 0.25
     saturation: float = 0.25
     pad_rgb: tuple[int, int, int] = (124, 116, 104)
+    mix: str | None = None
+    mix_prob: float = 0.5
 
     def __post_init__(self) -> None:
         if len(self.crop) != 2 or min(self.crop) <= 0:
             raise ValueError(f"crop must be (H, W) > 0, got {self.crop}")
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"scale range must be 0 < lo <= hi, got {self.scale}")
+        if self.mix is not None and self.mix not in MIX_MODES:
+            raise ValueError(f"mix must be one of {MIX_MODES} or None, got {self.mix!r}")
+        if not 0 <= self.mix_prob <= 1:
+            raise ValueError(f"mix_prob must be a probability in [0, 1], got {self.mix_prob}")
 
 
 def random_scale(img: np.ndarray, lbl: np.ndarray, factor: float) -> tuple[np.ndarray,
@@ -127,3 +141,42 @@ def augment(img: np.ndarray, lbl: np.ndarray, rng: np.random.Generator,
         img, lbl = img[:, ::-1], lbl[:, ::-1]
     img = color_jitter(img, rng, cfg)
     return np.ascontiguousarray(img), np.ascontiguousarray(lbl)
+
+
+def mix_views(img: np.ndarray, lbl: np.ndarray, img_b: np.ndarray, lbl_b: np.ndarray,
+              rng: np.random.Generator, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Paste part of view B onto view A; labels follow their pixels exactly.
+
+    ``classmix``: the classes present in B (IGNORE excluded) are shuffled and the first
+    half (rounded up) pasted, pixel for pixel, so whole objects and surfaces of B land in
+    A's scene; B's ignored pixels (void, padding) never cover A. ``cutmix``: a box of B
+    whose area is a uniform 25-50 % of the crop, with the crop's aspect ratio, at a
+    uniform position.
+
+    Args:
+        img, img_b: (H, W, 3) uint8 RGB, the same shape.
+        lbl, lbl_b: (H, W) uint8 class ids / IGNORE.
+        rng: the only source of randomness.
+        mode: ``"classmix"`` or ``"cutmix"``.
+    Returns:
+        the mixed (H, W, 3) uint8 image and (H, W) uint8 labels (new arrays).
+    """
+    if img.shape != img_b.shape or lbl.shape != lbl_b.shape:
+        raise ValueError(f"views to mix must have one shape, got {img.shape} and {img_b.shape}")
+    h, w = lbl.shape
+    if mode == "classmix":
+        present = np.unique(lbl_b)
+        present = present[present != IGNORE]
+        if present.size == 0:
+            return img.copy(), lbl.copy()
+        chosen = rng.permutation(present)[:(present.size + 1) // 2]
+        mask = np.isin(lbl_b, chosen)  # (H, W) bool
+    elif mode == "cutmix":
+        side = float(np.sqrt(rng.uniform(0.25, 0.5)))
+        bh, bw = max(1, round(h * side)), max(1, round(w * side))
+        y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+        mask = np.zeros((h, w), bool)
+        mask[y:y + bh, x:x + bw] = True
+    else:
+        raise ValueError(f"mix mode must be one of {MIX_MODES}, got {mode!r}")
+    return (np.where(mask[..., None], img_b, img), np.where(mask, lbl_b, lbl))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from engines.data.augment import AugmentConfig, augment
+from engines.data.augment import AugmentConfig, augment, mix_views
 from engines.data.readers import SplitData
 
 
@@ -24,6 +24,9 @@ def to_tensor(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> t
 class TrainDataset(Dataset):
     """Random augmented crops. Sample ``i`` of epoch ``e`` is a pure function of
     ``(seed, e, i)``, independent of workers and order; call :meth:`set_epoch` each epoch.
+    With ``aug.mix`` set, a sample is mixed (probability ``aug.mix_prob``) with an
+    augmented view of another random frame, drawn from the same generator; without it the
+    samples are those of a run before mixing existed.
 
     Items: ``(image (3, crop_h, crop_w) float32, label (crop_h, crop_w) int64)``.
     """
@@ -42,6 +45,11 @@ class TrainDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         img, lbl = augment(self.data.images[i], self.data.labels[i], rng, self.aug)
+        if self.aug.mix is not None and len(self.data) > 1 and rng.random() < self.aug.mix_prob:
+            j = int(rng.integers(0, len(self.data) - 1))
+            j += j >= i  # another frame, never this one
+            img_b, lbl_b = augment(self.data.images[j], self.data.labels[j], rng, self.aug)
+            img, lbl = mix_views(img, lbl, img_b, lbl_b, rng, self.aug.mix)
         return to_tensor(img, self.mean, self.std), torch.from_numpy(lbl.astype(np.int64))
 
 

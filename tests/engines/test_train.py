@@ -112,6 +112,14 @@ def test_log_records_the_autocast_the_run_used(tiny_data: Path, tmp_path: Path, 
     assert spec.training_data.endswith("1 epochs, from scratch, OHEM 0.7")  # the loss too
 
 
+def test_a_mixing_run_trains_and_says_so(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, epochs=1, mix="classmix", mix_prob=1.0), progress=False)
+    assert np.isfinite(_log(out)[0]["loss"])
+    _, spec = load_checkpoint_model(out / "last.pt")
+    assert spec.training_data.endswith("from scratch, ClassMix p=1")
+
+
 def test_validation_picks_best_and_records_metrics(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = tiny_config(tiny_data, out, epochs=2, val_split="val")
