@@ -273,8 +273,11 @@ def load_pretrained(model: torch.nn.Module, arch: str) -> str:
     return str(loader())
 
 
-def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
-    """Run training; returns the path of the best checkpoint (``last.pt`` if no val)."""
+def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path:
+    """Run training; returns the path of the best checkpoint (``last.pt`` if no val).
+
+    ``progress=False`` prints nothing; ``bars=False`` (``--no-progress``) prints one line
+    per epoch instead of progress bars, for logs written to a file."""
     from tqdm import tqdm
 
     info = setup_distributed()
@@ -302,10 +305,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         load_pretrained(build_model(cfg.model, 2, **cfg.arch_options), cfg.model)
     _seed_everything(cfg.seed + info.rank)
 
-    train_data = open_split(cfg.data, cfg.train_split, cfg.fmt, progress=progress)
+    train_data = open_split(cfg.data, cfg.train_split, cfg.fmt, progress=progress and bars)
     if cfg.limit:
         train_data = subset(train_data, cfg.limit)
-    val_data = open_split(cfg.data, cfg.val_split, cfg.fmt, progress=progress) \
+    val_data = open_split(cfg.data, cfg.val_split, cfg.fmt, progress=progress and bars) \
         if cfg.val_split else None
     if val_data is not None:
         check_disjoint(train_data, val_data, cfg)
@@ -420,7 +423,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         net.train()
         t0, loss_sum, seen = time.monotonic(), 0.0, 0
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
-                   disable=not (progress and info.is_main), dynamic_ncols=True)
+                   disable=not (progress and bars and info.is_main), dynamic_ncols=True)
         # The epoch's first `steps` batches, augmented on a prefetch thread unless worker
         # processes do it (the same batches in the same order either way).
         batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = itertools.islice(loader, steps)
@@ -478,6 +481,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                 print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val mIoU "
                       f"{fmt_miou(m.miou)}  (best {fmt_miou(best_miou)})  "
                       f"{record['epoch_s']:.0f}s", flush=True)
+            elif progress and not bars:  # the bar's last state, as one line
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}  "
+                      f"{record['epoch_s']:.0f}s  {record['img_s']:.1f} img/s", flush=True)
             record["wall_s"] = round(time.monotonic() - t_run, 1)
             ckpt = make_ckpt(epoch + 1, metrics)
             if improved or (val_data is None and is_last):  # first: last.pt records the
@@ -551,6 +557,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m engines.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    best = train(config_from_args(parser.parse_args()))
+    args = parser.parse_args()
+    best = train(config_from_args(args), bars=args.progress_bars)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")

@@ -251,6 +251,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", choices=BF16_MODES, default="auto",
                    help="CPU bfloat16 autocast: auto = where the CPU runs it natively "
                         "(AVX-512 BF16 / AMX)")
+    p.add_argument("--no-progress", dest="progress_bars", action="store_false",
+                   help="no progress bars: one line per epoch (for logs written to a file)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
 
 

@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="CPU threads for the backend")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--out", default=None, help="report JSON path (PNG written beside it)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (for logs written to a file)")
     p.add_argument("--record", action="store_true",
                    help="write the measured mIoU / per-class IoU into the model's sidecar")
     p.set_defaults(func=run)
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"segstream eval: error: {why}", file=sys.stderr)
             return 2
         report = evaluate(model, args.data, args.split, fmt=args.fmt, backend=args.backend,
-                          threads=args.threads, limit=args.limit)
+                          threads=args.threads, limit=args.limit, progress=args.progress)
     except (BackendError, DatasetError, EvalError, ModelSpecError, NoModelError) as e:
         print(f"segstream eval: error: {e}", file=sys.stderr)
         return 2

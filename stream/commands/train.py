@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from engines.train import config_from_args, train
 
     try:
-        best = train(config_from_args(args))
+        best = train(config_from_args(args), bars=args.progress_bars)
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError,
             PretrainedWeightsError) as e:
         print(f"segstream train: error: {e}", file=sys.stderr)

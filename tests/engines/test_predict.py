@@ -119,6 +119,22 @@ def test_eval_of_a_model_on_its_own_predictions_is_perfect(tiny_model: Path,
     assert report.metrics.matrix.sum() == 4 * 64 * 96
 
 
+@pytest.mark.parametrize(("flags", "bars"), [([], True), (["--no-progress"], False)])
+def test_eval_no_progress_leaves_only_the_table(tiny_model: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                flags: list[str], bars: bool) -> None:
+    from stream.cli import main
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # bars on unless the flag says otherwise
+    root = _labelled_folder(tmp_path / "ds", tiny_model, n=2)
+    assert main(["eval", "--model", str(tiny_model), "--data", str(root), "--threads", "1",
+                 *flags]) == 0
+    out, err = capsys.readouterr()
+    assert "mIoU" in out
+    assert ("img/s" in err) is bars, err  # tqdm's rate: a bar was drawn
+
+
 def test_eval_counts_errors_and_ignores_void(tiny_model: Path, tmp_path: Path) -> None:
     root = _labelled_folder(tmp_path / "ds", tiny_model, n=2)
     masks = sorted((root / "masks").iterdir())

@@ -112,6 +112,16 @@ def test_log_records_the_autocast_the_run_used(tiny_data: Path, tmp_path: Path, 
     assert spec.training_data.endswith("1 epochs, from scratch, OHEM 0.7")  # the loss too
 
 
+def test_no_progress_prints_a_line_per_epoch_and_no_bars(
+        tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train(tiny_config(tiny_data, tmp_path / "run", epochs=2), bars=False)
+    out, err = capsys.readouterr()
+    lines = [ln for ln in out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"], out
+    assert all("img/s" in ln for ln in lines)
+    assert "\r" not in out + err and "it/s" not in err and "loading" not in err, err
+
+
 def test_a_mixing_run_trains_and_says_so(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(tiny_config(tiny_data, out, epochs=1, mix="classmix", mix_prob=1.0), progress=False)
