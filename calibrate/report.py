@@ -14,11 +14,11 @@ from typing import Any
 from calibrate.evaluate import SegScores, Speed
 from calibrate.quantize import QdqSummary
 from calibrate.sensitivity import FallbackResult
+from engines.evaluate import VAL_FIGURE_KEYS
 
 # What `segstream eval --record` writes into a sidecar about the weights it scored.
 # (and scripts/record_protocol.py's ``seen_split_fit``, the same figures moved aside)
-FP32_EVAL_KEYS = ("val_miou", "val_pixel_acc", "val_mean_acc", "per_class_iou", "eval_split",
-                  "eval_images", "eval_backend", "epoch", "seen_split_fit")
+FP32_EVAL_KEYS = (*VAL_FIGURE_KEYS, "seen_split_fit")
 
 
 @dataclass(frozen=True)

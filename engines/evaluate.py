@@ -206,6 +206,14 @@ def file_figures(metrics: dict[str, Any], figures: dict[str, Any], data: str | N
     return {**metrics, **figures}
 
 
+# The figures of one scoring on val at the top of a sidecar's ``metrics`` (what
+# record_in_sidecar writes for split "val", plus the training loop's "epoch"): what INT8
+# calibration and scripts/record_protocol.py move aside when they belong to another model
+# or to a split the model saw.
+VAL_FIGURE_KEYS = ("val_miou", "val_pixel_acc", "val_mean_acc", "per_class_iou", "eval_split",
+                   "eval_images", "eval_backend", "epoch")
+
+
 def record_in_sidecar(report: EvalReport, model: str | Path) -> Path:
     """Merge the report's figures into the model's JSON sidecar under ``metrics``.
 

@@ -172,10 +172,11 @@ def engine_b2b(model: str, threads: int | None, policy: str | None, n: int = 150
     """Median ms of ``n`` back-to-back infer() calls (after 20 warm-up calls); policy None:
     one plain session, "latency": one spinning session."""
     be = create_backend(model, threads=threads, policy=policy)
-    x = np.random.default_rng(0).standard_normal(be.input_shape).astype(be.input_dtype)
-    ms = median_call_ms(be, x, n, warmup=20)
-    be.close()
-    return ms
+    try:
+        x = np.random.default_rng(0).standard_normal(be.input_shape).astype(be.input_dtype)
+        return median_call_ms(be, x, n, warmup=20)
+    finally:
+        be.close()
 
 
 def cmd_clip(args: argparse.Namespace) -> None:

@@ -30,10 +30,6 @@ import json
 import sys
 from pathlib import Path
 
-# Figures written by `segstream eval --record` / `calibrate` about the split they scored.
-EVAL_KEYS = ("val_miou", "val_pixel_acc", "val_mean_acc", "per_class_iou", "eval_split",
-             "eval_images", "eval_backend", "epoch")
-
 
 def load_run(run_dir: Path) -> dict:
     """Epochs, frames, last loss and summed epoch time of a finished training run."""
@@ -86,7 +82,9 @@ def record(path: Path, report: dict, final: dict | None,
                     "train_val_run": None,
                     "note": "no train+val run of this recipe has been shipped yet"}
     else:
-        seen = {k: metrics.pop(k) for k in EVAL_KEYS if k in metrics}
+        from engines.evaluate import VAL_FIGURE_KEYS
+
+        seen = {k: metrics.pop(k) for k in VAL_FIGURE_KEYS if k in metrics}
         if seen or metrics.get("seen_split_fit"):
             # what `segstream eval --record` already filed there wins over top-level
             # figures (e.g. the training loop's val score of a run that validated on val)
