@@ -121,42 +121,64 @@ def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
     return nn.Sequential(*layers)
 
 
+def drop_path(y: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016): in training, zero a residual branch ``y``
+    (N, C, H, W) for a random ``rate`` of the samples and scale the rest by
+    ``1 / (1 - rate)``; the identity in eval mode (so exported graphs never hold it)."""
+    if not training or rate == 0.0:
+        return y
+    keep = torch.rand((y.shape[0], 1, 1, 1), device=y.device) >= rate  # (N, 1, 1, 1)
+    return y * keep.to(y.dtype) / (1.0 - rate)
+
+
 class MBConv(nn.Module):
     """Mobile inverted bottleneck without squeeze-excite: [1x1 expand], k x k depthwise
-    (stride), 1x1 project; identity skip when shape is kept. (N, cin, h, w) ->
+    (stride), 1x1 project; identity skip when shape is kept, its branch dropped per sample
+    with probability ``drop_path`` in training. (N, cin, h, w) ->
     (N, cout, ceil(h/stride), ceil(w/stride))."""
 
-    def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int,
+                 drop_path: float = 0.0) -> None:
         super().__init__()
         hidden = cin * expand
         self.expand = _conv_bn(cin, hidden, 1) if expand != 1 else None
         self.depthwise = _conv_bn(hidden, hidden, k, stride, groups=hidden)
         self.project = _conv_bn(hidden, cout, 1, act=False)
         self.use_skip = stride == 1 and cin == cout
+        self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(x) if self.expand is not None else x
         y = self.project(self.depthwise(y))
-        return x + y if self.use_skip else y
+        if not self.use_skip:
+            return y
+        return x + drop_path(y, self.drop_path, self.training)
 
 
 class EfficientNetLiteEncoder(nn.Module):
     """EfficientNet-Lite feature extractor: stem (3x3 s2, 32 ch) and the seven MBConv stages.
 
     ``channels`` / ``strides`` describe the five returned features (see module docstring).
+    ``drop_path``: stochastic depth of the last block; block ``i`` of ``n`` drops its
+    residual branch with probability ``drop_path * i / n`` (EfficientNet's rule, 0.2 in its
+    ImageNet training), in training only.
     """
 
-    def __init__(self, variant: str = "lite0") -> None:
+    def __init__(self, variant: str = "lite0", drop_path: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
         self.variant = variant
         cfg = stage_config(variant)
         self.stem = _conv_bn(3, 32, 3, 2)
         blocks: list[nn.Module] = []
         ends: list[int] = []
         cin = 32
+        n = sum(reps for *_, reps in cfg)
         for e, k, s, c, reps in cfg:
             for r in range(reps):
-                blocks.append(MBConv(cin, c, e, k, s if r == 0 else 1))
+                blocks.append(MBConv(cin, c, e, k, s if r == 0 else 1,
+                                     drop_path * len(blocks) / n))
                 cin = c
             ends.append(len(blocks) - 1)
         self.blocks = nn.ModuleList(blocks)

@@ -52,12 +52,13 @@ class LiteFPN(SegModel):
     input_std = INPUT_STD
 
     def __init__(self, num_classes: int, encoder: str = "lite0", decoder_channels: int = 96,
-                 upsample: bool = False, aux: bool = False, frozen_stages: int = 0) -> None:
+                 upsample: bool = False, aux: bool = False, frozen_stages: int = 0,
+                 drop_path: float = 0.0) -> None:
         super().__init__(num_classes, native_stride=4, upsample=upsample)
         if not 0 <= frozen_stages <= 7:
             raise ValueError(f"frozen_stages must be 0..7, got {frozen_stages}")
         d = decoder_channels
-        self.encoder = EfficientNetLiteEncoder(encoder)
+        self.encoder = EfficientNetLiteEncoder(encoder, drop_path)
         _, c4, c8, c16, c32 = self.encoder.channels
         self.context = conv_bn_relu(c32, d, 1)
         self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c32, d, 1), nn.Sigmoid())
@@ -105,6 +106,9 @@ class LiteFPN(SegModel):
 @register("litefpn", family="realtime",
           description="EfficientNet-Lite (ImageNet weights via --pretrained) + light FPN, H/4")
 def litefpn(num_classes: int, encoder: str = "lite0", decoder_channels: int = 96,
-            upsample: bool = False, aux: bool = False, frozen_stages: int = 0) -> LiteFPN:
-    """LiteFPN (encoder = lite0 | lite1 | lite2)."""
-    return LiteFPN(num_classes, encoder, decoder_channels, upsample, aux, frozen_stages)
+            upsample: bool = False, aux: bool = False, frozen_stages: int = 0,
+            drop_path: float = 0.0) -> LiteFPN:
+    """LiteFPN (encoder = lite0 | lite1 | lite2; ``drop_path``: the encoder's stochastic
+    depth in training, e.g. 0.2)."""
+    return LiteFPN(num_classes, encoder, decoder_channels, upsample, aux, frozen_stages,
+                   drop_path)

@@ -156,3 +156,23 @@ def test_bad_options_are_clear_errors():
         build_encoder("resnet18", output_stride=4)
     with pytest.raises(ValueError, match="divisible by every bin"):
         build_model("pspnet", K, grid=20)
+
+
+def test_litefpn_drop_path_acts_in_training_only():
+    torch.manual_seed(0)
+    plain = build_model("litefpn", 3, drop_path=0.0)
+    dropped = build_model("litefpn", 3, drop_path=0.2)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()  # weights load as before
+    dropped.load_state_dict(plain.state_dict())
+    rates = [b.drop_path for b in dropped.encoder.blocks]
+    assert rates[0] == 0.0 and rates == sorted(rates) and 0.15 < rates[-1] < 0.2
+    x = torch.randn(2, 3, 64, 96)
+    plain.eval()
+    dropped.eval()
+    with torch.no_grad():  # eval: the identity, so the exported graph is the plain one
+        torch.testing.assert_close(dropped(x), plain(x), rtol=0, atol=0)
+        dropped.train()
+        a, b = dropped(x)[0], dropped(x)[0]
+    assert not torch.equal(a, b)  # training: branches dropped at random per call
+    with pytest.raises(ValueError, match="drop_path"):
+        build_model("litefpn", 3, drop_path=1.0)
