@@ -198,14 +198,14 @@ def build_spec(cfg: TrainConfig, data: SplitData, input_size: tuple[int, int],
     norm = {k: tuple(getattr(model, f"input_{k}")) for k in ("mean", "std")
             if hasattr(model, f"input_{k}")}
     init = "ImageNet-pretrained encoder" if cfg.pretrained else "from scratch"
-    ohem = f", OHEM {cfg.ohem:g}" if cfg.ohem is not None else ""
+    extras = f", OHEM {cfg.ohem:g}" if cfg.ohem is not None else ""
     if cfg.mix is not None:
-        ohem += f", {'ClassMix' if cfg.mix == 'classmix' else 'CutMix'} p={cfg.mix_prob:g}"
+        extras += f", {'ClassMix' if cfg.mix == 'classmix' else 'CutMix'} p={cfg.mix_prob:g}"
     return ModelSpec(
         name=name, architecture=cfg.model, classes=data.classes, input_size=input_size,
         output="logits", ignore_index=IGNORE,
         training_data=f"{data.source}; crop {cfg.crop[0]}x{cfg.crop[1]}, {cfg.epochs} epochs, "
-                      f"{init}{ohem}",
+                      f"{init}{extras}",
         metrics=metrics or {}, **norm,
     )
 
@@ -469,6 +469,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
             is_last = epoch + 1 == cfg.epochs
             metrics: dict[str, Any] = {}
             improved = False
+            score = ""
             if val_data is not None and ((epoch + 1) % cfg.val_every == 0 or is_last):
                 m = evaluate_torch(model, val_data, spec, info.device)
                 record.update(val_miou=round(m.miou, 4), val_pixel_acc=round(m.pixel_acc, 4))
@@ -478,11 +479,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
                 improved = m.miou > best_miou
                 if improved:
                     best_miou = m.miou
-                print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val mIoU "
-                      f"{fmt_miou(m.miou)}  (best {fmt_miou(best_miou)})  "
-                      f"{record['epoch_s']:.0f}s", flush=True)
-            elif progress and not bars:  # the bar's last state, as one line
-                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}  "
+                score = f"  val mIoU {fmt_miou(m.miou)}  (best {fmt_miou(best_miou)})"
+            if progress and (score or not bars):  # with --no-progress, every epoch
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}{score}  "
                       f"{record['epoch_s']:.0f}s  {record['img_s']:.1f} img/s", flush=True)
             record["wall_s"] = round(time.monotonic() - t_run, 1)
             ckpt = make_ckpt(epoch + 1, metrics)
@@ -527,6 +526,11 @@ def check_model_options(cfg: TrainConfig) -> None:
                          f"{cfg.model!r}: {e}") from None
 
 
+# --arch-options that change training only, not the network's weights or graph: a
+# fine-tuning run (--init-from, e.g. QAT) may set them differently from its source run.
+TRAINING_ONLY_OPTIONS = frozenset({"drop_path"})
+
+
 def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
                        device: torch.device) -> None:
     """Start from the weights of another run's checkpoint (same architecture and classes)."""
@@ -538,9 +542,14 @@ def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: in
         raise ValueError(f"--init-from: {path} is a {ckpt.get('arch')!r} model with "
                          f"{ckpt.get('num_classes')} classes; this run trains {cfg.model!r} "
                          f"with {num_classes}")
-    if dict(ckpt.get("arch_options", {})) != dict(cfg.arch_options):
+    def structural(opts: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in opts.items() if k not in TRAINING_ONLY_OPTIONS}
+
+    if structural(dict(ckpt.get("arch_options", {}))) != structural(dict(cfg.arch_options)):
         raise ValueError(f"--init-from: {path} was built with --arch-options "
-                         f"{json.dumps(ckpt.get('arch_options', {}))}; pass the same")
+                         f"{json.dumps(ckpt.get('arch_options', {}))}; pass the same "
+                         f"(training-only options may differ: "
+                         f"{', '.join(sorted(TRAINING_ONLY_OPTIONS))})")
     model.load_state_dict(ckpt["model"])
 
 

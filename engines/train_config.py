@@ -91,6 +91,9 @@ class TrainConfig:
             raise ValueError(f"mix must be one of {MIX_MODES}, got {self.mix!r}")
         if not 0 <= self.mix_prob <= 1:
             raise ValueError(f"mix_prob must be a probability in [0, 1], got {self.mix_prob}")
+        if self.mix is None and self.mix_prob != 0.5:
+            raise ValueError(f"mix_prob {self.mix_prob} is given without a --mix mode "
+                             f"({' or '.join(MIX_MODES)}); add one, or drop --mix-prob")
         if self.workers < 0 or (self.prefetch or 0) < 0:
             raise ValueError(f"workers and prefetch must be >= 0, got {self.workers} and "
                              f"{self.prefetch}")
@@ -137,10 +140,11 @@ def resumed_config(given: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
         default = (f.default if f.default is not MISSING
                    else f.default_factory() if f.default_factory is not MISSING
                    else _REQUIRED)  # type: ignore[misc]
-        if key not in saved:  # a checkpoint older than this field
-            merged[key] = mine
+        if key not in saved and (default is _REQUIRED or key in RESUME_FROM_COMMAND_LINE):
+            merged[key] = mine  # a checkpoint older than this field
             continue
-        run = saved[key]
+        # a recipe key newer than the checkpoint: the run trained with its default then
+        run = saved.get(key, default)
         if key in _PAIRS and run is not None:
             run = tuple(run)
         if key in RESUME_FROM_COMMAND_LINE:

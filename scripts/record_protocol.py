@@ -54,7 +54,8 @@ def load_run(run_dir: Path) -> dict:
                    "bf16")
     run = {"split": cfg.get("train_split", "train"), "epochs": ckpt["epoch"],
            "optimizer_steps": steps, "final_loss": last[ckpt["epoch"]]["loss"],
-           "recipe": {k: cfg.get(k) for k in recipe_keys if k in cfg}}
+           "recipe": {k: cfg.get(k) for k in recipe_keys
+                      if k in cfg and (k != "mix_prob" or cfg.get("mix") is not None)}}
     # logged since 2026-12-03; the kept line per epoch (a resume replaces earlier ones)
     autocast = sorted({r["autocast"] for r in last.values() if "autocast" in r})
     if autocast:

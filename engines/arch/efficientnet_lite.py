@@ -121,14 +121,14 @@ def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
     return nn.Sequential(*layers)
 
 
-def drop_path(y: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+def stochastic_depth(y: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     """Stochastic depth (Huang et al. 2016): in training, zero a residual branch ``y``
     (N, C, H, W) for a random ``rate`` of the samples and scale the rest by
     ``1 / (1 - rate)``; the identity in eval mode (so exported graphs never hold it)."""
     if not training or rate == 0.0:
         return y
     keep = torch.rand((y.shape[0], 1, 1, 1), device=y.device) >= rate  # (N, 1, 1, 1)
-    return y * keep.to(y.dtype) / (1.0 - rate)
+    return y * (keep.to(y.dtype) / (1.0 - rate))  # one pass over y
 
 
 class MBConv(nn.Module):
@@ -152,16 +152,16 @@ class MBConv(nn.Module):
         y = self.project(self.depthwise(y))
         if not self.use_skip:
             return y
-        return x + drop_path(y, self.drop_path, self.training)
+        return x + stochastic_depth(y, self.drop_path, self.training)
 
 
 class EfficientNetLiteEncoder(nn.Module):
     """EfficientNet-Lite feature extractor: stem (3x3 s2, 32 ch) and the seven MBConv stages.
 
     ``channels`` / ``strides`` describe the five returned features (see module docstring).
-    ``drop_path``: stochastic depth of the last block; block ``i`` of ``n`` drops its
-    residual branch with probability ``drop_path * i / n`` (EfficientNet's rule, 0.2 in its
-    ImageNet training), in training only.
+    ``drop_path``: stochastic depth in training only; block ``i`` (0-based) of ``n`` drops
+    its residual branch with probability ``drop_path * i / n`` (EfficientNet's rule, 0.2 in
+    its ImageNet training); the first block of a stage has no skip and never drops.
     """
 
     def __init__(self, variant: str = "lite0", drop_path: float = 0.0) -> None:

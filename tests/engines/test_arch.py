@@ -158,21 +158,41 @@ def test_bad_options_are_clear_errors():
         build_model("pspnet", K, grid=20)
 
 
+def test_stochastic_depth_drops_whole_samples_and_keeps_the_mean():
+    from engines.arch.efficientnet_lite import stochastic_depth
+
+    torch.manual_seed(0)
+    y = torch.ones(4000, 2, 3, 3)
+    out = stochastic_depth(y, 0.25, training=True)
+    per_sample = out.flatten(1)
+    assert (per_sample == per_sample[:, :1]).all()  # a sample is dropped or kept whole
+    values = set(per_sample[:, 0].tolist())
+    assert values == {0.0, float(torch.tensor(1 / 0.75))}  # float32
+    assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.25) < 0.03
+    assert abs(out.mean().item() - 1.0) < 0.05
+    assert stochastic_depth(y, 0.25, training=False) is y
+    assert stochastic_depth(y, 0.0, training=True) is y
+
+
 def test_litefpn_drop_path_acts_in_training_only():
     torch.manual_seed(0)
     plain = build_model("litefpn", 3, drop_path=0.0)
-    dropped = build_model("litefpn", 3, drop_path=0.2)
+    dropped = build_model("litefpn", 3, drop_path=0.5)
     assert plain.state_dict().keys() == dropped.state_dict().keys()  # weights load as before
     dropped.load_state_dict(plain.state_dict())
     rates = [b.drop_path for b in dropped.encoder.blocks]
-    assert rates[0] == 0.0 and rates == sorted(rates) and 0.15 < rates[-1] < 0.2
+    assert rates[0] == 0.0 and rates == sorted(rates) and 0.45 < rates[-1] < 0.5
     x = torch.randn(2, 3, 64, 96)
-    plain.eval()
-    dropped.eval()
-    with torch.no_grad():  # eval: the identity, so the exported graph is the plain one
+    with torch.no_grad():
+        for m in (plain, dropped):
+            m.eval()
+        # eval: the identity, so the exported graph is the plain one
         torch.testing.assert_close(dropped(x), plain(x), rtol=0, atol=0)
-        dropped.train()
-        a, b = dropped(x)[0], dropped(x)[0]
-    assert not torch.equal(a, b)  # training: branches dropped at random per call
+        for m in (plain, dropped):  # training, the classifier's Dropout2d held still
+            m.train()
+            m.classifier[1].eval()
+        torch.manual_seed(1)
+        assert torch.equal(plain(x)[0], plain(x)[0])
+        assert not torch.equal(dropped(x)[0], plain(x)[0])
     with pytest.raises(ValueError, match="drop_path"):
         build_model("litefpn", 3, drop_path=1.0)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 
-from engines.data import IGNORE, AugmentConfig, open_split
+from engines.data import IGNORE, AugmentConfig, SplitData, augment
 from engines.data.augment import mix_views
+from engines.spec import ClassInfo
 from engines.train_config import TrainConfig, resumed_config
-from tests.engines.test_data import make_camvid
 
 
 def _views(h: int = 30, w: int = 40) -> tuple[np.ndarray, ...]:
@@ -88,26 +87,51 @@ def test_mix_refuses_views_of_two_shapes_and_unknown_modes() -> None:
         AugmentConfig(mix="cutmix", mix_prob=1.5)
 
 
-def test_train_dataset_mixes_deterministically_and_leaves_unmixed_samples_alone(
-        tmp_path: Path) -> None:
+def _coded_split(n: int = 6, h: int = 24, w: int = 32) -> SplitData:
+    """Frames whose red channel codes their label (40 * class + 20) and whose green channel
+    codes the frame, each frame with its own layout of classes 0..4."""
+    images, labels = [], []
+    for f in range(n):
+        lbl = ((np.arange(w)[None, :] // 8 + np.arange(h)[:, None] // 6 + f) % 5).astype(np.uint8)
+        img = np.zeros((h, w, 3), np.uint8)
+        img[..., 0] = 40 * lbl + 20
+        img[..., 1] = 30 * f + 10
+        images.append(img)
+        labels.append(lbl)
+    return SplitData(images, labels, [f"f{f}" for f in range(n)],
+                     [ClassInfo(k, f"c{k}", (k, k, k)) for k in range(5)], "coded")
+
+
+def test_train_dataset_mixes_deterministically_and_keeps_labels_on_their_pixels() -> None:
     torch = pytest.importorskip("torch")
     from engines.data.torch_dataset import TrainDataset
 
-    data = open_split(make_camvid(tmp_path / "camvid", n=6), "train")
-    norm = ((0.5,) * 3, (0.25,) * 3)
-
-    def labels(aug: AugmentConfig) -> list:
-        ds = TrainDataset(data, aug, *norm, seed=3)
-        return [ds[i][1] for i in range(len(data))]
-
-    plain = labels(AugmentConfig(crop=(16, 16)))
-    never = labels(AugmentConfig(crop=(16, 16), mix="classmix", mix_prob=0.0))
-    always = labels(AugmentConfig(crop=(16, 16), mix="cutmix", mix_prob=1.0))
-    again = labels(AugmentConfig(crop=(16, 16), mix="cutmix", mix_prob=1.0))
-    # mixing off draws nothing more from the generator: the same samples as before --mix
-    assert all(torch.equal(a, b) for a, b in zip(plain, never, strict=True))
-    assert all(torch.equal(a, b) for a, b in zip(always, again, strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(plain, always, strict=True))
+    data = _coded_split()
+    plain_aug = AugmentConfig(crop=(16, 16), scale=(1.0, 1.0), brightness=0, contrast=0,
+                              saturation=0)
+    mixed_aug = replace(plain_aug, mix="classmix", mix_prob=1.0)
+    identity = ((0.0,) * 3, (1 / 255,) * 3)  # to_tensor gives the pixel values back
+    plain = TrainDataset(data, plain_aug, *identity, seed=3)
+    mixed = TrainDataset(data, mixed_aug, *identity, seed=3)
+    frames_seen = set()
+    for i in range(len(data)):
+        # without --mix: exactly the augment() of before, from the sample's own generator
+        ref_img, ref_lbl = augment(data.images[i], data.labels[i],
+                                   np.random.default_rng([3, 0, i]), plain_aug)
+        x, y = plain[i]
+        np.testing.assert_array_equal(y.numpy(), ref_lbl)
+        np.testing.assert_allclose(x.numpy().transpose(1, 2, 0), ref_img, atol=1e-3)
+        x, y = mixed[i]
+        x2, y2 = mixed[i]
+        assert torch.equal(x, x2) and torch.equal(y, y2)  # a pure function of (seed, e, i)
+        img = np.rint(x.numpy().transpose(1, 2, 0))
+        valid = y.numpy() != IGNORE
+        np.testing.assert_array_equal((img[..., 0][valid] - 20) // 40, y.numpy()[valid])
+        frames = set(((img[..., 1][valid] - 10) // 30).astype(int).tolist())
+        assert i in frames or len(frames) == 1  # this frame, plus another pasted in
+        assert len(frames) <= 2
+        frames_seen |= frames - {i}
+    assert frames_seen  # some pixels came from other frames
 
 
 def test_mix_is_part_of_the_recipe_a_resume_keeps() -> None:
@@ -121,3 +145,12 @@ def test_mix_is_part_of_the_recipe_a_resume_keeps() -> None:
     with pytest.raises(ValueError, match="--mix 'cutmix'"):
         resumed_config(TrainConfig(model="m", data="d", out="o", resume=True, mix="cutmix"),
                        asdict(run))
+    # a run from before --mix existed trained without it: --resume --mix is refused too
+    old = {k: v for k, v in asdict(TrainConfig(model="m", data="d", out="o")).items()
+           if k not in ("mix", "mix_prob")}
+    assert resumed_config(TrainConfig(model="m", data="d", out="o", resume=True), old).mix is None
+    with pytest.raises(ValueError, match="--mix 'classmix' \\(the run has None\\)"):
+        resumed_config(TrainConfig(model="m", data="d", out="o", resume=True, mix="classmix"),
+                       old)
+    with pytest.raises(ValueError, match="without a --mix mode"):
+        TrainConfig(model="m", data="d", out="o", mix_prob=0.3)
