@@ -41,8 +41,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from engines.arch.efficientnet_lite import PretrainedWeightsError
-from engines.atomic import staged
-from engines.backend import BackendError
+from engines.checkpoint import (
+    load_checkpoint_model,
+    load_init_weights,
+    read_checkpoint,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from engines.data.augment import AugmentConfig, check_crop_fits
 from engines.data.prefetch import Prefetcher
 from engines.data.readers import IGNORE, SplitData, open_split
@@ -109,11 +115,6 @@ def setup_distributed() -> DistInfo:
     return DistInfo(0, 1, 0, device)
 
 
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    with staged(path) as (tmp,):
-        torch.save(obj, tmp)
-
-
 def check_disjoint(train_data: SplitData, val_data: SplitData, cfg: TrainConfig) -> None:
     """Refuse a validation split that holds training frames (the same pixels, whatever
     their names): its "val mIoU" would score frames the model fits, pick best.pt by them
@@ -132,33 +133,6 @@ def check_disjoint(train_data: SplitData, val_data: SplitData, cfg: TrainConfig)
             f"with --train-split {cfg.train_split!r} (e.g. {shared[0]}): its mIoU would not "
             "be a held-out figure. For a final run on everything pass --val-split '' "
             "(nothing was written)")
-
-
-def _read_checkpoint(path: Path, what: str) -> dict[str, Any]:
-    """A training checkpoint read without running pickled code (tensors, numpy arrays and
-    plain Python values only: a checkpoint from elsewhere cannot execute anything)."""
-    from engines.torch_backend import load_checkpoint
-
-    try:
-        return load_checkpoint(path)
-    except BackendError as e:
-        raise ValueError(f"{what}: {e}") from None
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _seed_everything(seed: int) -> None:
@@ -293,7 +267,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint {last_path}; start without "
                                     "--resume or point --out at the run to continue")
-        ckpt = _read_checkpoint(last_path, "--resume")
+        ckpt = read_checkpoint(last_path, "--resume")
         if ckpt.get("arch") != cfg.model:
             raise ValueError(f"--resume: {last_path} is a {ckpt.get('arch')!r} run, not "
                              f"{cfg.model!r}")
@@ -332,7 +306,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
     if info.device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # 1.35x faster on CPU
     if cfg.init_from and not cfg.resume:
-        _load_init_weights(model, cfg, train_data.num_classes, info.device)
+        load_init_weights(model, cfg, train_data.num_classes, info.device)
     if cfg.qat:
         enable_fake_quant(model)
     if info.distributed and info.device.type == "cuda":
@@ -384,7 +358,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
         if "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_miou = int(ckpt["epoch"]), float(ckpt["best_miou"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
 
     net = model
     if info.distributed:
@@ -397,7 +371,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
             "num_classes": train_data.num_classes, "model": model.state_dict(),
             "spec": build_spec(cfg, train_data, input_size, metrics, model).to_json(),
             "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(), "best_miou": best_miou, "rng": _rng_state(),
+            "scaler": scaler.state_dict(), "best_miou": best_miou, "rng": rng_state(),
             "config": asdict(cfg),
         }
 
@@ -486,8 +460,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
             record["wall_s"] = round(time.monotonic() - t_run, 1)
             ckpt = make_ckpt(epoch + 1, metrics)
             if improved or (val_data is None and is_last):  # first: last.pt records the
-                _save_atomic(ckpt, best_path)  # best score, which best.pt must then hold
-            _save_atomic(ckpt, last_path)
+                save_atomic(ckpt, best_path)  # best score, which best.pt must then hold
+            save_atomic(ckpt, last_path)
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             plot_curves(log_path, out / "curves.png")
@@ -524,42 +498,6 @@ def check_model_options(cfg: TrainConfig) -> None:
     except TypeError as e:  # an option the architecture's constructor does not take
         raise ValueError(f"--arch-options {json.dumps(cfg.arch_options)} do not fit "
                          f"{cfg.model!r}: {e}") from None
-
-
-# --arch-options that change training only, not the network's weights or graph: a
-# fine-tuning run (--init-from, e.g. QAT) may set them differently from its source run.
-TRAINING_ONLY_OPTIONS = frozenset({"drop_path"})
-
-
-def _load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
-                       device: torch.device) -> None:
-    """Start from the weights of another run's checkpoint (same architecture and classes)."""
-    path = Path(cfg.init_from)
-    if not path.is_file():
-        raise FileNotFoundError(f"--init-from: no checkpoint {path}")
-    ckpt = _read_checkpoint(path, "--init-from")
-    if ckpt.get("arch") != cfg.model or ckpt.get("num_classes") != num_classes:
-        raise ValueError(f"--init-from: {path} is a {ckpt.get('arch')!r} model with "
-                         f"{ckpt.get('num_classes')} classes; this run trains {cfg.model!r} "
-                         f"with {num_classes}")
-    def structural(opts: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in opts.items() if k not in TRAINING_ONLY_OPTIONS}
-
-    if structural(dict(ckpt.get("arch_options", {}))) != structural(dict(cfg.arch_options)):
-        raise ValueError(f"--init-from: {path} was built with --arch-options "
-                         f"{json.dumps(ckpt.get('arch_options', {}))}; pass the same "
-                         f"(training-only options may differ: "
-                         f"{', '.join(sorted(TRAINING_ONLY_OPTIONS))})")
-    model.load_state_dict(ckpt["model"])
-
-
-def load_checkpoint_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module,
-                                                                          ModelSpec]:
-    """Rebuild the network of a training checkpoint in eval mode, with its spec."""
-    ckpt = _read_checkpoint(Path(path), "checkpoint")
-    model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("arch_options", {}))
-    model.load_state_dict(ckpt["model"])
-    return model.eval().to(device), ModelSpec.from_json(ckpt["spec"], source=str(path))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from engines.checkpoint import load_checkpoint_model  # noqa: E402
 from engines.data.torch_dataset import TrainDataset  # noqa: E402
 from engines.train import (  # noqa: E402
     TrainConfig,
     WarmupPoly,
-    load_checkpoint_model,
     prefetch_depth,
     train,
 )
