@@ -5,7 +5,8 @@ A checkpoint is a dict (written by :func:`engines.train.train`, read by
 
     {"arch": str, "arch_options": dict, "num_classes": int, "model": state_dict,
      "spec": ModelSpec.to_json(), "epoch": int (epochs completed), "optimizer": ...,
-     "scheduler": ..., "scaler": ..., "best_miou": float, "rng": {...}, "config": dict}
+     "scheduler": ..., "scaler": ..., "best_miou": float,
+     "rng": {...}, "rng_ranks": [{...} for each DDP rank] or None, "config": dict}
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Checkpoint dict (shared with ``engines.torch_backend``)::
 
     {"arch": str, "arch_options": dict, "num_classes": int, "model": state_dict,
      "spec": ModelSpec.to_json(), "epoch": int (epochs completed), "optimizer": ...,
-     "scheduler": ..., "best_miou": float, "rng": {...}, "config": dict}
+     "scheduler": ..., "best_miou": float,
+     "rng": {...}, "rng_ranks": [{...} for each DDP rank] or None, "config": dict}
 
 Run ``python -m engines.train --help`` or ``segstream train --help``.
 """
@@ -358,21 +359,28 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
         if "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_miou = int(ckpt["epoch"]), float(ckpt["best_miou"])
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks") or []  # DDP: every rank's own state (rank 0's: "rng")
+        if info.rank == 0:
+            set_rng_state(ckpt["rng"])
+        elif len(ranks) == info.world_size:
+            set_rng_state(ranks[info.rank])
+        else:  # another number of processes than the run had: not exact, but ranks differ
+            _seed_everything(cfg.seed + 1009 * start_epoch + info.rank)
 
     net = model
     if info.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
-    def make_ckpt(epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    def make_ckpt(epoch: int, metrics: dict[str, Any],
+                  rank_states: list[Any] | None) -> dict[str, Any]:
         return {
             "arch": cfg.model, "arch_options": dict(cfg.arch_options),
             "num_classes": train_data.num_classes, "model": model.state_dict(),
             "spec": build_spec(cfg, train_data, input_size, metrics, model).to_json(),
             "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "best_miou": best_miou, "rng": rng_state(),
-            "config": asdict(cfg),
+            "rng_ranks": rank_states, "config": asdict(cfg),
         }
 
     prefetch = prefetch_depth(cfg, info.device)
@@ -439,6 +447,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
             "img_s": round(seen * cfg.batch_size / max(1e-9, time.monotonic() - t0), 2),
             "autocast": precision,
         }
+        rank_states = None
+        if info.distributed:  # each rank resumes with its own dropout / drop-path draws
+            rank_states = [None] * info.world_size
+            dist.all_gather_object(rank_states, rng_state())
         if info.is_main:
             is_last = epoch + 1 == cfg.epochs
             metrics: dict[str, Any] = {}
@@ -458,7 +470,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}{score}  "
                       f"{record['epoch_s']:.0f}s  {record['img_s']:.1f} img/s", flush=True)
             record["wall_s"] = round(time.monotonic() - t_run, 1)
-            ckpt = make_ckpt(epoch + 1, metrics)
+            ckpt = make_ckpt(epoch + 1, metrics, rank_states)
             if improved or (val_data is None and is_last):  # first: last.pt records the
                 save_atomic(ckpt, best_path)  # best score, which best.pt must then hold
             save_atomic(ckpt, last_path)

@@ -346,6 +346,18 @@ def test_ddp_under_torchrun(tiny_data: Path, tmp_path: Path) -> None:
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["scheduler"]["last_epoch"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])
+    # every rank's RNG is kept (each resumes its own dropout draws, not rank 0's)
+    ranks = ckpt["rng_ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+    assert torch.equal(ranks[0]["torch"], ckpt["rng"]["torch"])  # no validation between
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        cmd[cmd.index("--master_port") + 1] = str(s.getsockname()[1])
+    cmd[cmd.index("--epochs") + 1] = "2"
+    proc = subprocess.run([*cmd, "--resume"], check=False, env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["epoch"] for r in _log(out)] == [1, 2]
 
 
 def test_fastscnn_shapes_and_export_friendliness() -> None:
