@@ -5,12 +5,7 @@ Single process (CPU or one GPU) or multi-GPU with ``torchrun`` (DDP; detected fr
 validation mIoU), a JSON line per epoch in ``<out>/log.jsonl``; ``resume`` restarts from
 ``last.pt`` with model, optimiser, scheduler, epoch and RNG state.
 
-Checkpoint dict (shared with ``engines.torch_backend``)::
-
-    {"arch": str, "arch_options": dict, "num_classes": int, "model": state_dict,
-     "spec": ModelSpec.to_json(), "epoch": int (epochs completed), "optimizer": ...,
-     "scheduler": ..., "best_miou": float,
-     "rng": {...}, "rng_ranks": [{...} for each DDP rank] or None, "config": dict}
+The checkpoint dict is described in :mod:`engines.checkpoint`.
 
 Run ``python -m engines.train --help`` or ``segstream train --help``.
 """

@@ -13,7 +13,7 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from engines.data.augment import MIX_MODES
+from engines.data.augment import MIX_MODES, MIX_PROB, check_mix
 
 CLASS_WEIGHTINGS = ("mfb", "sqrt-mfb", "none")
 OPTIMIZERS = ("adamw", "sgd")
@@ -44,7 +44,7 @@ class TrainConfig:
     class_weight: str = "mfb"
     ohem: float | None = None
     mix: str | None = None  # "classmix" / "cutmix" (engines.data.augment.mix_views)
-    mix_prob: float = 0.5
+    mix_prob: float = MIX_PROB
     aux_weight: float = 0.4
     arch_options: dict[str, Any] = field(default_factory=dict)
     fmt: str = "auto"
@@ -87,11 +87,8 @@ class TrainConfig:
         if self.ohem is not None and not 0 < self.ohem <= 1:
             raise ValueError(f"ohem must be a probability in (0, 1] (hard pixels: p(true) "
                              f"below it), got {self.ohem}")
-        if self.mix is not None and self.mix not in MIX_MODES:
-            raise ValueError(f"mix must be one of {MIX_MODES}, got {self.mix!r}")
-        if not 0 <= self.mix_prob <= 1:
-            raise ValueError(f"mix_prob must be a probability in [0, 1], got {self.mix_prob}")
-        if self.mix is None and self.mix_prob != 0.5:
+        check_mix(self.mix, self.mix_prob)
+        if self.mix is None and self.mix_prob != MIX_PROB:
             raise ValueError(f"mix_prob {self.mix_prob} is given without a --mix mode "
                              f"({' or '.join(MIX_MODES)}); add one, or drop --mix-prob")
         if self.workers < 0 or (self.prefetch or 0) < 0:
@@ -209,8 +206,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mix each sample (see --mix-prob) with a view of another frame: "
                    "classmix pastes the pixels of half its classes, cutmix a box of 25-50 %% "
                    "of the crop (default: no mixing)")
-    p.add_argument("--mix-prob", type=float, default=0.5, metavar="P",
-                   help="probability that a sample is mixed, with --mix (default 0.5)")
+    p.add_argument("--mix-prob", type=float, default=MIX_PROB, metavar="P",
+                   help=f"probability that a sample is mixed, with --mix (default {MIX_PROB:g})")
     p.add_argument("--aux-weight", type=float, default=0.4)
     p.add_argument("--arch-options", type=_opts, default={},
                    help='JSON constructor options, e.g. \'{"aux": true}\'')

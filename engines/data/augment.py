@@ -17,6 +17,16 @@ import numpy as np
 from engines.data.readers import IGNORE
 
 MIX_MODES = ("classmix", "cutmix")
+MIX_PROB = 0.5  # the default share of samples mixed
+
+
+def check_mix(mix: str | None, mix_prob: float) -> None:
+    """Raise ValueError for a mix mode not in :data:`MIX_MODES` (None: no mixing) or a
+    mixing probability outside [0, 1]."""
+    if mix is not None and mix not in MIX_MODES:
+        raise ValueError(f"mix must be one of {MIX_MODES} or None, got {mix!r}")
+    if not 0 <= mix_prob <= 1:
+        raise ValueError(f"mix_prob must be a probability in [0, 1], got {mix_prob}")
 
 
 @dataclass(frozen=True)
@@ -45,17 +55,14 @@ class AugmentConfig:
     saturation: float = 0.25
     pad_rgb: tuple[int, int, int] = (124, 116, 104)
     mix: str | None = None
-    mix_prob: float = 0.5
+    mix_prob: float = MIX_PROB
 
     def __post_init__(self) -> None:
         if len(self.crop) != 2 or min(self.crop) <= 0:
             raise ValueError(f"crop must be (H, W) > 0, got {self.crop}")
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"scale range must be 0 < lo <= hi, got {self.scale}")
-        if self.mix is not None and self.mix not in MIX_MODES:
-            raise ValueError(f"mix must be one of {MIX_MODES} or None, got {self.mix!r}")
-        if not 0 <= self.mix_prob <= 1:
-            raise ValueError(f"mix_prob must be a probability in [0, 1], got {self.mix_prob}")
+        check_mix(self.mix, self.mix_prob)
 
 
 def random_scale(img: np.ndarray, lbl: np.ndarray, factor: float) -> tuple[np.ndarray,
