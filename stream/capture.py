@@ -30,7 +30,14 @@ from stream.capture_base import (
     StateCallback,
 )
 from stream.frames import Frame, now_ns
-from stream.gst import gst_available, load_gst, missing_elements, sample_to_bgr
+from stream.gst import (
+    AppsinkArrivals,
+    appsink_rendered,
+    gst_available,
+    load_gst,
+    missing_elements,
+    sample_to_bgr,
+)
 from stream.sources import SourceSpec, redact
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,9 @@ class GstCapture(BaseCapture):
 
     The capture thread pulls with ``try_pull_sample(poll_interval)``, copies each sample
     into a read-only (H, W, 3) uint8 BGR array (row padding removed) and polls the bus
-    for ERROR and EOS between pulls; no GLib main loop is needed.
+    for ERROR and EOS between pulls; no GLib main loop is needed. Frames the appsink
+    discarded before they were pulled (``drop=true``) take ``seq`` numbers too and count
+    in ``dropped`` (:class:`stream.gst.AppsinkArrivals`).
 
     Raises:
         stream.gst.GstUnavailableError: PyGObject/GStreamer cannot be imported.
@@ -51,6 +60,7 @@ class GstCapture(BaseCapture):
 
     def __init__(self, spec: SourceSpec, **kwargs: Any) -> None:
         self._gst = load_gst()
+        self._arrivals = AppsinkArrivals()  # a new one per session (pipeline)
         super().__init__(spec, **kwargs)
 
     def _session(self) -> tuple[Outcome, str]:
@@ -70,11 +80,15 @@ class GstCapture(BaseCapture):
             if sink is None:
                 return Outcome.FATAL, "the pipeline has no appsink named 'sink'"
             bus = pipeline.get_bus()
+            self._arrivals = AppsinkArrivals()
             if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
                 detail = self._bus_error(bus) or "the pipeline refused to start"
                 self._count_error(detail)
                 return Outcome.RETRY, detail
-            return self._pull(pipeline, sink, bus)
+            try:
+                return self._pull(pipeline, sink, bus)
+            finally:  # frames the sink took in and nobody pulled
+                self._skip(self._arrivals.finish(appsink_rendered(sink)))
         finally:
             pipeline.set_state(Gst.State.NULL)
 
@@ -88,7 +102,8 @@ class GstCapture(BaseCapture):
                 t_mono, t_wall = now_ns()
                 if not self._session_frames:  # a camera may come back with other caps
                     self._caps = sample.get_caps().to_string()
-                if not self._emit(sample_to_bgr(sample), t_mono, t_wall):
+                skipped = self._arrivals.pulled(appsink_rendered(sink))
+                if not self._emit(sample_to_bgr(sample), t_mono, t_wall, skipped):
                     return Outcome.STOPPED, ""
             elif sink.is_eos():  # pulls return at once now: wait on the bus instead
                 msg = bus.timed_pop_filtered(poll_ns, Gst.MessageType.EOS | Gst.MessageType.ERROR)
@@ -137,6 +152,7 @@ class GstCapture(BaseCapture):
         if self.spec.loop:
             flags = Gst.SeekFlags.FLUSH | Gst.SeekFlags.KEY_UNIT
             if pipeline.seek_simple(Gst.Format.TIME, flags, 0):
+                self._skip(self._arrivals.flushed())
                 log.info("%s: end of file, looping", self.camera_id)
                 self._last_progress = time.monotonic()
                 return None

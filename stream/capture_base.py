@@ -125,8 +125,10 @@ class CaptureOptions:
 class CaptureStats:
     """A consistent snapshot of one capture's counters.
 
-    ``captured`` counts frames that left the source (= next seq); ``dropped`` those
-    overwritten in the mailbox before anyone took them; ``reconnects`` pipeline rebuilds
+    ``captured`` counts frames that left the source (= next seq); ``dropped`` those lost
+    before anyone took them: overwritten in the mailbox, or discarded by the source's
+    appsink before the capture thread pulled them (``source_dropped``, part of ``dropped``;
+    GStreamer backend only); ``reconnects`` pipeline rebuilds
     after a stall, error or lost stream; ``errors`` error messages from the source.
     ``fps`` is the capture rate over the last 2 s (0 when stalled), ``frame_size`` (H, W)
     of the last frame, ``caps`` what the source negotiated (backend specific text).
@@ -143,6 +145,7 @@ class CaptureStats:
     last_error: str
     frame_size: tuple[int, int] | None
     caps: str
+    source_dropped: int = 0
 
 
 class Outcome(enum.Enum):
@@ -235,6 +238,7 @@ class BaseCapture(ABC):
         self._state_detail = ""
         self._failed_outside = False
         self._seq = 0
+        self._source_dropped = 0  # frames the source discarded before they were pulled
         self._reconnects = 0
         self._errors = 0
         self._last_error = ""
@@ -282,7 +286,9 @@ class BaseCapture(ABC):
 
     @property
     def dropped(self) -> int:
-        return self._mailbox.dropped
+        """Frames lost before anyone took them: replaced in the mailbox, or discarded by
+        the source before the capture thread pulled them."""
+        return self._mailbox.dropped + self._source_dropped
 
     @property
     def reconnects(self) -> int:
@@ -303,8 +309,9 @@ class BaseCapture(ABC):
             span = recent[-1] - recent[0] if len(recent) > 1 else 0
             fps = (len(recent) - 1) * 1e9 / span if span > 0 else 0.0
             return CaptureStats(self.camera_id, self.backend, self._state, self._seq,
-                                self._mailbox.dropped, self._reconnects, self._errors, fps,
-                                self._last_error, self._frame_size, self._caps)
+                                self._mailbox.dropped + self._source_dropped,
+                                self._reconnects, self._errors, fps, self._last_error,
+                                self._frame_size, self._caps, self._source_dropped)
 
     def wait_state(self, states: Iterable[str], timeout: float) -> bool:
         """Block until the state is one of ``states`` (True) or ``timeout`` s pass."""
@@ -360,11 +367,14 @@ class BaseCapture(ABC):
     def _stopping(self) -> bool:
         return self._stop.is_set()
 
-    def _emit(self, image: np.ndarray, t_mono: int, t_wall: int) -> bool:
+    def _emit(self, image: np.ndarray, t_mono: int, t_wall: int, skipped: int = 0) -> bool:
         """Hand one pulled image (H, W, 3) uint8 BGR to consumers; timestamps are those
-        taken when the pull returned. False when the capture is closing."""
-        frame = Frame(self.camera_id, self._seq, t_mono, t_wall, image)
+        taken when the pull returned. ``skipped``: frames the source discarded just
+        before this one (they take the ``seq`` numbers before it, so the gap shows the
+        loss). False when the capture is closing."""
         with self._lock:
+            self._skip_locked(skipped)
+            frame = Frame(self.camera_id, self._seq, t_mono, t_wall, image)
             self._seq += 1
             self._pull_times.append(t_mono)
             self._frame_size = (image.shape[0], image.shape[1])
@@ -379,6 +389,16 @@ class BaseCapture(ABC):
         if self._on_frame is not None:
             self._on_frame(self.camera_id)
         return True
+
+    def _skip(self, lost: int) -> None:
+        """``lost`` frames left the source and were discarded before they were pulled."""
+        with self._lock:
+            self._skip_locked(lost)
+
+    def _skip_locked(self, lost: int) -> None:
+        if lost > 0:
+            self._seq += lost
+            self._source_dropped += lost
 
     def _since_progress(self) -> float:
         """Seconds since the session started or last delivered a frame."""

@@ -1,4 +1,5 @@
-"""GStreamer through PyGObject: lazy loading and appsink sample -> numpy conversion.
+"""GStreamer through PyGObject: lazy loading, appsink sample -> numpy conversion, and the
+frames an appsink discarded (:class:`AppsinkArrivals`).
 
 Importing this module never fails; :func:`load_gst` raises :class:`GstUnavailableError` (with
 the reason and the fix) when PyGObject or the GStreamer typelibs are missing, and
@@ -136,3 +137,65 @@ def _bgr_from_mapped(data: Any, w: int, h: int, stride: int, offset: int) -> np.
     image[:-1] = flat[offset:last].reshape(h - 1, stride)[:, :w * 3]
     image[-1] = flat[last:last + w * 3]
     return image.reshape(h, w, 3)  # (H, W, 3)
+
+
+def appsink_rendered(sink: Any) -> int | None:
+    """Buffers that reached ``sink`` since its pipeline started or last flushed (GstBaseSink's
+    ``stats`` ``rendered``): every frame the appsink took in, including those its
+    ``drop=true`` queue later discarded. None where this GStreamer has no such counter."""
+    if sink.find_property("stats") is None:
+        return None
+    ok, value = sink.get_property("stats").get_uint64("rendered")
+    return int(value) if ok else None
+
+
+class AppsinkArrivals:
+    """Frames an appsink took in that the capture thread never pulled, from its ``rendered``
+    counter read after each pull.
+
+    With ``max-buffers=1 drop=true`` an appsink replaces its queued buffer when a new one
+    comes before the capture thread pulls (a busy capture thread, a CPU-starved process).
+    Such frames never get a ``seq``, so without this the wire's loss formula would not see
+    them. After a pull, ``rendered`` minus the frames pulled is what the sink took in and
+    nobody pulled: frames it dropped, plus at most one waiting in its queue (newer than the
+    pulled one). :meth:`pulled` therefore reports all but one of those as skipped before
+    the pulled frame; :meth:`finish` reports the rest when the session ends. The first
+    frame after a start or a flush is handed out at preroll, before ``rendered`` counts it:
+    that pull runs one ahead of the counter, which catches up at the next reads (the
+    backlog may be -1 in between). Totals are exact; a frame dropped during the
+    microseconds between a pull and the read may be numbered one pulled frame early.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0  # `rendered` at the previous read
+        self._backlog = 0  # taken in by the sink, neither pulled nor reported yet
+
+    def _arrived(self, rendered: int) -> int:
+        if rendered < self._last:  # the counter restarted (a flushing seek)
+            self._last = 0
+        arrived, self._last = rendered - self._last, rendered
+        return arrived
+
+    def pulled(self, rendered: int | None) -> int:
+        """One frame was pulled and ``rendered`` read after it: how many frames the sink
+        took in before that frame and discarded (0 with ``rendered`` None)."""
+        if rendered is None:
+            return 0
+        self._backlog += self._arrived(rendered) - 1
+        skipped = max(0, self._backlog - 1)  # one may still be queued, newer than the pull
+        self._backlog -= skipped
+        return skipped
+
+    def flushed(self) -> int:
+        """The pipeline flushed (a seek): the counter restarts and a queued frame is gone.
+        Returns the frames taken in and never pulled before the flush."""
+        lost, self._backlog, self._last = max(0, self._backlog), 0, 0
+        return lost
+
+    def finish(self, rendered: int | None) -> int:
+        """The session ends: frames the sink took in and nobody pulled since the last
+        report (dropped, or left in its queue)."""
+        if rendered is not None:
+            self._backlog += self._arrived(rendered)
+        lost, self._backlog = max(0, self._backlog), 0
+        return lost

@@ -5,7 +5,7 @@ the hot path. Exposed families (label ``camera`` where per camera):
 
     segstream_frames_published_total      label maps published
     segstream_frames_captured_total       frames that left the source
-    segstream_frames_dropped_total        frames overwritten before the engine took them
+    segstream_frames_dropped_total        frames lost before the engine took them (mailbox, appsink)
     segstream_handoff_dropped_total       engine results a newer one of the camera replaced
                                           before the post worker took them (--overlap)
     segstream_source_reconnects_total     pipeline rebuilds after stalls/errors
@@ -59,7 +59,7 @@ class PipelineCollector:
         captured = CounterMetricFamily("segstream_frames_captured", "frames from the source",
                                        labels=cam)
         dropped = CounterMetricFamily("segstream_frames_dropped",
-                                      "frames overwritten before the engine took them", labels=cam)
+                                      "frames lost before the engine took them", labels=cam)
         reconnects = CounterMetricFamily("segstream_source_reconnects", "source rebuilds",
                                          labels=cam)
         errors = CounterMetricFamily("segstream_source_errors", "source errors", labels=cam)

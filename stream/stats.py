@@ -133,8 +133,9 @@ def format_line(camera: str, fps: float, s: dict[str, Summary], dropped: int,
                 state: str = "running", handoff_dropped: int = 0,
                 engine: EngineMode | None = None) -> str:
     """One compact status line: ``cam0 29.8 fps | e2e p50 12.1 p99 20.3 ms | infer ...
-    | dropped 4, hand-off 1 | overlap on, ...``: ``dropped`` are frames the camera's
-    newest-frame slot replaced before the engine took them, ``hand-off`` results the post
+    | dropped 4, hand-off 1 | overlap on, ...``: ``dropped`` are frames lost before the engine
+    took them (the camera's newest-frame slot replaced them, or its appsink discarded them
+    before the capture thread pulled them), ``hand-off`` results the post
     worker's slot replaced before it took them; then the engine's mode."""
     def part(name: str) -> str:
         x = s.get(name)

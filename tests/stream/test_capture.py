@@ -14,6 +14,7 @@ import pytest
 from stream.capture import GstCapture, MultiCapture, open_capture
 from stream.capture_base import Backoff, BaseCapture, CaptureOptions, Mailbox
 from stream.frames import Frame
+from stream.gst import AppsinkArrivals
 from stream.sources import SourceError, parse_source
 from tests.stream._media import encode_video, require_elements, require_gst, write_mjpg_avi
 
@@ -249,6 +250,62 @@ def test_slow_consumer_gets_newest_frames_and_drops_are_counted():
     assert cap.dropped > 10  # ~12 frames arrive per 0.2 s, one is taken
     assert len(taken) + cap.dropped <= cap.captured <= len(taken) + cap.dropped + 1
     assert all(b.seq - a.seq > 3 for a, b in itertools.pairwise(taken))
+
+
+def test_appsink_arrivals_turns_the_rendered_counter_into_skipped_frames():
+    arrivals = AppsinkArrivals()
+    # the first frame is handed out at preroll, before the counter counts it
+    assert arrivals.pulled(0) == 0
+    # steady: one frame taken in per pull, nothing skipped
+    assert [arrivals.pulled(r) for r in (2, 3)] == [0, 0]
+    # a frame came in between the pull and the read: it is queued, not lost
+    assert arrivals.pulled(5) == 0
+    assert arrivals.pulled(5) == 0  # ... and this pull took it
+    # the sink took in 4 frames since: one was pulled, one may wait in the queue (newer
+    # than the pulled one, so not numbered yet), at least 2 were discarded before it
+    assert arrivals.pulled(9) == 2
+    # 4 more: the one left from before was discarded too, with 2 of these
+    assert arrivals.pulled(13) == 3
+    assert arrivals.finish(14) == 2  # the queued one and one more nobody pulled
+    # totals are exact: 14 taken in, 7 pulled, 2 + 3 + 2 never pulled
+    # a flushing seek restarts the counter; the frame queued at that moment is lost
+    arrivals = AppsinkArrivals()
+    assert arrivals.pulled(2) == 0  # one queued after the pull
+    assert arrivals.flushed() == 1
+    assert [arrivals.pulled(r) for r in (0, 2)] == [0, 0]  # preroll again, then steady
+    assert arrivals.pulled(1) == 0  # restarted without a flushed() call: caught too
+    assert arrivals.finish(None) == 0
+    assert arrivals.pulled(None) == 0  # a GStreamer without the counter: nothing known
+
+
+def test_frames_the_appsink_discards_take_seq_numbers_and_count_as_dropped():
+    """A capture thread that falls behind a live source (here: a slow on_frame listener)
+    makes the appsink (max-buffers=1 drop=true) discard frames it never hands out. They
+    must show as seq gaps and in ``dropped``, or the wire's loss formula misses them."""
+    require_elements("videotestsrc")
+    spec = parse_source("test://ball?width=64&height=48&fps=120")
+    taken: list[Frame] = []
+
+    def slow_listener(_camera_id: str) -> None:
+        time.sleep(0.03)  # the capture thread pulls ~30 frames/s of the 120 offered
+
+    cap = open_capture(spec, backend="gstreamer", options=FAST, on_frame=slow_listener)
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            frame = cap.latest(0.5)
+            if frame is not None:
+                taken.append(frame)
+    finally:
+        cap.request_stop()
+        cap.close()
+    stats = cap.stats()
+    assert len(taken) >= 10
+    assert stats.source_dropped > len(taken)  # ~3 of 4 frames never left the appsink
+    gaps = sum(b.seq - a.seq - 1 for a, b in itertools.pairwise(taken))
+    assert len(taken) < gaps <= stats.dropped  # they show between the frames taken
+    # every seq number is a frame taken, replaced in the mailbox or discarded by the sink
+    assert stats.captured == len(taken) + stats.dropped + (1 if cap.pending else 0)
 
 
 def test_two_sources_and_a_broken_one_in_one_process():
