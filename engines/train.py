@@ -45,7 +45,7 @@ from engines.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from engines.data.augment import AugmentConfig, check_crop_fits
+from engines.data.augment import AugmentConfig, check_crop_fits, photometric
 from engines.data.prefetch import Prefetcher
 from engines.data.readers import IGNORE, SplitData, open_split
 from engines.data.torch_dataset import EvalDataset, TrainDataset
@@ -171,6 +171,8 @@ def build_spec(cfg: TrainConfig, data: SplitData, input_size: tuple[int, int],
     extras = f", OHEM {cfg.ohem:g}" if cfg.ohem is not None else ""
     if cfg.mix is not None:
         extras += f", {'ClassMix' if cfg.mix == 'classmix' else 'CutMix'} p={cfg.mix_prob:g}"
+    if cfg.photometric != "standard":
+        extras += f", {cfg.photometric} photometric augmentation"
     return ModelSpec(
         name=name, architecture=cfg.model, classes=data.classes, input_size=input_size,
         output="logits", ignore_index=IGNORE,
@@ -282,7 +284,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
         if cfg.val_split else None
     if val_data is not None:
         check_disjoint(train_data, val_data, cfg)
-    aug = AugmentConfig(crop=cfg.crop, scale=cfg.scale, mix=cfg.mix, mix_prob=cfg.mix_prob)
+    aug = AugmentConfig(crop=cfg.crop, scale=cfg.scale, mix=cfg.mix, mix_prob=cfg.mix_prob,
+                        **photometric(cfg.photometric))
     check_crop_fits(aug, [lbl.shape for lbl in train_data.labels])
     input_size = cfg.input_size or (val_data or train_data).labels[0].shape
     input_size = (int(input_size[0]), int(input_size[1]))

@@ -13,7 +13,7 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from engines.data.augment import MIX_MODES, MIX_PROB, check_mix
+from engines.data.augment import MIX_MODES, MIX_PROB, PHOTOMETRIC, check_mix, photometric
 
 CLASS_WEIGHTINGS = ("mfb", "sqrt-mfb", "none")
 OPTIMIZERS = ("adamw", "sgd")
@@ -45,6 +45,7 @@ class TrainConfig:
     ohem: float | None = None
     mix: str | None = None  # "classmix" / "cutmix" (engines.data.augment.mix_views)
     mix_prob: float = MIX_PROB
+    photometric: str = "standard"  # colour jitter / blur strength (engines.data.augment)
     aux_weight: float = 0.4
     arch_options: dict[str, Any] = field(default_factory=dict)
     fmt: str = "auto"
@@ -91,6 +92,7 @@ class TrainConfig:
         if self.mix is None and self.mix_prob != MIX_PROB:
             raise ValueError(f"mix_prob {self.mix_prob} is given without a --mix mode "
                              f"({' or '.join(MIX_MODES)}); add one, or drop --mix-prob")
+        photometric(self.photometric)  # raises for an unknown strength, naming the valid ones
         if self.workers < 0 or (self.prefetch or 0) < 0:
             raise ValueError(f"workers and prefetch must be >= 0, got {self.workers} and "
                              f"{self.prefetch}")
@@ -208,6 +210,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "of the crop (default: no mixing)")
     p.add_argument("--mix-prob", type=float, default=MIX_PROB, metavar="P",
                    help=f"probability that a sample is mixed, with --mix (default {MIX_PROB:g})")
+    p.add_argument("--photometric", choices=sorted(PHOTOMETRIC), default="standard",
+                   help="colour augmentation: standard (brightness, contrast, saturation "
+                   "+-25 %%) or strong (contrast and saturation +-50 %%, brightness +-35 %%, "
+                   "hue +-18 degrees, a light blur on 20 %% of samples) (default standard)")
     p.add_argument("--aux-weight", type=float, default=0.4)
     p.add_argument("--arch-options", type=_opts, default={},
                    help='JSON constructor options, e.g. \'{"aux": true}\'')
@@ -263,7 +269,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size, crop=tuple(args.crop), scale=tuple(args.scale),
         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, class_weight=args.class_weight, ohem=args.ohem,
-        mix=args.mix, mix_prob=args.mix_prob,
+        mix=args.mix, mix_prob=args.mix_prob, photometric=args.photometric,
         aux_weight=args.aux_weight, arch_options=args.arch_options, fmt=args.fmt,
         train_split=args.train_split, val_split=args.val_split or None,
         val_every=args.val_every, input_size=args.input_size, seed=args.seed,

@@ -1,7 +1,8 @@
 """Training augmentation for (image, label) pairs, deterministic given a NumPy Generator.
 
 Order: random scale -> pad (image with the mean colour, label with IGNORE) -> random crop
--> horizontal flip -> colour jitter (on the crop only, which is cheaper). Optionally, a
+-> horizontal flip -> colour jitter (on the crop only, which is cheaper) -> optional
+blur (:data:`PHOTOMETRIC` names two strengths of the last two). Optionally, a
 second view of another frame is then mixed in (:func:`mix_views`: ClassMix or CutMix), so
 that objects appear in streets and beside neighbours they never had in the recordings.
 """
@@ -18,6 +19,29 @@ from engines.data.readers import IGNORE
 
 MIX_MODES = ("classmix", "cutmix")
 MIX_PROB = 0.5  # the default share of samples mixed
+
+# Photometric strengths (AugmentConfig fields). "standard" is the jitter every shipped recipe
+# used; "strong" is about the strength of mmsegmentation's PhotoMetricDistortion (contrast
+# and saturation 0.5-1.5, hue +-18 degrees) plus a light Gaussian blur on a fifth of the
+# samples: the weather, exposure and optics of a drive the training drives do not show.
+PHOTOMETRIC = {
+    "standard": {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25, "hue": 0.0,
+                 "blur": 0.0},
+    "strong": {"brightness": 0.35, "contrast": 0.5, "saturation": 0.5, "hue": 0.05,
+               "blur": 0.2},
+}
+BLUR_SIGMA = (0.5, 1.5)  # Gaussian blur sigma range, pixels
+
+
+def photometric(name: str) -> dict[str, float]:
+    """The :class:`AugmentConfig` colour fields of a :data:`PHOTOMETRIC` strength.
+
+    Raises:
+        ValueError: an unknown name (the valid ones listed).
+    """
+    if name not in PHOTOMETRIC:
+        raise ValueError(f"photometric must be one of {sorted(PHOTOMETRIC)}, got {name!r}")
+    return dict(PHOTOMETRIC[name])
 
 
 def check_mix(mix: str | None, mix_prob: float) -> None:
@@ -39,6 +63,9 @@ class AugmentConfig:
         hflip: probability of a horizontal flip.
         brightness, contrast, saturation: jitter strengths; each factor is drawn from
             ``[1 - s, 1 + s]`` (0 disables).
+        hue: hue shift, a fraction of the colour circle drawn from ``[-hue, hue]`` (0
+            disables; with 0 the jitter draws exactly what it drew before hue existed).
+        blur: probability of a Gaussian blur (sigma in :data:`BLUR_SIGMA`) after the jitter.
         pad_rgb: fill colour for padding (RGB uint8), the dataset mean by default so that
             padding becomes ~0 after normalisation.
         mix: ``None``, ``"classmix"`` (the pixels of half the classes of another view are
@@ -53,6 +80,8 @@ class AugmentConfig:
     brightness: float = 0.25
     contrast: float = 0.25
     saturation: float = 0.25
+    hue: float = 0.0
+    blur: float = 0.0
     pad_rgb: tuple[int, int, int] = (124, 116, 104)
     mix: str | None = None
     mix_prob: float = MIX_PROB
@@ -63,6 +92,9 @@ class AugmentConfig:
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"scale range must be 0 < lo <= hi, got {self.scale}")
         check_mix(self.mix, self.mix_prob)
+        if not (0 <= self.hue <= 0.5 and 0 <= self.blur <= 1):
+            raise ValueError(f"hue must be in [0, 0.5] and blur a probability, got "
+                             f"{self.hue} and {self.blur}")
 
 
 def random_scale(img: np.ndarray, lbl: np.ndarray, factor: float) -> tuple[np.ndarray,
@@ -109,9 +141,10 @@ def pad_to(img: np.ndarray, lbl: np.ndarray, crop: tuple[int, int],
 
 
 def color_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Brightness, contrast and saturation jitter in random order; uint8 RGB in and out."""
+    """Brightness, contrast, saturation (and, with ``cfg.hue``, hue) jitter in random order;
+    uint8 RGB in and out."""
     out = img.astype(np.float32)
-    ops = rng.permutation(3)
+    ops = rng.permutation(4 if cfg.hue > 0 else 3)
     for op in ops:
         if op == 0 and cfg.brightness > 0:
             out *= rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
@@ -123,7 +156,17 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
             f = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)
             gray = out @ np.array([0.299, 0.587, 0.114], np.float32)  # (H, W)
             out = (out - gray[..., None]) * f + gray[..., None]
+        elif op == 3:
+            out = shift_hue(out, float(rng.uniform(-cfg.hue, cfg.hue)))
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def shift_hue(rgb: np.ndarray, shift: float) -> np.ndarray:
+    """Rotate the hue of (H, W, 3) float32 RGB in [0, 255] (values outside are clipped) by
+    ``shift`` turns of the colour circle; saturation and value are kept."""
+    hsv = cv2.cvtColor(np.clip(rgb, 0, 255) / np.float32(255), cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0] + np.float32(shift * 360)) % np.float32(360)  # degrees
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * np.float32(255)
 
 
 def augment(img: np.ndarray, lbl: np.ndarray, rng: np.random.Generator,
@@ -147,6 +190,8 @@ def augment(img: np.ndarray, lbl: np.ndarray, rng: np.random.Generator,
     if rng.random() < cfg.hflip:
         img, lbl = img[:, ::-1], lbl[:, ::-1]
     img = color_jitter(img, rng, cfg)
+    if cfg.blur > 0 and rng.random() < cfg.blur:
+        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*BLUR_SIGMA)))
     return np.ascontiguousarray(img), np.ascontiguousarray(lbl)
 
 

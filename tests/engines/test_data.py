@@ -4,6 +4,7 @@ determinism and geometric consistency of training augmentation."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -19,6 +20,7 @@ from engines.data import (
     open_split,
     read_class_file,
 )
+from engines.data.augment import photometric, shift_hue
 
 
 def _write_pair(img_path: Path, lbl_path: Path, lbl: np.ndarray, seed: int = 0) -> None:
@@ -305,3 +307,39 @@ def test_images_are_read_as_stored_whatever_their_exif_orientation(tmp_path: Pat
     assert cv2.imread(str(path))[7].mean() > 200  # OpenCV alone honours the tag: bottom
     rgb = read_image(path)
     assert rgb[0].mean() > 200 and rgb[7].mean() < 50  # as stored: top
+
+
+def test_standard_photometric_is_the_jitter_every_shipped_recipe_used() -> None:
+    assert AugmentConfig(**photometric("standard")) == AugmentConfig()
+    with pytest.raises(ValueError, match=r"one of \['standard', 'strong'\], got 'loud'"):
+        photometric("loud")
+    with pytest.raises(ValueError, match="hue must be in"):
+        AugmentConfig(hue=0.7)
+
+
+def test_shift_hue_rotates_the_colour_circle_and_keeps_greys() -> None:
+    rgb = np.zeros((4, 4, 3), np.float32)
+    rgb[:2, ..., 0] = 255  # red
+    rgb[2:] = 128  # grey
+    out = shift_hue(rgb, 1 / 3)
+    np.testing.assert_allclose(out[0, 0], (0, 255, 0), atol=1e-2)  # red -> green
+    np.testing.assert_allclose(out[2:], rgb[2:], atol=1e-2)  # no hue to turn
+    np.testing.assert_allclose(shift_hue(out, -1 / 3), rgb, atol=1e-2)
+
+
+def test_strong_photometric_changes_colours_and_blur_only_never_labels() -> None:
+    img, lbl = _coded_pair()
+    strong = AugmentConfig(crop=(40, 56), **photometric("strong"))
+    sharp, blurred = replace(strong, blur=0.0), replace(strong, blur=1.0)
+    tv, labels = [], []
+    for cfg in (sharp, blurred):  # the blur draws come last: same crop, flip and colours
+        out_img, out_lbl = augment(img, lbl, np.random.default_rng(5), cfg)
+        tv.append(np.abs(np.diff(out_img.astype(int), axis=1)).sum())
+        labels.append(out_lbl)
+    np.testing.assert_array_equal(labels[0], labels[1])
+    assert tv[1] < tv[0]  # smoother
+    only_hue = AugmentConfig(crop=(60, 80), scale=(1.0, 1.0), hflip=0.0, brightness=0,
+                             contrast=0, saturation=0, hue=0.05)
+    out_img, out_lbl = augment(img, lbl, np.random.default_rng(1), only_hue)
+    np.testing.assert_array_equal(out_lbl, lbl)
+    assert np.abs(out_img.astype(int) - img).max() > 2  # colours turned

@@ -154,3 +154,18 @@ def test_mix_is_part_of_the_recipe_a_resume_keeps() -> None:
                        old)
     with pytest.raises(ValueError, match="without a --mix mode"):
         TrainConfig(model="m", data="d", out="o", mix_prob=0.3)
+
+
+def test_photometric_strength_is_part_of_the_recipe_a_resume_keeps() -> None:
+    with pytest.raises(ValueError, match="photometric must be one of"):
+        TrainConfig(model="m", data="d", out="o", photometric="loud")
+    run = TrainConfig(model="m", data="d", out="o", photometric="strong")
+    resumed = resumed_config(TrainConfig(model="m", data="d", out="o", resume=True), asdict(run))
+    assert resumed.photometric == "strong"
+    old = {k: v for k, v in asdict(TrainConfig(model="m", data="d", out="o")).items()
+           if k != "photometric"}  # a run from before the option trained with standard
+    assert resumed_config(TrainConfig(model="m", data="d", out="o", resume=True),
+                          old).photometric == "standard"
+    with pytest.raises(ValueError, match="--photometric 'strong' \\(the run has 'standard'\\)"):
+        resumed_config(TrainConfig(model="m", data="d", out="o", resume=True,
+                                   photometric="strong"), old)
