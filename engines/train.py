@@ -49,6 +49,7 @@ from engines.data.augment import AugmentConfig, check_crop_fits, photometric
 from engines.data.prefetch import Prefetcher
 from engines.data.readers import IGNORE, SplitData, open_split
 from engines.data.torch_dataset import EvalDataset, TrainDataset
+from engines.distill import Teacher, check_teacher_path, distill_loss
 from engines.losses import SegLoss, class_weights
 from engines.metrics import ConfusionMatrix, SegMetrics, fmt_miou
 from engines.quant_sim import enable_fake_quant
@@ -173,6 +174,9 @@ def build_spec(cfg: TrainConfig, data: SplitData, input_size: tuple[int, int],
         extras += f", {'ClassMix' if cfg.mix == 'classmix' else 'CutMix'} p={cfg.mix_prob:g}"
     if cfg.photometric != "standard":
         extras += f", {cfg.photometric} photometric augmentation"
+    if cfg.distill:
+        extras += (f", distilled from {Path(cfg.distill).name} (weight "
+                   f"{cfg.distill_weight:g}, T {cfg.distill_temperature:g})")
     return ModelSpec(
         name=name, architecture=cfg.model, classes=data.classes, input_size=input_size,
         output="logits", ignore_index=IGNORE,
@@ -271,6 +275,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
                              f"{cfg.model!r}")
         cfg = resumed_config(cfg, ckpt.get("config") or {})
     check_model_options(cfg)
+    if cfg.distill:
+        check_teacher_path(cfg.distill)  # before any data is read
     if cfg.pretrained and not cfg.resume and not cfg.init_from:
         # Missing weights fail here, before the data is read (a CamVid split: seconds), and
         # before seeding, so that this probe model leaves the run's random init unchanged.
@@ -323,6 +329,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
         raise ValueError(f"batch size {cfg.batch_size} is larger than the {per_rank} training "
                          f"images per process; lower --batch-size")
     steps = per_rank // cfg.batch_size
+    teacher = Teacher(cfg.distill, [c.name for c in train_data.classes], spec.mean, spec.std,
+                      batch=cfg.batch_size, threads=cfg.threads) if cfg.distill else None
     if info.is_main:  # created only once the inputs are known good: nothing left on failure
         out.mkdir(parents=True, exist_ok=True)
     if cfg.max_steps_per_epoch:
@@ -401,7 +409,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
                             shuffle=sampler is None, generator=gen, drop_last=True,
                             num_workers=cfg.workers, pin_memory=info.device.type == "cuda")
         net.train()
-        t0, loss_sum, seen = time.monotonic(), 0.0, 0
+        t0, loss_sum, kd_sum, seen = time.monotonic(), 0.0, 0.0, 0
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it",
                    disable=not (progress and bars and info.is_main), dynamic_ncols=True)
         # The epoch's first `steps` batches, augmented on a prefetch thread unless worker
@@ -420,6 +428,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
                                     enabled=amp_dtype is not None):
                     outputs = net(x)
                 loss = criterion(_to_float(outputs), y)
+                if teacher is not None:
+                    main = outputs if isinstance(outputs, torch.Tensor) else outputs[0]
+                    kd = distill_loss(main, teacher(x_cpu), y, cfg.distill_temperature, IGNORE)
+                    kd_sum += kd.item()
+                    loss = loss + cfg.distill_weight * kd
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(
                         f"loss became {loss.item()} at epoch {epoch + 1} step {step}; lower --lr "
@@ -445,6 +458,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
             "img_s": round(seen * cfg.batch_size / max(1e-9, time.monotonic() - t0), 2),
             "autocast": precision,
         }
+        if teacher is not None:  # the distillation term alone (before its weight)
+            record["distill_loss"] = round(kd_sum / max(1, seen), 5)
         rank_states = None
         if info.distributed:  # each rank resumes with its own dropout / drop-path draws
             rank_states = [None] * info.world_size

@@ -46,6 +46,9 @@ class TrainConfig:
     mix: str | None = None  # "classmix" / "cutmix" (engines.data.augment.mix_views)
     mix_prob: float = MIX_PROB
     photometric: str = "standard"  # colour jitter / blur strength (engines.data.augment)
+    distill: str | None = None  # teacher ONNX model (engines.distill)
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
     aux_weight: float = 0.4
     arch_options: dict[str, Any] = field(default_factory=dict)
     fmt: str = "auto"
@@ -93,6 +96,13 @@ class TrainConfig:
             raise ValueError(f"mix_prob {self.mix_prob} is given without a --mix mode "
                              f"({' or '.join(MIX_MODES)}); add one, or drop --mix-prob")
         photometric(self.photometric)  # raises for an unknown strength, naming the valid ones
+        for name, value in (("distill_weight", self.distill_weight),
+                            ("distill_temperature", self.distill_temperature)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a number > 0, got {value}")
+        if self.distill is None and (self.distill_weight, self.distill_temperature) != (1.0, 1.0):
+            raise ValueError("--distill-weight / --distill-temperature are given without "
+                             "--distill TEACHER.onnx; add the teacher, or drop them")
         if self.workers < 0 or (self.prefetch or 0) < 0:
             raise ValueError(f"workers and prefetch must be >= 0, got {self.workers} and "
                              f"{self.prefetch}")
@@ -214,6 +224,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="colour augmentation: standard (brightness, contrast, saturation "
                    "+-25 %%) or strong (contrast and saturation +-50 %%, brightness +-35 %%, "
                    "hue +-18 degrees, a light blur on 20 %% of samples) (default standard)")
+    p.add_argument("--distill", default=None, metavar="TEACHER.onnx",
+                   help="knowledge distillation: also learn the per-pixel class distribution "
+                   "of this model (same classes; e.g. engines/models/camvid_litefpn.onnx "
+                   "teaching fastscnn), run through ONNX Runtime on every batch")
+    p.add_argument("--distill-weight", type=float, default=1.0, metavar="W",
+                   help="weight of the distillation term, with --distill (default 1)")
+    p.add_argument("--distill-temperature", type=float, default=1.0, metavar="T",
+                   help="softmax temperature of the distillation term (default 1)")
     p.add_argument("--aux-weight", type=float, default=0.4)
     p.add_argument("--arch-options", type=_opts, default={},
                    help='JSON constructor options, e.g. \'{"aux": true}\'')
@@ -270,6 +288,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, class_weight=args.class_weight, ohem=args.ohem,
         mix=args.mix, mix_prob=args.mix_prob, photometric=args.photometric,
+        distill=args.distill, distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
         aux_weight=args.aux_weight, arch_options=args.arch_options, fmt=args.fmt,
         train_split=args.train_split, val_split=args.val_split or None,
         val_every=args.val_every, input_size=args.input_size, seed=args.seed,

@@ -51,11 +51,13 @@ def load_run(run_dir: Path) -> dict:
     steps = sched[0].get("total_steps") if isinstance(sched[0], dict) else None
     recipe_keys = ("crop", "scale", "lr", "batch_size", "class_weight", "encoder_lr_mult",
                    "warmup_epochs", "arch_options", "pretrained", "ohem", "mix", "mix_prob",
-                   "photometric", "seed", "bf16")
+                   "photometric", "distill", "distill_weight", "distill_temperature", "seed",
+                   "bf16")
     run = {"split": cfg.get("train_split", "train"), "epochs": ckpt["epoch"],
            "optimizer_steps": steps, "final_loss": last[ckpt["epoch"]]["loss"],
            "recipe": {k: cfg.get(k) for k in recipe_keys
-                      if k in cfg and (k != "mix_prob" or cfg.get("mix") is not None)}}
+                      if k in cfg and (k != "mix_prob" or cfg.get("mix") is not None)
+                      and (not k.startswith("distill_") or cfg.get("distill"))}}
     # logged since 2026-12-03; the kept line per epoch (a resume replaces earlier ones)
     autocast = sorted({r["autocast"] for r in last.values() if "autocast" in r})
     if autocast:

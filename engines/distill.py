@@ -1,0 +1,147 @@
+"""Knowledge distillation: a trained model's soft predictions as a second training target.
+
+``segstream train --distill TEACHER.onnx`` runs the teacher (any segstream ONNX model that
+outputs logits over the same classes, e.g. the ImageNet-pretrained litefpn) through ONNX
+Runtime on every training batch, and adds the pixel-wise KL divergence from its class
+distribution to the student's (Hinton et al. 2015; per pixel for segmentation as in Liu
+et al., "Structured Knowledge Distillation for Semantic Segmentation", CVPR 2019) to the
+cross-entropy:
+
+    loss = CE(student, labels) + weight * T^2 * mean_pixels KL(softmax(t / T) || softmax(s / T))
+
+The teacher is inference only: ONNX Runtime on the CPU, whatever device the student
+trains on, so its weights never change and any exported model can teach (its sidecar
+gives its input size and normalisation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines.spec import ModelSpec, sidecar_path
+
+
+class TeacherError(ValueError):
+    """The teacher model cannot teach this run; the message names the file and the fix."""
+
+
+def check_teacher_path(model_path: str | Path) -> Path:
+    """``model_path`` as a Path if it is an ONNX file with its sidecar beside it.
+
+    Raises:
+        TeacherError: it is not (the message says what to give instead).
+    """
+    path = Path(model_path)
+    if not path.is_file() or path.suffix != ".onnx":
+        raise TeacherError(f"--distill {path}: no such ONNX file (give a model exported "
+                           "with `segstream export`, e.g. engines/models/camvid_litefpn.onnx)")
+    if not sidecar_path(path).is_file():
+        raise TeacherError(f"--distill {path}: its sidecar {sidecar_path(path)} is missing "
+                           "(classes, input size, normalisation; `segstream export` writes it)")
+    return path
+
+
+class Teacher:
+    """A segstream ONNX model (with its sidecar) run on student batches.
+
+    Args:
+        model_path: the teacher's ``.onnx``; ``model.json`` beside it.
+        class_names: the training data's classes, in id order: the teacher's must be the
+            same.
+        mean, std: the student's input normalisation (RGB, 0..1 scale, as in
+            :class:`~engines.spec.ModelSpec`); batches come normalised this way and are
+            re-normalised for the teacher.
+        batch: images per teacher call (a fixed-batch-1 graph is rewritten for it).
+        threads: ONNX Runtime threads.
+
+    Raises:
+        TeacherError: no such file, no sidecar, labels instead of logits, other classes,
+            or a graph ONNX Runtime cannot load.
+    """
+
+    def __init__(self, model_path: str | Path, class_names: Sequence[str],
+                 mean: Sequence[float], std: Sequence[float], *, batch: int = 1,
+                 threads: int | None = None) -> None:
+        from engines.backend import BackendError
+        from engines.ort_backend import OrtBackend
+        from engines.spec import ModelSpecError
+
+        path = check_teacher_path(model_path)
+        try:
+            spec = ModelSpec.load(sidecar_path(path))
+        except ModelSpecError as e:
+            raise TeacherError(f"--distill {path}: {e}") from e
+        if spec.output != "logits":
+            raise TeacherError(f"--distill {path} outputs {spec.output!r}; a teacher must "
+                               "output logits (class scores), not labels")
+        if list(spec.class_names) != list(class_names):
+            raise TeacherError(f"--distill {path} has the classes {list(spec.class_names)}, "
+                               f"the training data {list(class_names)}: a teacher must "
+                               "label the same classes in the same order")
+        try:
+            self.backend = OrtBackend(path, spec, threads=threads, batch=batch)
+        except BackendError as e:
+            raise TeacherError(f"--distill {path}: {e}") from e
+        self.path, self.spec = path, spec
+        t_mean, t_std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+        s_mean, s_std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        # student-normalised x -> pixel / 255 = x * s_std + s_mean -> teacher-normalised
+        self._scale = torch.from_numpy(s_std / t_std).view(1, 3, 1, 1)
+        self._shift = torch.from_numpy((s_mean - t_mean) / t_std).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for a student batch.
+
+        Args:
+            x: (N, 3, H, W) float, normalised for the student, on any device.
+        Returns:
+            (N, K, h, w) float32 on the CPU: the teacher's logits for the batch resized
+            (bilinearly) to the teacher's input size, at the teacher's output stride.
+        """
+        xt = x.detach().float().cpu() * self._scale + self._shift  # (N, 3, H, W)
+        size = tuple(self.spec.input_size)
+        if tuple(xt.shape[-2:]) != size:
+            xt = F.interpolate(xt, size=size, mode="bilinear", align_corners=False)
+        arr = xt.numpy().astype(self.backend.input_dtype, copy=False)
+        step = self.backend.max_batch
+        outs = [self.backend.infer(np.ascontiguousarray(arr[i:i + step]))
+                for i in range(0, len(arr), step)]
+        return torch.from_numpy(np.concatenate(outs).astype(np.float32, copy=False))
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+                 temperature: float = 1.0, ignore_index: int = 255) -> torch.Tensor:
+    """Pixel-wise KL(teacher || student) at ``temperature``, times its square, averaged
+    over the pixels whose label is not ``ignore_index`` (padding and void: the teacher's
+    guess there is no target either).
+
+    Args:
+        student: (N, K, hs, ws) logits (gradients flow into these).
+        teacher: (N, K, ht, wt) logits (constants); the student's are resized bilinearly
+            to this size, where the teacher's finer stride keeps thin objects.
+        target: (N, H, W) int64 labels; the mask is taken from them at nearest pixels.
+    Returns:
+        A scalar; 0 (still attached to ``student``) when every pixel is ignored.
+    """
+    size = teacher.shape[-2:]
+    s = student.float()
+    if s.shape[-2:] != size:
+        s = F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+    t = teacher.to(s.device, torch.float32)
+    log_ps = F.log_softmax(s / temperature, dim=1)  # (N, K, h, w)
+    log_pt = F.log_softmax(t / temperature, dim=1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)  # (N, h, w)
+    keep = F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0] \
+        != ignore_index  # (N, h, w)
+    if not keep.any():
+        return s.sum() * 0.0
+    return kl[keep].mean() * temperature ** 2
