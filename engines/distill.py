@@ -9,9 +9,10 @@ cross-entropy:
 
     loss = CE(student, labels) + weight * T^2 * mean_pixels KL(softmax(t / T) || softmax(s / T))
 
-The teacher is inference only: ONNX Runtime on the CPU, whatever device the student
-trains on, so its weights never change and any exported model can teach (its sidecar
-gives its input size and normalisation).
+The teacher is inference only (ONNX Runtime: its weights never change, and any exported
+model can teach; its sidecar gives its input size and normalisation), on the CPU, or on
+CUDA beside a CUDA student where onnxruntime-gpu is installed. The teacher sees each crop
+resized to its own input size (a crop of another aspect ratio is stretched for it).
 """
 
 from __future__ import annotations
@@ -30,20 +31,27 @@ class TeacherError(ValueError):
     """The teacher model cannot teach this run; the message names the file and the fix."""
 
 
-def check_teacher_path(model_path: str | Path) -> Path:
-    """``model_path`` as a Path if it is an ONNX file with its sidecar beside it.
+def teacher_spec(model_path: str | Path) -> ModelSpec:
+    """The sidecar of a would-be teacher, checked as far as it can be without the data:
+    an ONNX file, its sidecar beside it, logits out.
 
     Raises:
         TeacherError: it is not (the message says what to give instead).
     """
+    from engines.spec import ModelSpecError
+
     path = Path(model_path)
     if not path.is_file() or path.suffix != ".onnx":
         raise TeacherError(f"--distill {path}: no such ONNX file (give a model exported "
                            "with `segstream export`, e.g. engines/models/camvid_litefpn.onnx)")
-    if not sidecar_path(path).is_file():
-        raise TeacherError(f"--distill {path}: its sidecar {sidecar_path(path)} is missing "
-                           "(classes, input size, normalisation; `segstream export` writes it)")
-    return path
+    try:
+        spec = ModelSpec.load(sidecar_path(path))
+    except ModelSpecError as e:
+        raise TeacherError(f"--distill {path}: {e}") from e
+    if spec.output != "logits":
+        raise TeacherError(f"--distill {path} outputs {spec.output!r}; a teacher must "
+                           "output logits (class scores), not labels")
+    return spec
 
 
 class Teacher:
@@ -58,6 +66,8 @@ class Teacher:
             re-normalised for the teacher.
         batch: images per teacher call (a fixed-batch-1 graph is rewritten for it).
         threads: ONNX Runtime threads.
+        providers: ONNX Runtime execution providers (default: the CPU; a GPU run passes
+            CUDA first where onnxruntime-gpu is installed, see :func:`teacher_providers`).
 
     Raises:
         TeacherError: no such file, no sidecar, labels instead of logits, other classes,
@@ -66,26 +76,21 @@ class Teacher:
 
     def __init__(self, model_path: str | Path, class_names: Sequence[str],
                  mean: Sequence[float], std: Sequence[float], *, batch: int = 1,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, providers: list[str] | None = None) -> None:
         from engines.backend import BackendError
         from engines.ort_backend import OrtBackend
         from engines.spec import ModelSpecError
 
-        path = check_teacher_path(model_path)
-        try:
-            spec = ModelSpec.load(sidecar_path(path))
-        except ModelSpecError as e:
-            raise TeacherError(f"--distill {path}: {e}") from e
-        if spec.output != "logits":
-            raise TeacherError(f"--distill {path} outputs {spec.output!r}; a teacher must "
-                               "output logits (class scores), not labels")
+        path = Path(model_path)
+        spec = teacher_spec(path)
         if list(spec.class_names) != list(class_names):
             raise TeacherError(f"--distill {path} has the classes {list(spec.class_names)}, "
                                f"the training data {list(class_names)}: a teacher must "
                                "label the same classes in the same order")
         try:
-            self.backend = OrtBackend(path, spec, threads=threads, batch=batch)
-        except BackendError as e:
+            self.backend = OrtBackend(path, spec, threads=threads, batch=batch,
+                                      providers=providers)
+        except (BackendError, ModelSpecError) as e:
             raise TeacherError(f"--distill {path}: {e}") from e
         self.path, self.spec = path, spec
         t_mean, t_std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
@@ -116,6 +121,19 @@ class Teacher:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def teacher_providers(device_type: str) -> list[str] | None:
+    """ONNX Runtime providers for a teacher beside a student on ``device_type``: CUDA
+    first when the student trains on CUDA and this onnxruntime has it (onnxruntime-gpu),
+    else None (the CPU: on a GPU run the teacher then costs CPU time every step)."""
+    if device_type != "cuda":
+        return None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return None
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,

@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from engines.data.augment import AugmentConfig, check_crop_fits, photometric
 from engines.data.prefetch import Prefetcher
 from engines.data.readers import IGNORE, SplitData, open_split
 from engines.data.torch_dataset import EvalDataset, TrainDataset
-from engines.distill import Teacher, check_teacher_path, distill_loss
+from engines.distill import Teacher, distill_loss, teacher_providers, teacher_spec
 from engines.losses import SegLoss, class_weights
 from engines.metrics import ConfusionMatrix, SegMetrics, fmt_miou
 from engines.quant_sim import enable_fake_quant
@@ -276,7 +276,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
         cfg = resumed_config(cfg, ckpt.get("config") or {})
     check_model_options(cfg)
     if cfg.distill:
-        check_teacher_path(cfg.distill)  # before any data is read
+        teacher_spec(cfg.distill)  # before any data is read
+        if not cfg.resume:  # the recipe names the file wherever the run is resumed from
+            cfg = replace(cfg, distill=str(Path(cfg.distill).resolve()))
     if cfg.pretrained and not cfg.resume and not cfg.init_from:
         # Missing weights fail here, before the data is read (a CamVid split: seconds), and
         # before seeding, so that this probe model leaves the run's random init unchanged.
@@ -330,7 +332,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
                          f"images per process; lower --batch-size")
     steps = per_rank // cfg.batch_size
     teacher = Teacher(cfg.distill, [c.name for c in train_data.classes], spec.mean, spec.std,
-                      batch=cfg.batch_size, threads=cfg.threads) if cfg.distill else None
+                      batch=cfg.batch_size, threads=cfg.threads,
+                      providers=teacher_providers(info.device.type)) if cfg.distill else None
     if info.is_main:  # created only once the inputs are known good: nothing left on failure
         out.mkdir(parents=True, exist_ok=True)
     if cfg.max_steps_per_epoch:

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from engines.data.augment import MIX_MODES, MIX_PROB, PHOTOMETRIC, check_mix, photometric
@@ -100,6 +101,9 @@ class TrainConfig:
                             ("distill_temperature", self.distill_temperature)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a number > 0, got {value}")
+        if self.distill is not None and not self.distill.strip():
+            raise ValueError("--distill needs the teacher model's path (an .onnx with its "
+                             "sidecar), got an empty one")
         if self.distill is None and (self.distill_weight, self.distill_temperature) != (1.0, 1.0):
             raise ValueError("--distill-weight / --distill-temperature are given without "
                              "--distill TEACHER.onnx; add the teacher, or drop them")
@@ -156,6 +160,8 @@ def resumed_config(given: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
         run = saved.get(key, default)
         if key in _PAIRS and run is not None:
             run = tuple(run)
+        if key == "distill" and mine and run and Path(mine).resolve() == Path(run).resolve():
+            mine = run  # the run's teacher, spelt another way (relative to here)
         if key in RESUME_FROM_COMMAND_LINE:
             merged[key] = run if key in _ONLY_WHEN_GIVEN and mine == default else mine
             continue

@@ -34,6 +34,7 @@ from stream.gst import (
     AppsinkArrivals,
     appsink_rendered,
     gst_available,
+    has_rendered_counter,
     load_gst,
     missing_elements,
     sample_to_bgr,
@@ -61,6 +62,7 @@ class GstCapture(BaseCapture):
     def __init__(self, spec: SourceSpec, **kwargs: Any) -> None:
         self._gst = load_gst()
         self._arrivals = AppsinkArrivals()  # a new one per session (pipeline)
+        self._rendered: Any = lambda: None  # the session's appsink_rendered reader
         super().__init__(spec, **kwargs)
 
     def _session(self) -> tuple[Outcome, str]:
@@ -81,6 +83,8 @@ class GstCapture(BaseCapture):
                 return Outcome.FATAL, "the pipeline has no appsink named 'sink'"
             bus = pipeline.get_bus()
             self._arrivals = AppsinkArrivals()
+            self._rendered = (lambda: appsink_rendered(sink)) if has_rendered_counter(sink) \
+                else (lambda: None)
             if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
                 detail = self._bus_error(bus) or "the pipeline refused to start"
                 self._count_error(detail)
@@ -88,7 +92,7 @@ class GstCapture(BaseCapture):
             try:
                 return self._pull(pipeline, sink, bus)
             finally:  # frames the sink took in and nobody pulled
-                self._skip(self._arrivals.finish(appsink_rendered(sink)))
+                self._skip(self._arrivals.finish(self._rendered()))
         finally:
             pipeline.set_state(Gst.State.NULL)
 
@@ -102,7 +106,7 @@ class GstCapture(BaseCapture):
                 t_mono, t_wall = now_ns()
                 if not self._session_frames:  # a camera may come back with other caps
                     self._caps = sample.get_caps().to_string()
-                skipped = self._arrivals.pulled(appsink_rendered(sink))
+                skipped = self._arrivals.pulled(self._rendered())
                 if not self._emit(sample_to_bgr(sample), t_mono, t_wall, skipped):
                     return Outcome.STOPPED, ""
             elif sink.is_eos():  # pulls return at once now: wait on the bus instead

@@ -127,8 +127,9 @@ class CaptureStats:
 
     ``captured`` counts frames that left the source (= next seq); ``dropped`` those lost
     before anyone took them: overwritten in the mailbox, or discarded by the source's
-    appsink before the capture thread pulled them (``source_dropped``, part of ``dropped``;
-    GStreamer backend only); ``reconnects`` pipeline rebuilds
+    appsink before the capture thread pulled them, or left in it when a session ended
+    (``source_dropped``, part of ``dropped``; GStreamer backend only); ``reconnects``
+    pipeline rebuilds
     after a stall, error or lost stream; ``errors`` error messages from the source.
     ``fps`` is the capture rate over the last 2 s (0 when stalled), ``frame_size`` (H, W)
     of the last frame, ``caps`` what the source negotiated (backend specific text).

@@ -14,11 +14,12 @@ class Frame:
 
     Attributes:
         camera_id: the source's id (``--source ID=URI``, default ``cam0``, ``cam1``...).
-        seq: per-camera sequence number, counted from 0 as the capture thread pulls
-            frames from the source (before the mailbox's newest-wins drop), so gaps
-            downstream show drops. A frame replaced inside GStreamer's one-buffer appsink
-            before the thread pulled it gets no number (the thread pulls continuously:
-            that happens only when it cannot keep up with the camera).
+        seq: per-camera sequence number, counted from 0 as frames leave the source
+            (before the mailbox's newest-wins drop), so gaps downstream show drops. A
+            frame GStreamer's one-buffer appsink discarded before the capture thread pulled
+            it (the thread pulls continuously: that happens only when it cannot keep up
+            with the camera) gets a number too, at the latest when the next one is
+            discarded or the session ends (:class:`stream.gst.AppsinkArrivals`).
         t_capture_mono: ``time.monotonic_ns()`` when the capture thread pulled the sample
             (after decoding and colour conversion; not the sensor's exposure time).
         t_capture_wall: ``time.time_ns()`` at the same moment (for cross-host clients).

@@ -142,11 +142,15 @@ def _bgr_from_mapped(data: Any, w: int, h: int, stride: int, offset: int) -> np.
 def appsink_rendered(sink: Any) -> int | None:
     """Buffers that reached ``sink`` since its pipeline started or last flushed (GstBaseSink's
     ``stats`` ``rendered``): every frame the appsink took in, including those its
-    ``drop=true`` queue later discarded. None where this GStreamer has no such counter."""
-    if sink.find_property("stats") is None:
-        return None
+    ``drop=true`` queue later discarded. None where this GStreamer has no such counter
+    (check once per sink with :func:`has_rendered_counter`: this reads it, ~7 us)."""
     ok, value = sink.get_property("stats").get_uint64("rendered")
     return int(value) if ok else None
+
+
+def has_rendered_counter(sink: Any) -> bool:
+    """The sink has GstBaseSink's ``stats`` property (for :func:`appsink_rendered`)."""
+    return sink.find_property("stats") is not None
 
 
 class AppsinkArrivals:
@@ -159,11 +163,17 @@ class AppsinkArrivals:
     them. After a pull, ``rendered`` minus the frames pulled is what the sink took in and
     nobody pulled: frames it dropped, plus at most one waiting in its queue (newer than the
     pulled one). :meth:`pulled` therefore reports all but one of those as skipped before
-    the pulled frame; :meth:`finish` reports the rest when the session ends. The first
-    frame after a start or a flush is handed out at preroll, before ``rendered`` counts it:
-    that pull runs one ahead of the counter, which catches up at the next reads (the
-    backlog may be -1 in between). Totals are exact; a frame dropped during the
-    microseconds between a pull and the read may be numbered one pulled frame early.
+    the pulled frame, and keeps the last one in reserve; :meth:`finish` reports the rest
+    when the session ends. Counts alone cannot tell a queued frame from a discarded one,
+    so a lone discarded frame stays in that reserve until another is discarded, the
+    pipeline flushes or the session ends: its number may come later than the loss (the
+    frames pulled in between are numbered one lower than their arrival order would give).
+    Reports never exceed the frames actually lost, and totals are exact. (Exact places would
+    need a pad probe calling Python on GStreamer's streaming thread for every buffer, which
+    can hold that thread up to the interpreter's 5 ms switch interval behind the GIL.) The
+    first frame after a start or a flush is handed out at preroll, before ``rendered``
+    counts it: that pull runs one ahead of the counter, which catches up at the next reads
+    (the backlog may be -1 in between).
     """
 
     def __init__(self) -> None:

@@ -61,9 +61,13 @@ def test_distill_loss_ignores_void_and_padding_and_resizes_the_student():
     target[:, 16:] = 255
     empty = distill_loss(other.requires_grad_(), teacher, target)
     assert empty.item() == 0 and empty.requires_grad
-    # a student at half the teacher's resolution is upsampled to it
+    # a student at half the teacher's resolution is upsampled (bilinearly) to it
     small = torch.randn(2, 4, 4, 6, generator=g)
     target[:] = 0
+    up = torch.nn.functional.interpolate(small, size=(8, 12), mode="bilinear",
+                                         align_corners=False)
+    assert distill_loss(small, teacher, target).item() == pytest.approx(
+        distill_loss(up, teacher, target).item(), rel=1e-6)
     assert distill_loss(small, teacher, target).item() > 0
 
 
@@ -119,7 +123,7 @@ def test_teacher_refuses_what_cannot_teach_naming_the_file(tmp_path: Path):
         Teacher(tmp_path / "nope.onnx", names, mean, std)
     bare = _write_teacher(tmp_path / "bare.onnx", names, [0, 0, 1])
     bare.with_suffix(".json").unlink()
-    with pytest.raises(TeacherError, match=r"sidecar .*bare\.json is missing"):
+    with pytest.raises(TeacherError, match=r"sidecar .*bare\.json not found"):
         Teacher(bare, names, mean, std)
     other = _write_teacher(tmp_path / "other.onnx", ["sky", "road", "car"], [0, 0, 1])
     with pytest.raises(TeacherError, match=r"other\.onnx has the classes .*'sky'"):
@@ -152,12 +156,32 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path: Path):
     assert blue["kd"] > blue["plain"] + 0.1, blue
 
 
-def test_distillation_is_part_of_the_recipe_a_resume_keeps():
-    run = TrainConfig(model="m", data="d", out="o", distill="t.onnx", distill_weight=2.0)
+def test_a_teacher_that_cannot_teach_fails_before_anything_is_written(tmp_path: Path):
+    data = make_folder_dataset(tmp_path / "data")
+    other = _write_teacher(tmp_path / "other.onnx", ["sky", "road", "car"], [0, 0, 1])
+    with pytest.raises(TeacherError, match="a teacher must label the same classes"):
+        train(tiny_config(data, tmp_path / "run", epochs=1, distill=str(other)),
+              progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_distillation_is_part_of_the_recipe_a_resume_keeps(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    teacher = str(tmp_path / "t.onnx")
+    run = TrainConfig(model="m", data="d", out="o", distill=teacher, distill_weight=2.0)
     given = TrainConfig(model="m", data="d", out="o", resume=True)
-    assert resumed_config(given, asdict(run)).distill_weight == 2.0
+    resumed = resumed_config(given, asdict(run))
+    assert (resumed.distill, resumed.distill_weight) == (teacher, 2.0)
+    monkeypatch.chdir(tmp_path)  # the same teacher given relative to here: the same recipe
+    assert resumed_config(TrainConfig(model="m", data="d", out="o", resume=True,
+                                      distill="t.onnx"), asdict(run)).distill == teacher
+    with pytest.raises(ValueError, match=r"--distill 'u\.onnx'"):
+        resumed_config(TrainConfig(model="m", data="d", out="o", resume=True,
+                                   distill="u.onnx"), asdict(run))
+    with pytest.raises(ValueError, match="needs the teacher model's path"):
+        TrainConfig(model="m", data="d", out="o", distill=" ")
     with pytest.raises(ValueError, match=r"--distill-weight 3\.0"):
-        resumed_config(TrainConfig(model="m", data="d", out="o", resume=True, distill="t.onnx",
+        resumed_config(TrainConfig(model="m", data="d", out="o", resume=True, distill=teacher,
                                    distill_weight=3.0), asdict(run))
     with pytest.raises(ValueError, match="without --distill"):
         TrainConfig(model="m", data="d", out="o", distill_weight=2.0)
