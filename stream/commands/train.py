@@ -27,6 +27,11 @@ EPILOG = r"""examples:
   # mIoU on a held-out drive in two seeds, -1.9 on val: not in the shipped recipe), and one
   # log line per epoch instead of progress bars (for a log file)
   segstream train ... --mix classmix --no-progress
+  # distil the accurate model into the fast one: Fast-SCNN also learns litefpn's per-pixel
+  # class distribution (the teacher runs through ONNX Runtime on every batch)
+  segstream train --model fastscnn ... --distill engines/models/camvid_litefpn.onnx
+  # stronger colour augmentation (contrast / saturation +-50 %, hue, blur)
+  segstream train ... --photometric strong
   # a quick trial on 16 images
   segstream train --model litefpn --data ../shared/camvid --out runs/try --limit 16 \
       --epochs 2 --pretrained
