@@ -68,8 +68,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
-                      device: torch.device) -> None:
+def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: int) -> None:
     """Start from the weights of another run's checkpoint (same architecture and classes)."""
     path = Path(cfg.init_from)
     if not path.is_file():

@@ -313,7 +313,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
     if info.device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # 1.35x faster on CPU
     if cfg.init_from and not cfg.resume:
-        load_init_weights(model, cfg, train_data.num_classes, info.device)
+        load_init_weights(model, cfg, train_data.num_classes)
     if cfg.qat:
         enable_fake_quant(model)
     if info.distributed and info.device.type == "cuda":
