@@ -137,16 +137,21 @@ def teacher_providers(device_type: str) -> list[str] | None:
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
-                 temperature: float = 1.0, ignore_index: int = 255) -> torch.Tensor:
+                 temperature: float = 1.0, ignore_index: int = 255,
+                 class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Pixel-wise KL(teacher || student) at ``temperature``, times its square, averaged
     over the pixels whose label is not ``ignore_index`` (padding and void: the teacher's
-    guess there is no target either).
+    guess there is no target either); with ``class_weight``, a weighted mean in which a
+    pixel counts by its label's weight (as in the cross-entropy), so the few pixels of a
+    sign are not drowned by the sky's.
 
     Args:
         student: (N, K, hs, ws) logits (gradients flow into these).
         teacher: (N, K, ht, wt) logits (constants); the student's are resized bilinearly
             to this size, where the teacher's finer stride keeps thin objects.
-        target: (N, H, W) int64 labels; the mask is taken from them at nearest pixels.
+        target: (N, H, W) int64 labels; the mask (and the weights) are taken from them at
+            nearest pixels.
+        class_weight: optional (K,) float weights per class, >= 0.
     Returns:
         A scalar; 0 (still attached to ``student``) when every pixel is ignored.
     """
@@ -158,8 +163,11 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Ten
     log_ps = F.log_softmax(s / temperature, dim=1)  # (N, K, h, w)
     log_pt = F.log_softmax(t / temperature, dim=1)
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)  # (N, h, w)
-    keep = F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0] \
-        != ignore_index  # (N, h, w)
+    labels = F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    keep = labels != ignore_index  # (N, h, w)
     if not keep.any():
         return s.sum() * 0.0
-    return kl[keep].mean() * temperature ** 2
+    if class_weight is None:
+        return kl[keep].mean() * temperature ** 2
+    w = class_weight.to(s.device, torch.float32)[labels[keep]]  # (P,) one per kept pixel
+    return (kl[keep] * w).sum() / w.sum().clamp_min(1e-12) * temperature ** 2

@@ -176,7 +176,8 @@ def build_spec(cfg: TrainConfig, data: SplitData, input_size: tuple[int, int],
         extras += f", {cfg.photometric} photometric augmentation"
     if cfg.distill:
         extras += (f", distilled from {Path(cfg.distill).name} (weight "
-                   f"{cfg.distill_weight:g}, T {cfg.distill_temperature:g})")
+                   f"{cfg.distill_weight:g}, T {cfg.distill_temperature:g}"
+                   + (", class-weighted)" if cfg.distill_balanced else ")"))
     return ModelSpec(
         name=name, architecture=cfg.model, classes=data.classes, input_size=input_size,
         output="logits", ignore_index=IGNORE,
@@ -321,6 +322,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
     w = class_weights(cfg.class_weight, train_data.labels, train_data.num_classes)
     weight = None if w is None else torch.from_numpy(w)
     criterion = SegLoss(weight, IGNORE, cfg.aux_weight, cfg.ohem).to(info.device)
+    kd_weight = weight if cfg.distill_balanced else None
 
     dataset = TrainDataset(train_data, aug,
                            spec.mean, spec.std, seed=cfg.seed)
@@ -433,7 +435,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
                 loss = criterion(_to_float(outputs), y)
                 if teacher is not None:
                     main = outputs if isinstance(outputs, torch.Tensor) else outputs[0]
-                    kd = distill_loss(main, teacher(x_cpu), y, cfg.distill_temperature, IGNORE)
+                    kd = distill_loss(main, teacher(x_cpu), y, cfg.distill_temperature, IGNORE,
+                                      kd_weight)
                     kd_sum += kd.item()
                     loss = loss + cfg.distill_weight * kd
                 if not math.isfinite(loss.item()):

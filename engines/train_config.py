@@ -50,6 +50,7 @@ class TrainConfig:
     distill: str | None = None  # teacher ONNX model (engines.distill)
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
+    distill_balanced: bool = False  # pixels weighted by their class's --class-weight
     aux_weight: float = 0.4
     arch_options: dict[str, Any] = field(default_factory=dict)
     fmt: str = "auto"
@@ -104,9 +105,13 @@ class TrainConfig:
         if self.distill is not None and not self.distill.strip():
             raise ValueError("--distill needs the teacher model's path (an .onnx with its "
                              "sidecar), got an empty one")
-        if self.distill is None and (self.distill_weight, self.distill_temperature) != (1.0, 1.0):
-            raise ValueError("--distill-weight / --distill-temperature are given without "
-                             "--distill TEACHER.onnx; add the teacher, or drop them")
+        if self.distill is None and ((self.distill_weight, self.distill_temperature) != (1.0, 1.0)
+                                     or self.distill_balanced):
+            raise ValueError("--distill-weight / --distill-temperature / --distill-balanced are "
+                             "given without --distill TEACHER.onnx; add the teacher, or drop them")
+        if self.distill_balanced and self.class_weight == "none":
+            raise ValueError("--distill-balanced weights pixels by --class-weight, which is "
+                             "none; choose mfb or sqrt-mfb, or drop --distill-balanced")
         if self.workers < 0 or (self.prefetch or 0) < 0:
             raise ValueError(f"workers and prefetch must be >= 0, got {self.workers} and "
                              f"{self.prefetch}")
@@ -238,6 +243,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the distillation term, with --distill (default 1)")
     p.add_argument("--distill-temperature", type=float, default=1.0, metavar="T",
                    help="softmax temperature of the distillation term (default 1)")
+    p.add_argument("--distill-balanced", action="store_true",
+                   help="weight each pixel's distillation term by its label's class weight "
+                   "(--class-weight), as the cross-entropy does, so small classes such as "
+                   "signs are not drowned by sky and road (default: every pixel alike)")
     p.add_argument("--aux-weight", type=float, default=0.4)
     p.add_argument("--arch-options", type=_opts, default={},
                    help='JSON constructor options, e.g. \'{"aux": true}\'')
@@ -295,7 +304,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_epochs=args.warmup_epochs, class_weight=args.class_weight, ohem=args.ohem,
         mix=args.mix, mix_prob=args.mix_prob, photometric=args.photometric,
         distill=args.distill, distill_weight=args.distill_weight,
-        distill_temperature=args.distill_temperature,
+        distill_temperature=args.distill_temperature, distill_balanced=args.distill_balanced,
         aux_weight=args.aux_weight, arch_options=args.arch_options, fmt=args.fmt,
         train_split=args.train_split, val_split=args.val_split or None,
         val_every=args.val_every, input_size=args.input_size, seed=args.seed,

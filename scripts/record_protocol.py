@@ -51,8 +51,8 @@ def load_run(run_dir: Path) -> dict:
     steps = sched[0].get("total_steps") if isinstance(sched[0], dict) else None
     recipe_keys = ("crop", "scale", "lr", "batch_size", "class_weight", "encoder_lr_mult",
                    "warmup_epochs", "arch_options", "pretrained", "ohem", "mix", "mix_prob",
-                   "photometric", "distill", "distill_weight", "distill_temperature", "seed",
-                   "bf16")
+                   "photometric", "distill", "distill_weight", "distill_temperature",
+                   "distill_balanced", "seed", "bf16")
     run = {"split": cfg.get("train_split", "train"), "epochs": ckpt["epoch"],
            "optimizer_steps": steps, "final_loss": last[ckpt["epoch"]]["loss"],
            "recipe": {k: cfg.get(k) for k in recipe_keys

@@ -71,6 +71,25 @@ def test_distill_loss_ignores_void_and_padding_and_resizes_the_student():
     assert distill_loss(small, teacher, target).item() > 0
 
 
+def test_distill_loss_balanced_counts_a_pixel_by_its_class_weight():
+    # two pixels: the student is wrong only on the rare class (label 1), right on the other
+    teacher = torch.tensor([[[[4.0, -4.0]], [[-4.0, 4.0]]]])  # (1, 2, 1, 2)
+    student = torch.tensor([[[[4.0, 4.0]], [[-4.0, -4.0]]]])  # calls both pixels class 0
+    target = torch.tensor([[[0, 1]]])  # (1, 1, 2)
+    plain = distill_loss(student, teacher, target)
+    kl_rare = _kl(_softmax(np.array([-4.0, 4.0])), _softmax(np.array([4.0, -4.0])))
+    weights = torch.tensor([1.0, 9.0])
+    balanced = distill_loss(student, teacher, target, class_weight=weights)
+    assert plain.item() == pytest.approx(kl_rare / 2, rel=1e-5)  # the mean of (0, kl)
+    assert balanced.item() == pytest.approx(kl_rare * 9 / 10, rel=1e-5)  # (1*0 + 9*kl) / 10
+    # equal weights are the plain mean; void pixels carry no weight (and index none)
+    assert distill_loss(student, teacher, target, class_weight=torch.tensor([3.0, 3.0])
+                        ).item() == pytest.approx(plain.item(), rel=1e-6)
+    void = torch.tensor([[[255, 1]]])
+    assert distill_loss(student, teacher, void, class_weight=weights).item() == pytest.approx(
+        kl_rare, rel=1e-5)
+
+
 def _write_teacher(path: Path, names: list[str], bias: list[float], size=(32, 48),
                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)) -> Path:
     """A teacher whose logits are ``bias`` everywhere (a 1x1 conv of zeros, stride 4)."""
@@ -139,7 +158,8 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path: Path):
     data = make_folder_dataset(tmp_path / "data")
     teacher = _write_teacher(tmp_path / "blue.onnx", ["red", "green", "blue"], [0, 0, 6])
     blue = {}
-    for name, kw in (("plain", {}), ("kd", {"distill": str(teacher), "distill_weight": 5.0})):
+    kd = {"distill": str(teacher), "distill_weight": 5.0}
+    for name, kw in (("plain", {}), ("kd", kd), ("balanced", {**kd, "distill_balanced": True})):
         out = tmp_path / name
         train(tiny_config(data, out, epochs=3, **kw), progress=False)
         log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
@@ -151,9 +171,11 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path: Path):
         with torch.no_grad():
             blue[name] = float((model(x).argmax(1) == 2).float().mean())
         if kw:
-            assert "distilled from blue.onnx (weight 5, T 1)" in spec.training_data
+            tail = ", class-weighted)" if name == "balanced" else ")"
+            assert "distilled from blue.onnx (weight 5, T 1" + tail in spec.training_data
             assert log[-1]["distill_loss"] < log[0]["distill_loss"]
     assert blue["kd"] > blue["plain"] + 0.1, blue
+    assert blue["balanced"] > blue["plain"] + 0.1, blue
 
 
 def test_a_teacher_that_cannot_teach_fails_before_anything_is_written(tmp_path: Path):
@@ -187,3 +209,14 @@ def test_distillation_is_part_of_the_recipe_a_resume_keeps(tmp_path: Path,
         TrainConfig(model="m", data="d", out="o", distill_weight=2.0)
     with pytest.raises(ValueError, match="distill_temperature must be a number > 0"):
         TrainConfig(model="m", data="d", out="o", distill="t.onnx", distill_temperature=0)
+    with pytest.raises(ValueError, match="without --distill"):
+        TrainConfig(model="m", data="d", out="o", distill_balanced=True)
+    with pytest.raises(ValueError, match="--class-weight, which is none"):
+        TrainConfig(model="m", data="d", out="o", distill="t.onnx", distill_balanced=True,
+                    class_weight="none")
+    # a run from before --distill-balanced trained without it, and resumes so
+    older = {k: v for k, v in asdict(run).items() if k != "distill_balanced"}
+    assert not resumed_config(given, older).distill_balanced
+    with pytest.raises(ValueError, match="--distill-balanced True"):
+        resumed_config(TrainConfig(model="m", data="d", out="o", resume=True, distill=teacher,
+                                   distill_balanced=True), older)
