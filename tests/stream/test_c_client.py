@@ -412,7 +412,10 @@ def test_rejects_malformed_messages_and_carries_on(segsub, tmp_path):
     maps_at = [i for i, line in enumerate(lines) if line.startswith("labels ")]
     assert len(maps_at) == 3, "\n".join(lines)
     for first, second in itertools.pairwise(maps_at):
-        between = lines[first + 1:second]
+        # segsub prints a class table once, when first seen: after the first map when the
+        # SUB joined in the middle of a round (a slow joiner, more likely on a loaded machine)
+        between = [line for line in lines[first + 1:second]
+                   if not line.startswith("class_table ")]
         assert between[0] == "event front reconnecting rtsp: connection refused"
         rejected = between[1:]
         assert len(rejected) == len(cases), "\n".join(between)
@@ -422,7 +425,8 @@ def test_rejects_malformed_messages_and_carries_on(segsub, tmp_path):
     for i in maps_at:
         seq = int(lines[i].split()[2])
         assert lines[i] == expected_labels_line("front", seq, "rle")
-    assert output_lines(lines, "class_table")[0].startswith(f"class_table {TABLE.id} 6 sky ")
+    tables = output_lines(lines, "class_table")
+    assert len(tables) == 1 and tables[0].startswith(f"class_table {TABLE.id} 6 sky "), tables
 
 
 def corrupt(parts: list[bytes], rng: np.random.Generator) -> list[bytes]:
