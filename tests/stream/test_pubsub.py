@@ -500,8 +500,12 @@ def test_a_burst_of_one_camera_never_pushes_out_another_cameras_map():
 
 def test_slow_reader_counts_its_own_drops_as_overflow_not_lost():
     """Maps the subscriber's queue dropped are not transport losses, also when the read
-    that follows the drops returns a class table (re-sent here every 50 ms)."""
-    with Publisher(ipc_endpoint(), class_table=TABLE, class_table_interval=0.05) as pub, \
+    that follows the drops returns a class table (re-sent here every 50 ms). The publisher's
+    queue holds every map of the test, so a reader thread starved for a while on a loaded
+    machine cannot make ZeroMQ drop one (a real transport loss, which ``lost`` would then
+    rightly count)."""
+    with Publisher(ipc_endpoint(), class_table=TABLE, class_table_interval=0.05,
+                   sndhwm=100_000) as pub, \
             Subscriber(pub.bound_endpoints[0], rcvhwm=5, timeout=2) as sub:
         wait_subscribed(pub)
         stop = threading.Event()
