@@ -322,7 +322,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
     w = class_weights(cfg.class_weight, train_data.labels, train_data.num_classes)
     weight = None if w is None else torch.from_numpy(w)
     criterion = SegLoss(weight, IGNORE, cfg.aux_weight, cfg.ohem).to(info.device)
-    kd_weight = weight if cfg.distill_balanced else None
+    kd_weight = criterion.weight if cfg.distill_balanced else None  # on the device already
 
     dataset = TrainDataset(train_data, aug,
                            spec.mean, spec.std, seed=cfg.seed)

@@ -105,13 +105,16 @@ class TrainConfig:
         if self.distill is not None and not self.distill.strip():
             raise ValueError("--distill needs the teacher model's path (an .onnx with its "
                              "sidecar), got an empty one")
-        if self.distill is None and ((self.distill_weight, self.distill_temperature) != (1.0, 1.0)
-                                     or self.distill_balanced):
-            raise ValueError("--distill-weight / --distill-temperature / --distill-balanced are "
-                             "given without --distill TEACHER.onnx; add the teacher, or drop them")
+        given = [flag for flag, on in (("--distill-weight", self.distill_weight != 1.0),
+                                       ("--distill-temperature", self.distill_temperature != 1.0),
+                                       ("--distill-balanced", self.distill_balanced)) if on]
+        if self.distill is None and given:
+            raise ValueError(f"{' / '.join(given)} given without --distill TEACHER.onnx; add "
+                             "the teacher, or drop them")
         if self.distill_balanced and self.class_weight == "none":
+            weighted = " or ".join(w for w in CLASS_WEIGHTINGS if w != "none")
             raise ValueError("--distill-balanced weights pixels by --class-weight, which is "
-                             "none; choose mfb or sqrt-mfb, or drop --distill-balanced")
+                             f"none; choose {weighted}, or drop --distill-balanced")
         if self.workers < 0 or (self.prefetch or 0) < 0:
             raise ValueError(f"workers and prefetch must be >= 0, got {self.workers} and "
                              f"{self.prefetch}")
@@ -244,9 +247,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-temperature", type=float, default=1.0, metavar="T",
                    help="softmax temperature of the distillation term (default 1)")
     p.add_argument("--distill-balanced", action="store_true",
-                   help="weight each pixel's distillation term by its label's class weight "
-                   "(--class-weight), as the cross-entropy does, so small classes such as "
-                   "signs are not drowned by sky and road (default: every pixel alike)")
+                   help="with --distill: weight each pixel's distillation term by its label's "
+                   "class weight (--class-weight, not none; mfb spreads weights about 60x on "
+                   "CamVid, sqrt-mfb about 8x), as the cross-entropy does, so small classes "
+                   "such as signs are not drowned by sky and road; the logged distill_loss is "
+                   "then a weighted mean (default: every pixel alike)")
     p.add_argument("--aux-weight", type=float, default=0.4)
     p.add_argument("--arch-options", type=_opts, default={},
                    help='JSON constructor options, e.g. \'{"aux": true}\'')

@@ -157,7 +157,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path: Path):
     call more of the frames blue than the same run without it."""
     data = make_folder_dataset(tmp_path / "data")
     teacher = _write_teacher(tmp_path / "blue.onnx", ["red", "green", "blue"], [0, 0, 6])
-    blue = {}
+    blue, kd_loss = {}, {}
     kd = {"distill": str(teacher), "distill_weight": 5.0}
     for name, kw in (("plain", {}), ("kd", kd), ("balanced", {**kd, "distill_balanced": True})):
         out = tmp_path / name
@@ -174,8 +174,10 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path: Path):
             tail = ", class-weighted)" if name == "balanced" else ")"
             assert "distilled from blue.onnx (weight 5, T 1" + tail in spec.training_data
             assert log[-1]["distill_loss"] < log[0]["distill_loss"]
+            kd_loss[name] = [r["distill_loss"] for r in log]
     assert blue["kd"] > blue["plain"] + 0.1, blue
     assert blue["balanced"] > blue["plain"] + 0.1, blue
+    assert kd_loss["balanced"] != kd_loss["kd"]  # train passed the class weights on
 
 
 def test_a_teacher_that_cannot_teach_fails_before_anything_is_written(tmp_path: Path):
@@ -209,7 +211,7 @@ def test_distillation_is_part_of_the_recipe_a_resume_keeps(tmp_path: Path,
         TrainConfig(model="m", data="d", out="o", distill_weight=2.0)
     with pytest.raises(ValueError, match="distill_temperature must be a number > 0"):
         TrainConfig(model="m", data="d", out="o", distill="t.onnx", distill_temperature=0)
-    with pytest.raises(ValueError, match="without --distill"):
+    with pytest.raises(ValueError, match=r"^--distill-balanced given without --distill"):
         TrainConfig(model="m", data="d", out="o", distill_balanced=True)
     with pytest.raises(ValueError, match="--class-weight, which is none"):
         TrainConfig(model="m", data="d", out="o", distill="t.onnx", distill_balanced=True,
@@ -217,6 +219,9 @@ def test_distillation_is_part_of_the_recipe_a_resume_keeps(tmp_path: Path,
     # a run from before --distill-balanced trained without it, and resumes so
     older = {k: v for k, v in asdict(run).items() if k != "distill_balanced"}
     assert not resumed_config(given, older).distill_balanced
+    balanced = asdict(TrainConfig(model="m", data="d", out="o", distill=teacher,
+                                  distill_balanced=True))
+    assert resumed_config(given, balanced).distill_balanced  # the short form keeps it
     with pytest.raises(ValueError, match="--distill-balanced True"):
         resumed_config(TrainConfig(model="m", data="d", out="o", resume=True, distill=teacher,
                                    distill_balanced=True), older)
