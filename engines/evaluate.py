@@ -97,11 +97,7 @@ def evaluate(model: str | Path, data_root: str | Path, split: str = "val", *,
              **options: object) -> EvalReport:
     """Load ``split`` of the dataset at ``data_root`` (first ``limit`` images) and score
     ``model`` on it. See :func:`evaluate_split`."""
-    data = open_split(data_root, split, fmt, progress=progress)
-    if limit is not None and limit < len(data):
-        source = f"{data.source.rsplit(' (', 1)[0]} (first {limit} of {len(data)})"
-        data = SplitData(data.images[:limit], data.labels[:limit], data.names[:limit],
-                         data.classes, source)
+    data = open_split(data_root, split, fmt, progress=progress, limit=limit)
     return evaluate_split(model, data, backend=backend, threads=threads, split=split,
                           progress=progress, **options)
 
@@ -153,10 +149,10 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path | None
 
 
 # One part of a data description, "FORMAT:ROOT SPLIT (N)" or "folder:ROOT (N)"
-# (``SplitData.source``; eval's --limit makes it "(first K of N)"); joined splits are parts
+# (``SplitData.source``; --limit makes it "(first K of N)"); joined splits are parts
 # separated by " + ", and the sidecar's training_data is that, then "; " and the recipe.
 _DATA_PART = re.compile(r"(\w+):(.+?)(?: (\S+))? \((?:first \d+ of )?(\d+)\)")
-# what :func:`engines.data.sequences.select_sequences` appends: " only A,B (N)"
+# what a sequence filter appends (:func:`engines.data.readers.open_split`): " only A,B (N)"
 _FILTERED = re.compile(r" (only|except) \S+ \(\d+\)$")
 SEEN_SPLIT_NOTE = "scored on a split these weights were trained on: a fit figure, not accuracy"
 

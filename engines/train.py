@@ -286,9 +286,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
         load_pretrained(build_model(cfg.model, 2, **cfg.arch_options), cfg.model)
     _seed_everything(cfg.seed + info.rank)
 
-    train_data = open_split(cfg.data, cfg.train_split, cfg.fmt, progress=progress and bars)
-    if cfg.limit:
-        train_data = subset(train_data, cfg.limit)
+    train_data = open_split(cfg.data, cfg.train_split, cfg.fmt, progress=progress and bars,
+                            limit=cfg.limit)
     val_data = open_split(cfg.data, cfg.val_split, cfg.fmt, progress=progress and bars) \
         if cfg.val_split else None
     if val_data is not None:
@@ -511,12 +510,6 @@ def _to_float(out: torch.Tensor | tuple[torch.Tensor, ...]
     if isinstance(out, tuple):
         return tuple(o.float() for o in out)
     return out.float()
-
-
-def subset(data: SplitData, n: int) -> SplitData:
-    """The first ``n`` samples of ``data`` (``--limit``)."""
-    return SplitData(data.images[:n], data.labels[:n], data.names[:n], data.classes,
-                     f"{data.source} (first {min(n, len(data))})")
 
 
 def check_model_options(cfg: TrainConfig) -> None:

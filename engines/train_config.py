@@ -292,7 +292,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-lr-mult", type=float, default=1.0, metavar="M",
                    help="learning rate of the encoder = --lr x M (e.g. 0.25 with --pretrained)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="train on the first N images only (a quick trial)")
+                   help="train on the first N images only, the only ones read from disk (a "
+                   "quick trial, also of a large dataset)")
     p.add_argument("--bf16", choices=BF16_MODES, default="auto",
                    help="CPU bfloat16 autocast: auto = where the CPU runs it natively "
                         "(AVX-512 BF16 / AMX)")

@@ -15,6 +15,7 @@ Layouts:
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,20 +281,26 @@ def load_pairs(pairs: list[Pair], classes: tuple[ClassInfo, ...], *, void: int |
     return SplitData(images, labels, names, classes, f"{source} ({len(images)})")
 
 
-def concat_splits(parts: list[SplitData]) -> SplitData:
-    """Several splits of one dataset as one (same class table required)."""
-    first = parts[0]
-    for p in parts[1:]:
-        if p.classes != first.classes:
-            raise DatasetError(f"cannot join {first.source} and {p.source}: class tables differ")
-    return SplitData([im for p in parts for im in p.images],
-                     [lb for p in parts for lb in p.labels],
-                     [n for p in parts for n in p.names], first.classes,
-                     " + ".join(p.source for p in parts))
+def _split_pairs(root: Path, split: str, fmt: str
+                 ) -> tuple[list[Pair], tuple[ClassInfo, ...], int | None, str]:
+    """One split's pairs (not read yet), its class table, the label id that means void
+    (None: only 255) and its description without the frame count."""
+    if fmt == "camvid":
+        return camvid_pairs(root, split), CAMVID_CLASSES, 11, f"camvid:{root} {split}"
+    if fmt == "cityscapes":
+        return cityscapes_pairs(root, split), CITYSCAPES_CLASSES, None, \
+            f"cityscapes:{root} {split}"
+    if fmt == "folder":
+        split_root = folder_split_root(root, split)
+        class_root = split_root if any((split_root / f"classes.{x}").is_file()
+                                       for x in ("json", "txt")) else root
+        return folder_pairs(split_root), read_class_file(class_root), None, \
+            f"folder:{split_root}"
+    raise DatasetError(f"unknown dataset format {fmt!r}; valid: auto, {', '.join(FORMATS)}")
 
 
 def open_split(root: str | Path, split: str = "train", fmt: str = "auto", *,
-               progress: bool = False) -> SplitData:
+               progress: bool = False, limit: int | None = None) -> SplitData:
     """Load split ``split`` of the dataset at ``root`` into memory.
 
     Args:
@@ -306,31 +313,39 @@ def open_split(root: str | Path, split: str = "train", fmt: str = "auto", *,
             is ignored); else ``<root>/<split>/`` holds the images/ + masks/ of each split
             (class file there or at the root).
         fmt: one of :data:`FORMATS` or ``"auto"``.
+        limit: only the first ``limit`` samples (after the sequence filter) are read, the
+            description then says ``(first K of N)`` (``--limit``: a quick trial of a
+            large dataset reads K files, not N).
     """
-    from engines.data.sequences import parse_split, select_sequences  # imports this module
+    from engines.data.sequences import kept_indices, parse_split  # imports this module
 
     split, seq_filter = parse_split(split)
-    if seq_filter is not None:
-        return select_sequences(open_split(root, split, fmt, progress=progress), seq_filter)
     root = Path(root)
     if not root.is_dir():
         where = "" if root.is_absolute() else f" (looked for {root.absolute()})"
         raise DatasetError(f"dataset folder {root} not found{where}; the examples' "
                            "../shared/camvid is relative to the segstream checkout")
     fmt = detect_format(root) if fmt == "auto" else fmt
-    if "+" in split:
-        return concat_splits([open_split(root, s, fmt, progress=progress)
-                              for s in split.split("+")])
-    if fmt == "camvid":
-        return load_pairs(camvid_pairs(root, split), CAMVID_CLASSES, void=11,
-                          source=f"camvid:{root} {split}", progress=progress)
-    if fmt == "cityscapes":
-        return load_pairs(cityscapes_pairs(root, split), CITYSCAPES_CLASSES,
-                          source=f"cityscapes:{root} {split}", progress=progress)
-    if fmt == "folder":
-        split_root = folder_split_root(root, split)
-        class_root = split_root if any((split_root / f"classes.{x}").is_file()
-                                       for x in ("json", "txt")) else root
-        return load_pairs(folder_pairs(split_root), read_class_file(class_root),
-                          source=f"folder:{split_root}", progress=progress)
-    raise DatasetError(f"unknown dataset format {fmt!r}; valid: auto, {', '.join(FORMATS)}")
+    parts = [_split_pairs(root, s, fmt) for s in split.split("+")]
+    for _, classes, _, source in parts[1:]:
+        if classes != parts[0][1]:
+            raise DatasetError(f"cannot join {parts[0][3]} and {source}: class tables differ")
+    # (pair, its part) in order; the description counts whole splits, then what is kept
+    pairs = [(pair, i) for i, part in enumerate(parts) for pair in part[0]]
+    source = " + ".join(f"{src} ({len(ps)})" for ps, _, _, src in parts)
+    if seq_filter is not None:
+        keep = kept_indices([p.image.stem for p, _ in pairs], seq_filter, source)
+        pairs = [pairs[i] for i in keep]
+        source = f"{source} {seq_filter.describe()} ({len(pairs)})"
+    if limit is not None and limit < len(pairs):
+        source = f"{source.rsplit(' (', 1)[0]} (first {limit} of {len(pairs)})"
+        pairs = pairs[:limit]
+    images, labels, names = [], [], []
+    for i, group in itertools.groupby(pairs, key=lambda t: t[1]):
+        _, classes, void, part_source = parts[i]
+        part = load_pairs([p for p, _ in group], classes, void=void, source=part_source,
+                          progress=progress)
+        images += part.images
+        labels += part.labels
+        names += part.names
+    return SplitData(images, labels, names, parts[0][1], source)

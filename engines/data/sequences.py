@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engines.data.readers import DatasetError, SplitData
+from engines.data.readers import DatasetError
 
 
 def sequence_of(name: str) -> str:
@@ -59,22 +59,21 @@ def parse_split(spec: str) -> tuple[str, SequenceFilter | None]:
     return base, SequenceFilter(sequences, keep=word == "only")
 
 
-def select_sequences(data: SplitData, flt: SequenceFilter) -> SplitData:
-    """The samples of ``data`` that ``flt`` keeps, in their order.
+def kept_indices(names: list[str], flt: SequenceFilter, source: str) -> list[int]:
+    """Indices of the sample stems ``names`` that ``flt`` keeps, in their order (the
+    samples need not be read: a stem is a file name's).
 
     Raises:
-        DatasetError: a named sequence is not in the split (the message lists those that
-            are), or nothing is left.
+        DatasetError: a named sequence is not among them (the message, which starts with
+            ``source``, lists those that are), or nothing is left.
     """
-    present = sorted({sequence_of(n) for n in data.names})
+    present = sorted({sequence_of(n) for n in names})
     unknown = sorted(flt.sequences - set(present))
     if unknown:
-        raise DatasetError(f"{data.source}: no sequence {', '.join(unknown)}; its sequences: "
+        raise DatasetError(f"{source}: no sequence {', '.join(unknown)}; its sequences: "
                            f"{', '.join(present)}")
-    keep = [i for i, n in enumerate(data.names) if (sequence_of(n) in flt.sequences) == flt.keep]
+    keep = [i for i, n in enumerate(names) if (sequence_of(n) in flt.sequences) == flt.keep]
     if not keep:
-        raise DatasetError(f"{data.source} {flt.describe()}: no samples left; its sequences: "
+        raise DatasetError(f"{source} {flt.describe()}: no samples left; its sequences: "
                            f"{', '.join(present)}")
-    return SplitData([data.images[i] for i in keep], [data.labels[i] for i in keep],
-                     [data.names[i] for i in keep], data.classes,
-                     f"{data.source} {flt.describe()} ({len(keep)})")
+    return keep

@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="default: from the model file suffix")
     p.add_argument("--threads", type=positive(int), default=None,
                    help="CPU threads for the backend")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="only the first N images (the only ones read from disk)")
     p.add_argument("--out", default=None, help="report JSON path (PNG written beside it)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (for logs written to a file)")

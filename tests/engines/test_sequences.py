@@ -66,3 +66,28 @@ def test_real_camvid_drives(camvid: Path) -> None:
     rest = open_split(camvid, "train+val:except=0001TP")
     assert len(dusk) == 62 and len(rest) == 367 + 101 - 62
     assert not {sequence_of(n) for n in rest.names} & {"0001TP"}
+
+
+def test_limit_reads_only_the_first_frames_kept(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """--limit K reads K frames, not the whole split (a quick trial of a large dataset),
+    after joining and filtering, and the description counts what it was cut from."""
+    from engines.data import readers
+
+    root = make_drives(tmp_path / "camvid")
+    read: list[str] = []
+    real = readers.read_image
+    monkeypatch.setattr(readers, "read_image", lambda p: read.append(p.stem) or real(p))
+    full = open_split(root, "train+val:except=B")
+    assert full.names == ["A_001", "A_002", "C_001", "A_010"]
+    read.clear()
+    data = open_split(root, "train+val:except=B", limit=3)
+    assert read == data.names == full.names[:3]
+    assert all((a == b).all() for a, b in zip(data.labels, full.labels[:3], strict=False))
+    assert data.source == (f"camvid:{root} train (4) + camvid:{root} val (1) except B "
+                           "(first 3 of 4)")
+    read.clear()
+    joined = open_split(root, "train+val", limit=5)  # across the join: val's frame too
+    assert read == joined.names == ["A_001", "A_002", "B_001", "C_001", "A_010"]
+    assert joined.source.endswith("val (1)")  # nothing cut: no "(first ...)"
+    assert open_split(root, "val", limit=1).source == f"camvid:{root} val (1)"
