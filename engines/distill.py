@@ -106,18 +106,29 @@ class Teacher:
         Args:
             x: (N, 3, H, W) float, normalised for the student, on any device.
         Returns:
-            (N, K, h, w) float32 on the CPU: the teacher's logits for the batch resized
-            (bilinearly) to the teacher's input size, at the teacher's output stride.
+            (N, K, h, w) float32 on the CPU: the teacher's logits, at its output stride,
+            for the batch scaled (bilinearly, aspect kept) to fit the teacher's input and
+            padded there with its mean colour; only the logits of the batch's own area are
+            returned (a 288x288 crop for a 360x480 teacher: scaled to 360x360, the left
+            three quarters of the logits). Never stretched: a teacher sees shapes as in
+            its own training.
         """
         xt = x.detach().float().cpu() * self._scale + self._shift  # (N, 3, H, W)
-        size = tuple(self.spec.input_size)
-        if tuple(xt.shape[-2:]) != size:
-            xt = F.interpolate(xt, size=size, mode="bilinear", align_corners=False)
+        (th, tw), (h, w) = self.spec.input_size, xt.shape[-2:]
+        s = min(th / h, tw / w)
+        rh, rw = min(th, round(h * s)), min(tw, round(w * s))
+        if (rh, rw) != (h, w):
+            xt = F.interpolate(xt, size=(rh, rw), mode="bilinear", align_corners=False)
+        if (rh, rw) != (th, tw):  # 0 after the teacher's normalisation: its mean colour
+            xt = F.pad(xt, (0, tw - rw, 0, th - rh))  # (N, 3, th, tw)
         arr = xt.numpy().astype(self.backend.input_dtype, copy=False)
         step = self.backend.max_batch
         outs = [self.backend.infer(np.ascontiguousarray(arr[i:i + step]))
                 for i in range(0, len(arr), step)]
-        return torch.from_numpy(np.concatenate(outs).astype(np.float32, copy=False))
+        logits = np.concatenate(outs).astype(np.float32, copy=False)  # (N, K, oh, ow)
+        oh, ow = logits.shape[-2:]
+        vh, vw = max(1, round(oh * rh / th)), max(1, round(ow * rw / tw))
+        return torch.from_numpy(np.ascontiguousarray(logits[..., :vh, :vw]))
 
     def close(self) -> None:
         self.backend.close()

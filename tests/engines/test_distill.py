@@ -132,6 +132,16 @@ def test_teacher_renormalises_student_batches_for_its_own_input(tmp_path: Path):
         np.testing.assert_allclose(got[i:i + 1].numpy(), want, rtol=1e-4, atol=1e-4)
     # a crop of another size is resized to the teacher's input first
     assert teacher(x[:, :, :16, :24]).shape == (3, 3, 8, 12)
+    # ... keeping its aspect: a square crop fills the left 32x32 of the 32x48 input, the
+    # rest is the teacher's mean colour (0 once normalised for it), and only the logits
+    # of the crop's area come back
+    square = teacher(x[:, :, :, :32])
+    assert square.shape == (3, 3, 8, 8)
+    for i, im in enumerate(raw):
+        xt = to_tensor(im[:, :32], t_mean, t_std)[None].numpy()  # (1, 3, 32, 32)
+        padded = np.pad(xt, ((0, 0), (0, 0), (0, 0), (0, 16)))
+        want = sess.run(None, {"input": padded})[0][..., :8]
+        np.testing.assert_allclose(square[i:i + 1].numpy(), want, rtol=1e-4, atol=1e-4)
     teacher.close()
 
 
