@@ -13,15 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream.config import (
-    ConfigError,
-    NotReady,
-    NotReadyError,
-    Override,
-    PipelineConfig,
-    blame,
-    parse_launch,
-)
+from stream.config import ConfigError, NotReady, NotReadyError, PipelineConfig
+from stream.launch_file import Override, blame, parse_launch
 
 
 def check_config(cfg: PipelineConfig, *, load_model: bool = False) -> list[str]:

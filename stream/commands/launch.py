@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @report_errors
 def run(args: argparse.Namespace) -> int:
-    from stream.config import Override, parse_override
+    from stream.launch_file import Override, parse_override
     from stream.sources import redact
     from stream.validate import check_launch
 

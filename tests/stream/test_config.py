@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import ConfigError, load_launch, parse_source_arg
+from stream.config import ConfigError, parse_source_arg
+from stream.launch_file import load_launch
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch"
 

@@ -19,8 +19,9 @@ import pytest
 from engines.spec import CAMVID_CLASSES
 from stream.cli import main
 from stream.commands.view import LEGEND_W, ROW_H
-from stream.config import ConfigError, config_from_dict
+from stream.config import ConfigError
 from stream.frame_pub import FrameOptions
+from stream.launch_file import config_from_dict
 from stream.publish import Publisher
 from stream.subscribe import FrameMessage, FramePairer, LabelMessage, Subscriber
 from tests.stream._frames import REPO, ROAD, SKY, TABLE, ipc, send_frames

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from stream.cli import main
-from stream.config import ConfigError, apply_overrides, parse_override
+from stream.config import ConfigError
+from stream.launch_file import apply_overrides, parse_override
 from stream.validate import check_launch
 
 REPO = Path(__file__).resolve().parents[2]

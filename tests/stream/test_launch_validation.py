@@ -14,7 +14,8 @@ import pytest
 
 from engines.spec import ModelSpec, sidecar_path
 from stream.cli import main
-from stream.config import ConfigError, PipelineConfig, SourceConfig, load_launch
+from stream.config import ConfigError, PipelineConfig, SourceConfig
+from stream.launch_file import load_launch
 
 
 def _free_port() -> int:

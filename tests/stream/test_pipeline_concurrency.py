@@ -22,10 +22,11 @@ from engines.onnx_batch import batch_mismatch, input_batch, make_batch_dynamic
 from engines.segmenter import Segmenter
 from engines.zoo import shipped_models
 from stream.cli import main as cli_main
-from stream.config import ConfigError, PipelineConfig, PublishConfig, SourceConfig, load_launch
+from stream.config import ConfigError, PipelineConfig, PublishConfig, SourceConfig
 from stream.fanin import FanIn
 from stream.frames import Frame
 from stream.handoff import Handoff
+from stream.launch_file import load_launch
 from stream.pipeline import Pipeline
 from stream.policy import EngineGovernor, Overlap, resolve_overlap
 from tests.stream.test_pipeline import ListSink, ListSource

@@ -197,7 +197,7 @@ def test_preview_config_rejects_bad_values_with_key_paths():
 
 
 def test_launch_file_preview_keys(tmp_path, tiny_model):
-    from stream.config import load_launch
+    from stream.launch_file import load_launch
 
     f = tmp_path / "l.yaml"
     f.write_text(f"sources: [{{uri: 'test://ball'}}]\nmodel: {tiny_model}\n"
