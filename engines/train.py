@@ -18,10 +18,9 @@ import itertools
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,24 +56,14 @@ from engines.registry import UnknownModelError, build_model
 from engines.spec import ModelSpec
 from engines.train_config import TrainConfig, add_arguments, config_from_args, resumed_config
 from engines.train_curves import plot_curves
+from engines.train_runtime import (
+    autocast_dtype,
+    prefetch_depth,
+    seed_everything,
+    setup_distributed,
+)
 
 __all__ = ["TrainConfig", "add_arguments", "config_from_args", "load_checkpoint_model", "train"]
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
 
 class WarmupPoly:
     """LR multiplier per iteration: linear warmup to 1, then ``(1 - t)^power`` to 0.
@@ -92,24 +81,6 @@ class WarmupPoly:
             return (step + 1) / (self.warmup_steps + 1)
         t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return max(0.0, 1.0 - t) ** self.power
-
-
-def setup_distributed() -> DistInfo:
-    """Initialise DDP when launched by torchrun (``WORLD_SIZE`` > 1), else one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-            device = torch.device("cuda", local_rank)
-            backend = "nccl"
-        else:
-            device, backend = torch.device("cpu"), "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend=backend)
-        return DistInfo(dist.get_rank(), world, local_rank, device)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return DistInfo(0, 1, 0, device)
 
 
 def check_disjoint(train_data: SplitData, val_data: SplitData, cfg: TrainConfig) -> None:
@@ -130,12 +101,6 @@ def check_disjoint(train_data: SplitData, val_data: SplitData, cfg: TrainConfig)
             f"with --train-split {cfg.train_split!r} (e.g. {shared[0]}): its mIoU would not "
             "be a held-out figure. For a final run on everything pass --val-split '' "
             "(nothing was written)")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @torch.no_grad()
@@ -185,40 +150,6 @@ def build_spec(cfg: TrainConfig, data: SplitData, input_size: tuple[int, int],
                       f"{init}{extras}",
         metrics=metrics or {}, **norm,
     )
-
-
-def cpu_bf16_supported() -> bool:
-    """True when oneDNN runs bf16 natively here (AVX-512 BF16 / AMX); without it bf16
-    convolutions fall back to a slow reference path (measured 5x slower on AVX2)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a run: float16 on CUDA (``amp``), bfloat16 on a CPU that has
-    it (``bf16`` auto/on), else None (float32)."""
-    if device.type == "cuda":
-        return torch.float16 if cfg.amp else None
-    if cfg.bf16 == "on" or (cfg.bf16 == "auto" and cpu_bf16_supported()):
-        return torch.bfloat16
-    return None
-
-
-def prefetch_depth(cfg: TrainConfig, device: torch.device) -> int:
-    """Batches to prepare ahead on a thread: ``cfg.prefetch``, or when unset 2 where a core
-    is spare beside the training threads (a GPU does the maths, or torch uses fewer threads
-    than this process may run on) and 0 otherwise: on 2 cores with 2 torch threads the
-    extra thread gained 6-10 % on one recipe and cost about 10 % on another (0.78-1.12x
-    per round; docs/training.md)."""
-    if cfg.workers:
-        return 0
-    if cfg.prefetch is not None:
-        return cfg.prefetch
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
-    return 2 if device.type != "cpu" or cores > torch.get_num_threads() else 0
 
 
 def param_groups(model: torch.nn.Module, lr: float, encoder_lr_mult: float
@@ -284,7 +215,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
         # Missing weights fail here, before the data is read (a CamVid split: seconds), and
         # before seeding, so that this probe model leaves the run's random init unchanged.
         load_pretrained(build_model(cfg.model, 2, **cfg.arch_options), cfg.model)
-    _seed_everything(cfg.seed + info.rank)
+    seed_everything(cfg.seed + info.rank)
 
     train_data = open_split(cfg.data, cfg.train_split, cfg.fmt, progress=progress and bars,
                             limit=cfg.limit)
@@ -375,7 +306,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
         elif len(ranks) == info.world_size:
             set_rng_state(ranks[info.rank])
         else:  # another number of processes than the run had: not exact, but ranks differ
-            _seed_everything(cfg.seed + 1009 * start_epoch + info.rank)
+            seed_everything(cfg.seed + 1009 * start_epoch + info.rank)
 
     net = model
     if info.distributed:

@@ -19,12 +19,8 @@ torch = pytest.importorskip("torch")
 
 from engines.checkpoint import load_checkpoint_model  # noqa: E402
 from engines.data.torch_dataset import TrainDataset  # noqa: E402
-from engines.train import (  # noqa: E402
-    TrainConfig,
-    WarmupPoly,
-    prefetch_depth,
-    train,
-)
+from engines.train import TrainConfig, WarmupPoly, train  # noqa: E402
+from engines.train_runtime import prefetch_depth  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 COLORS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)  # BGR per class
