@@ -12,11 +12,13 @@ cross-entropy:
 The teacher is inference only (ONNX Runtime: its weights never change, and any exported
 model can teach; its sidecar gives its input size and normalisation), on the CPU, or on
 CUDA beside a CUDA student where onnxruntime-gpu is installed. The teacher sees each crop
-resized to its own input size (a crop of another aspect ratio is stretched for it).
+scaled to fit its own input size with the aspect kept and padded with its mean colour;
+only its logits over the crop's area are used.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -126,8 +128,12 @@ class Teacher:
         outs = [self.backend.infer(np.ascontiguousarray(arr[i:i + step]))
                 for i in range(0, len(arr), step)]
         logits = np.concatenate(outs).astype(np.float32, copy=False)  # (N, K, oh, ow)
+        # The logit cells over the crop's area. Nearest, rounding halves up on both axes
+        # (Python's round() would round 22.5 down and 23.5 up): exact for outputs of
+        # input / stride (every shipped model); within half a cell otherwise.
         oh, ow = logits.shape[-2:]
-        vh, vw = max(1, round(oh * rh / th)), max(1, round(ow * rw / tw))
+        vh = min(oh, max(1, math.floor(oh * rh / th + 0.5)))
+        vw = min(ow, max(1, math.floor(ow * rw / tw + 0.5)))
         return torch.from_numpy(np.ascontiguousarray(logits[..., :vh, :vw]))
 
     def close(self) -> None:

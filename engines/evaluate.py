@@ -152,8 +152,9 @@ def write_report(report: EvalReport, out: str | Path) -> tuple[Path, Path | None
 # (``SplitData.source``; --limit makes it "(first K of N)"); joined splits are parts
 # separated by " + ", and the sidecar's training_data is that, then "; " and the recipe.
 _DATA_PART = re.compile(r"(\w+):(.+?)(?: (\S+))? \((?:first \d+ of )?(\d+)\)")
-# what a sequence filter appends (:func:`engines.data.readers.open_split`): " only A,B (N)"
-_FILTERED = re.compile(r" (only|except) \S+ \(\d+\)$")
+# what a sequence filter appends (:func:`engines.data.readers.open_split`): " only A,B (N)",
+# or with --limit " only A,B (first K of N)"
+_FILTERED = re.compile(r" (only|except) \S+ \((?:first \d+ of )?\d+\)$")
 SEEN_SPLIT_NOTE = "scored on a split these weights were trained on: a fit figure, not accuracy"
 
 

@@ -9,6 +9,11 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
+
+# Passive OpenMP waiting, as engines/train.py sets it: only effective before torch first
+# initialises OpenMP, so also here for whoever imports this module first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 import torch.distributed as dist
 

@@ -1,10 +1,11 @@
 """The one validation path for ``segstream run``, ``segstream launch`` and ``launch --check``.
 
-:mod:`stream.config` checks a configuration's shape and values (types, ranges, unknown and
-duplicate keys); :func:`check_config` checks what needs the machine: that every source
-parses and exists, that its frame size can be served, that the model and its sidecar load
-(and, with ``load_model``, that the graph agrees with the sidecar), that the publish
-endpoints can be bound and that the preview's and the metrics' ports are free. Every
+:mod:`stream.config` (its dataclasses) and :mod:`stream.launch_file` (a file's unknown and
+duplicate keys, its types) check a configuration's shape and values; :func:`check_config`
+checks what needs the machine: that every source parses and exists, that its frame size can
+be served, that the model and its sidecar load (and, with ``load_model``, that the graph
+agrees with the sidecar), that the publish endpoints can be bound and that the preview's
+and the metrics' ports are free. Every
 problem is reported at once, each with its key path.
 """
 

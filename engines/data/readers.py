@@ -15,6 +15,7 @@ Layouts:
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 from dataclasses import dataclass
@@ -314,8 +315,9 @@ def open_split(root: str | Path, split: str = "train", fmt: str = "auto", *,
             (class file there or at the root).
         fmt: one of :data:`FORMATS` or ``"auto"``.
         limit: only the first ``limit`` samples (after the sequence filter) are read, the
-            description then says ``(first K of N)`` (``--limit``: a quick trial of a
-            large dataset reads K files, not N).
+            description then says ``(first K of N)`` per split, leaving out a joined split
+            none came from (``--limit``: a quick trial of a large dataset reads K files,
+            not N).
     """
     from engines.data.sequences import kept_indices, parse_split  # imports this module
 
@@ -338,8 +340,15 @@ def open_split(root: str | Path, split: str = "train", fmt: str = "auto", *,
         pairs = [pairs[i] for i in keep]
         source = f"{source} {seq_filter.describe()} ({len(pairs)})"
     if limit is not None and limit < len(pairs):
-        source = f"{source.rsplit(' (', 1)[0]} (first {limit} of {len(pairs)})"
         pairs = pairs[:limit]
+        if seq_filter is not None:  # "... only A (first K of N)"
+            source = f"{source.rsplit(' (', 1)[0]} (first {limit} of {len(keep)})"
+        else:  # each split says what it gave: "train (first K of 367)", or is left out
+            taken = collections.Counter(i for _, i in pairs)
+            source = " + ".join(
+                f"{src} ({len(ps)})" if taken[i] == len(ps)
+                else f"{src} (first {taken[i]} of {len(ps)})"
+                for i, (ps, _, _, src) in enumerate(parts) if taken[i])
     images, labels, names = [], [], []
     for i, group in itertools.groupby(pairs, key=lambda t: t[1]):
         _, classes, void, part_source = parts[i]

@@ -211,6 +211,12 @@ def test_seen_in_training_matches_the_split_not_the_path() -> None:
     assert seen_in_training("camvid:../shared/camvid val (101)", "camvid:../shared/camvid "
                             "train (367) + camvid:../shared/camvid val (101) except 0006R0 "
                             "(367)") is None
+    assert seen_in_training("camvid:../shared/camvid train (367) only 0006R0 (first 3 of 101)",
+                            trained) is None  # filtered, then limited: still not claimed
+    # train+val --limit 400: 367 train frames and the first 33 of val were trained on
+    limited = ("camvid:../shared/camvid train (367) + camvid:../shared/camvid val "
+               "(first 33 of 101); crop 288x288")
+    assert seen_in_training("camvid:../shared/camvid val (101)", limited)
     assert seen_in_training("folder:/data/my set (12)", "folder:/data/my set (12); 5 epochs")
     assert seen_in_training("camvid:x val (101)", "") is None
     assert seen_in_training("camvid:x val (101)", "free text, no parts") is None

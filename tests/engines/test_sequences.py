@@ -89,5 +89,21 @@ def test_limit_reads_only_the_first_frames_kept(tmp_path: Path,
     read.clear()
     joined = open_split(root, "train+val", limit=5)  # across the join: val's frame too
     assert read == joined.names == ["A_001", "A_002", "B_001", "C_001", "A_010"]
-    assert joined.source.endswith("val (1)")  # nothing cut: no "(first ...)"
+    assert joined.source == f"camvid:{root} train (4) + camvid:{root} val (1)"  # nothing cut
+    # each split says what it gave; one that gave nothing is left out
+    assert open_split(root, "train+val", limit=2).source == f"camvid:{root} train (first 2 of 4)"
+    assert open_split(root, "val+train", limit=3).source == (
+        f"camvid:{root} val (1) + camvid:{root} train (first 2 of 4)")
     assert open_split(root, "val", limit=1).source == f"camvid:{root} val (1)"
+
+
+def test_joined_splits_must_share_their_class_table(tmp_path: Path) -> None:
+    """A folder dataset whose splits name other classes cannot be joined (nothing is read)."""
+    for split, names in (("train", "road\ncar\n"), ("val", "road\nbus\n")):
+        _write_pair(tmp_path / split / "images" / "a_1.png", tmp_path / split / "masks" /
+                    "a_1.png", _labels(values=(0, 1)), seed=0)
+        (tmp_path / split / "classes.txt").write_text(names)
+    assert len(open_split(tmp_path, "train")) == 1
+    with pytest.raises(DatasetError, match=r"cannot join folder:\S+train and folder:\S+val: "
+                       "class tables differ"):
+        open_split(tmp_path, "train+val")
