@@ -6,7 +6,12 @@ A checkpoint is a dict (written by :func:`engines.train.train`, read by
     {"arch": str, "arch_options": dict, "num_classes": int, "model": state_dict,
      "spec": ModelSpec.to_json(), "epoch": int (epochs completed), "optimizer": ...,
      "scheduler": ..., "scaler": ..., "best_miou": float,
-     "rng": {...}, "rng_ranks": [{...} for each DDP rank] or None, "config": dict}
+     "rng": {...}, "rng_ranks": [{...} for each DDP rank] or None, "config": dict,
+     "ema": state_dict or None, "ema_updates": int}
+
+``"model"`` holds the trained weights (what ``--resume`` continues); a run with ``--ema``
+deploys the average in ``"ema"`` (:func:`engines.ema.deployed_state`): export, eval,
+``--init-from`` and the torch backend load it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 
 from engines.atomic import staged
 from engines.backend import BackendError
+from engines.ema import deployed_state
 from engines.registry import build_model
 from engines.spec import ModelSpec
 from engines.train_config import TrainConfig
@@ -87,7 +93,7 @@ def load_init_weights(model: torch.nn.Module, cfg: TrainConfig, num_classes: int
                          f"{json.dumps(ckpt.get('arch_options', {}))}; pass the same "
                          f"(training-only options may differ: "
                          f"{', '.join(sorted(TRAINING_ONLY_OPTIONS))})")
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(deployed_state(ckpt))
 
 
 def load_checkpoint_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module,
@@ -95,5 +101,5 @@ def load_checkpoint_model(path: str | Path, device: str = "cpu") -> tuple[torch.
     """Rebuild the network of a training checkpoint in eval mode, with its spec."""
     ckpt = read_checkpoint(Path(path), "checkpoint")
     model = build_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("arch_options", {}))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(deployed_state(ckpt))
     return model.eval().to(device), ModelSpec.from_json(ckpt["spec"], source=str(path))

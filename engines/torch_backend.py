@@ -4,7 +4,9 @@ The reference the ONNX and TensorRT engines are compared against, and a way to r
 checkpoint before exporting it. Checkpoint contract (written by ``engines.train``)::
 
     {"arch": str, "arch_options": dict, "num_classes": int, "model": state_dict,
-     "spec": ModelSpec.to_json(), ...}   # optimiser / RNG state etc. are ignored
+     "spec": ModelSpec.to_json(), "ema": state_dict or None, ...}
+    # optimiser / RNG state etc. are ignored; "ema", where a run kept one, is the deployed
+    # weights (engines.ema.deployed_state)
 
 Loading is ``torch.load(weights_only=True)`` with numpy arrays allowed (the RNG state in
 training checkpoints): no arbitrary pickled code runs.
@@ -107,6 +109,7 @@ def checkpoint_spec(ckpt: dict[str, Any], source: str) -> ModelSpec:
 
 def build_from_checkpoint(ckpt: dict[str, Any], source: str) -> Any:
     """Rebuild the registry network of ``ckpt`` and load its weights (strict). Eval mode."""
+    from engines.ema import deployed_state
     from engines.registry import UnknownModelError, build_model
 
     try:
@@ -115,7 +118,7 @@ def build_from_checkpoint(ckpt: dict[str, Any], source: str) -> Any:
     except UnknownModelError as e:
         raise BackendError(f"{source}: {e}") from e
     try:
-        model.load_state_dict(ckpt["model"], strict=True)
+        model.load_state_dict(deployed_state(ckpt), strict=True)
     except RuntimeError as e:
         raise BackendError(f"{source}: weights do not fit architecture {ckpt['arch']!r} with "
                            f"options {ckpt.get('arch_options')}: {e}") from e

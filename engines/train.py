@@ -49,6 +49,7 @@ from engines.data.prefetch import Prefetcher
 from engines.data.readers import IGNORE, SplitData, open_split
 from engines.data.torch_dataset import EvalDataset, TrainDataset
 from engines.distill import Teacher, distill_loss, teacher_providers, teacher_spec
+from engines.ema import ModelEMA
 from engines.losses import SegLoss, class_weights
 from engines.metrics import ConfusionMatrix, SegMetrics, fmt_miou
 from engines.quant_sim import enable_fake_quant
@@ -139,6 +140,8 @@ def build_spec(cfg: TrainConfig, data: SplitData, input_size: tuple[int, int],
         extras += f", {'ClassMix' if cfg.mix == 'classmix' else 'CutMix'} p={cfg.mix_prob:g}"
     if cfg.photometric != "standard":
         extras += f", {cfg.photometric} photometric augmentation"
+    if cfg.ema is not None:
+        extras += f", EMA weights (decay {cfg.ema:g})"
     if cfg.distill:
         extras += (f", distilled from {Path(cfg.distill).name} (weight "
                    f"{cfg.distill_weight:g}, T {cfg.distill_temperature:g}"
@@ -307,6 +310,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
             set_rng_state(ranks[info.rank])
         else:  # another number of processes than the run had: not exact, but ranks differ
             seed_everything(cfg.seed + 1009 * start_epoch + info.rank)
+    ema = ModelEMA(model, cfg.ema) if cfg.ema is not None else None
+    if ema is not None and ckpt is not None and ckpt.get("ema") is not None:
+        ema.load(ckpt["ema"], ckpt["ema_updates"])
 
     net = model
     if info.distributed:
@@ -322,6 +328,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
             "epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "best_miou": best_miou, "rng": rng_state(),
             "rng_ranks": rank_states, "config": asdict(cfg),
+            "ema": ema.state_dict() if ema is not None else None,
+            "ema_updates": ema.updates if ema is not None else 0,
         }
 
     prefetch = prefetch_depth(cfg, info.device)
@@ -380,6 +388,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
+                if ema is not None:
+                    ema.update(model)
                 loss_sum += loss.item()
                 seen += 1
                 bar.update(1)
@@ -406,8 +416,13 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
             improved = False
             score = ""
             if val_data is not None and ((epoch + 1) % cfg.val_every == 0 or is_last):
-                m = evaluate_torch(model, val_data, spec, info.device)
+                # the deployed weights (the EMA where the run keeps one) are scored
+                m = evaluate_torch(ema.module if ema is not None else model, val_data, spec,
+                                   info.device)
                 record.update(val_miou=round(m.miou, 4), val_pixel_acc=round(m.pixel_acc, 4))
+                if ema is not None:  # and the trained weights beside them
+                    record["val_miou_trained"] = round(
+                        evaluate_torch(model, val_data, spec, info.device).miou, 4)
                 metrics = {"val_miou": round(m.miou, 4), "val_pixel_acc": round(m.pixel_acc, 4),
                            "per_class_iou": m.per_class([c.name for c in train_data.classes]),
                            "epoch": epoch + 1}
@@ -415,6 +430,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
                 if improved:
                     best_miou = m.miou
                 score = f"  val mIoU {fmt_miou(m.miou)}  (best {fmt_miou(best_miou)})"
+                if ema is not None:
+                    score += f"  trained weights {fmt_miou(record['val_miou_trained'])}"
             if progress and (score or not bars):  # with --no-progress, every epoch
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}{score}  "
                       f"{record['epoch_s']:.0f}s  {record['img_s']:.1f} img/s", flush=True)

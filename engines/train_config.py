@@ -73,6 +73,7 @@ class TrainConfig:
     encoder_lr_mult: float = 1.0  # LR of model.encoder parameters = lr * this
     limit: int | None = None  # train on the first N images only (a quick trial)
     bf16: str = "auto"  # CPU bf16 autocast: auto (where the CPU has native bf16), on, off
+    ema: float | None = None  # decay of the deployed weights' moving average (engines.ema)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -125,6 +126,8 @@ class TrainConfig:
         if self.val_every < 1:
             raise ValueError(f"val_every must be >= 1 (epochs between validations), got "
                              f"{self.val_every}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {self.ema}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
@@ -297,6 +300,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", choices=BF16_MODES, default="auto",
                    help="CPU bfloat16 autocast: auto = where the CPU runs it natively "
                         "(AVX-512 BF16 / AMX)")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (decay per "
+                   "optimiser step, e.g. 0.999: about the last 1,000 steps) and deploy it: "
+                   "validation, best.pt, export and eval use the average; the log also "
+                   "scores the trained weights (val_miou_trained) (default: off)")
     p.add_argument("--no-progress", dest="progress_bars", action="store_false",
                    help="no progress bars: one line per epoch (for logs written to a file)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
@@ -319,4 +327,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_steps_per_epoch=args.max_steps_per_epoch, stop_after=args.stop_after,
         name=args.name, init_from=args.init_from, qat=args.qat, pretrained=args.pretrained,
         encoder_lr_mult=args.encoder_lr_mult, limit=args.limit, bf16=args.bf16,
+        ema=args.ema,
     )

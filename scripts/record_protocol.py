@@ -52,7 +52,7 @@ def load_run(run_dir: Path) -> dict:
     recipe_keys = ("crop", "scale", "lr", "batch_size", "class_weight", "encoder_lr_mult",
                    "warmup_epochs", "arch_options", "pretrained", "ohem", "mix", "mix_prob",
                    "photometric", "distill", "distill_weight", "distill_temperature",
-                   "distill_balanced", "seed", "bf16")
+                   "distill_balanced", "seed", "bf16", "ema")
     run = {"split": cfg.get("train_split", "train"), "epochs": ckpt["epoch"],
            "optimizer_steps": steps, "final_loss": last[ckpt["epoch"]]["loss"],
            "recipe": {k: cfg.get(k) for k in recipe_keys
