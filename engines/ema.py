@@ -55,6 +55,7 @@ class ModelEMA:
                 avg.copy_(w)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged parameters and buffers (tensors of the averaged module itself)."""
         return self.module.state_dict()
 
     def load(self, state: dict[str, torch.Tensor], updates: int) -> None:

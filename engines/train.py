@@ -110,8 +110,12 @@ def evaluate_torch(model: torch.nn.Module, data: SplitData, spec: ModelSpec,
     """Whole-split validation of a torch model at ``spec.input_size``; logits are
     upsampled (bilinear) to each label's size before argmax."""
     model.eval()
+    # its own generator: a validation draws nothing from the global RNG, so how often a
+    # run validates (or, with --ema, that it scores two sets of weights) leaves the
+    # training's dropout / drop-path draws unchanged
     loader = DataLoader(EvalDataset(data, spec.mean, spec.std, spec.input_size),
-                        batch_size=1 if _mixed_sizes(data) else batch_size)
+                        batch_size=1 if _mixed_sizes(data) else batch_size,
+                        generator=torch.Generator())
     cm = ConfusionMatrix(spec.num_classes, IGNORE)
     for x, y in loader:
         logits = model(x.to(device))  # (N, K, h, w)
@@ -310,7 +314,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, bars: bool = True) -> Path
             set_rng_state(ranks[info.rank])
         else:  # another number of processes than the run had: not exact, but ranks differ
             seed_everything(cfg.seed + 1009 * start_epoch + info.rank)
-    ema = ModelEMA(model, cfg.ema) if cfg.ema is not None else None
+    # rank 0 alone averages: it validates and writes the checkpoints
+    ema = ModelEMA(model, cfg.ema) if cfg.ema is not None and info.is_main else None
     if ema is not None and ckpt is not None and ckpt.get("ema") is not None:
         ema.load(ckpt["ema"], ckpt["ema_updates"])
 

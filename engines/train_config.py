@@ -128,6 +128,9 @@ class TrainConfig:
                              f"{self.val_every}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {self.ema}")
+        if self.ema is not None and self.qat:
+            raise ValueError("--ema with --qat is not supported (the average would not "
+                             "carry the fake-quant activation ranges); drop one of them")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
