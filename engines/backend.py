@@ -28,6 +28,9 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt")
 # How the engine's CPU threads wait between parallel sections (ONNX Runtime; see
 # engines.ort_backend.OrtBackend): "auto" switches by measured load.
 ENGINE_POLICIES = ("auto", "latency", "throughput")
+# test-time augmentation of engines.segmenter.Segmenter: "flip" also runs each frame
+# mirrored left-right and averages the two logit maps (two network runs per frame)
+TTA_MODES = ("none", "flip")
 
 _IMPL = {
     "onnxruntime": ("engines.ort_backend", "OrtBackend"),

@@ -23,8 +23,7 @@ import numpy as np
 from engines.backend import create_backend
 from engines.data.readers import IGNORE, SplitData, open_split
 from engines.metrics import ConfusionMatrix, SegMetrics, fmt_miou
-from engines.postprocess import Postprocessor
-from engines.preprocess import Preprocessor
+from engines.segmenter import Segmenter
 from engines.spec import ModelSpec, sidecar_path
 
 
@@ -44,11 +43,12 @@ class EvalReport:
     class_names: tuple[str, ...]
     metrics: SegMetrics
     ms_per_image: float
+    tta: str = "none"  # test-time augmentation (engines.segmenter.TTA_MODES)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model, "backend": self.backend, "data": self.data,
-            "split": self.split, "num_images": self.num_images,
+            "split": self.split, "num_images": self.num_images, "tta": self.tta,
             "ms_per_image": round(self.ms_per_image, 2),
             **self.metrics.to_json(self.class_names),
             "class_names": list(self.class_names),
@@ -57,8 +57,10 @@ class EvalReport:
 
 def evaluate_split(model: str | Path, data: SplitData, *, backend: str | None = None,
                    threads: int | None = None, split: str = "",
-                   progress: bool = True, **options: object) -> EvalReport:
-    """Run ``model`` over every image of ``data`` and score it."""
+                   progress: bool = True, tta: str = "none",
+                   **options: object) -> EvalReport:
+    """Run ``model`` over every image of ``data`` and score it (``tta``: see
+    :class:`~engines.segmenter.Segmenter`)."""
     be = create_backend(model, backend, threads=threads, **options)
     try:
         spec = be.spec
@@ -66,8 +68,8 @@ def evaluate_split(model: str | Path, data: SplitData, *, backend: str | None = 
             raise EvalError(f"model {model} has {spec.num_classes} classes but the dataset "
                             f"{data.source} has {data.num_classes}; evaluate on the data the "
                             "model was trained for")
-        pre = Preprocessor(spec, dtype=be.input_dtype)
-        post = Postprocessor(spec)
+        seg = Segmenter(be, tta=tta)
+        pre, post = seg.pre, seg.post
         cm = ConfusionMatrix(spec.num_classes, IGNORE)
         it: Any = zip(data.images, data.labels, strict=True)
         if progress:
@@ -78,14 +80,14 @@ def evaluate_split(model: str | Path, data: SplitData, *, backend: str | None = 
         for rgb, lbl in it:
             t0 = time.perf_counter()
             x = pre(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # (1, 3, h, w)
-            out = be.infer(x)[0]  # (K, h', w') logits or (h, w) labels
+            out = seg.infer(x)[0]  # (K, h', w') logits or (h, w) labels
             pred = post(out, lbl.shape)  # (H, W) uint8
             t_infer += time.perf_counter() - t0
             cm.update(pred, lbl)
         return EvalReport(
             model=str(model), backend=be.name, data=data.source, split=split,
             num_images=len(data), class_names=tuple(spec.class_names), metrics=cm.result(),
-            ms_per_image=1000.0 * t_infer / max(1, len(data)),
+            ms_per_image=1000.0 * t_infer / max(1, len(data)), tta=tta,
         )
     finally:
         be.close()
@@ -93,13 +95,13 @@ def evaluate_split(model: str | Path, data: SplitData, *, backend: str | None = 
 
 def evaluate(model: str | Path, data_root: str | Path, split: str = "val", *,
              fmt: str = "auto", backend: str | None = None, threads: int | None = None,
-             limit: int | None = None, progress: bool = True,
+             limit: int | None = None, progress: bool = True, tta: str = "none",
              **options: object) -> EvalReport:
     """Load ``split`` of the dataset at ``data_root`` (first ``limit`` images) and score
     ``model`` on it. See :func:`evaluate_split`."""
     data = open_split(data_root, split, fmt, progress=progress, limit=limit)
     return evaluate_split(model, data, backend=backend, threads=threads, split=split,
-                          progress=progress, **options)
+                          progress=progress, tta=tta, **options)
 
 
 def save_confusion_png(metrics: SegMetrics, names: tuple[str, ...] | list[str],

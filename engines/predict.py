@@ -55,6 +55,7 @@ def predict_folder(model: str | Path, input_dir: str | Path, out_dir: str | Path
     over the image. Unreadable images raise :class:`PredictError` naming the file; a
     failed run leaves the output folders as they were (files are staged beside them and
     moved in at the end). An output folder that is the input folder is refused.
+    ``options`` go to :meth:`Segmenter.from_path` (e.g. ``tta="flip"``).
     """
     images = list_images(input_dir)
     out_dir = Path(out_dir)

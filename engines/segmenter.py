@@ -18,12 +18,30 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.backend import Backend, backend_for_path, create_backend, max_batch_of
+from engines.backend import (
+    TTA_MODES,
+    Backend,
+    BackendError,
+    backend_for_path,
+    create_backend,
+    max_batch_of,
+)
 from engines.postprocess import Postprocessor
 from engines.preprocess import Letterbox, Preprocessor
 from engines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+
+def check_tta(tta: str, spec: ModelSpec) -> None:
+    """Raise unless ``tta`` is a known mode that ``spec``'s output can take."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; valid: "
+                         f"{', '.join(TTA_MODES)}")
+    if tta != "none" and spec.output != "logits":
+        raise BackendError(f"--tta {tta} averages logits, but model {spec.name!r} outputs "
+                           "labels (argmax inside the graph); export it with logits output, "
+                           "or drop --tta")
 
 
 @dataclass(frozen=True)
@@ -43,16 +61,19 @@ class Segmenter:
     same time (the stream pipeline's post worker).
     """
 
-    def __init__(self, backend: Backend, *, letterbox: bool = False) -> None:
+    def __init__(self, backend: Backend, *, letterbox: bool = False,
+                 tta: str = "none") -> None:
+        check_tta(tta, backend.spec)
         self.backend = backend
         self.spec: ModelSpec = backend.spec
+        self.tta = tta
         self.pre = Preprocessor(self.spec, letterbox=letterbox, dtype=backend.input_dtype)
         self.post = Postprocessor(self.spec)
 
     @classmethod
     def from_path(cls, model: str | Path, backend: str | None = None, *,
                   threads: int | None = None, letterbox: bool = False, batch: int = 1,
-                  policy: str | None = None,
+                  policy: str | None = None, tta: str = "none",
                   **options: object) -> Segmenter | GpuFusedSegmenter:
         """Load a model.
 
@@ -65,22 +86,31 @@ class Segmenter:
             policy: ONNX Runtime's engine thread policy (``auto``, ``latency``,
                 ``throughput``, or None: one plain session; see
                 :class:`engines.ort_backend.OrtBackend`).
+            tta: test-time augmentation, one of :data:`TTA_MODES` (``flip``: two network
+                runs per frame, see :meth:`infer`).
 
-        TensorRT engines with logits output, no letterbox and one frame per call (batch
-        1, or a batch-profile engine asked for 1) get the fused CUDA pre/post-processing
-        path (:class:`GpuFusedSegmenter`); TensorRT engines that take several frames per
-        call run pre/post-processing on the CPU around the engine.
+        TensorRT engines with logits output, no letterbox, no ``tta`` and one frame per
+        call (batch 1, or a batch-profile engine asked for 1) get the fused CUDA
+        pre/post-processing path (:class:`GpuFusedSegmenter`); other TensorRT engines
+        run pre/post-processing on the CPU around the engine.
         """
         name = backend or backend_for_path(model)
         if name == "onnxruntime":
             options = {"batch": batch, "policy": policy, **options}
         elif name == "tensorrt":
             options = {"batch": batch, **options}
+        if tta not in TTA_MODES:  # before a model is loaded
+            raise ValueError(f"unknown test-time augmentation {tta!r}; valid: "
+                             f"{', '.join(TTA_MODES)}")
         be = create_backend(model, backend, threads=threads, **options)
         if (be.name == "tensorrt" and be.spec.output == "logits" and not letterbox
-                and max_batch_of(be) == 1):
+                and tta == "none" and max_batch_of(be) == 1):
             return GpuFusedSegmenter(be)
-        return cls(be, letterbox=letterbox)
+        try:
+            return cls(be, letterbox=letterbox, tta=tta)
+        except BackendError:
+            be.close()
+            raise
 
     @property
     def max_batch(self) -> int:
@@ -96,8 +126,18 @@ class Segmenter:
         return x, (self.pre.last_box if self.pre.letterbox else None)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, h, w) -> (N, K, h', w') logits or (N, H, W) labels (N <= max_batch)."""
-        return self.backend.infer(batch)
+        """(N, 3, h, w) -> (N, K, h', w') logits or (N, H, W) labels (N <= max_batch).
+
+        With ``tta="flip"``: the mean of the logits of ``batch`` and of ``batch`` mirrored
+        left-right (mirrored back), float32; two backend calls."""
+        if self.tta == "none":
+            return self.backend.infer(batch)
+        # a copy: a backend may hand out its own output buffer, which the next call reuses
+        out = np.array(self.backend.infer(batch), dtype=np.float32)  # (N, K, h', w')
+        mirrored = self.backend.infer(np.ascontiguousarray(batch[..., ::-1]))
+        out += mirrored[..., ::-1]
+        out *= 0.5
+        return out
 
     def finish(self, output: np.ndarray, out_hw: tuple[int, int],
                box: Letterbox | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engines.backend import ENGINE_POLICIES
+from engines.backend import ENGINE_POLICIES, TTA_MODES
 
 LAUNCH_VERSION = 1
 ENCODINGS = ("raw", "zstd", "rle")
@@ -225,6 +225,7 @@ class PipelineConfig:
     batch_wait_ms: float = 0.0  # how long a call's first frame may wait for other cameras
     overlap: str = "auto"  # post, encode and publish on their own thread: auto, on, off
     engine_policy: str = "auto"  # ONNX Runtime threads: auto, latency (spin), throughput
+    tta: str = "none"  # test-time augmentation: flip = two network runs a frame, averaged
     publish: PublishConfig = field(default_factory=PublishConfig)
     stats_interval: float = 1.0  # seconds between status lines; 0 disables
     metrics_port: int | None = None  # Prometheus metrics on this port
@@ -255,6 +256,8 @@ class PipelineConfig:
             found.append(("threads", f"must be 1..{MAX_THREADS}, got {self.threads}"))
         found += engine_problems(self.batch, self.batch_wait_ms, self.overlap,
                                  self.engine_policy)
+        if self.tta not in TTA_MODES:
+            found.append(("tta", f"must be one of {', '.join(TTA_MODES)}, got {self.tta!r}"))
         if not _finite(self.stats_interval) or self.stats_interval < 0:
             found.append(("stats_interval", f"must be seconds >= 0 (0: no status lines), got "
                                             f"{self.stats_interval}"))

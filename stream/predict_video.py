@@ -328,7 +328,8 @@ def predict_video(model: str | Path, source: str, out_dir: str | Path, *,
                   visualize: str = "overlay", alpha: float = 0.5, backend: str | None = None,
                   threads: int | None = None, max_frames: int = 0, fps: float = 0.0,
                   capture_backend: str = "auto", progress: bool = True,
-                  on_frame: Callable[[int], None] | None = None) -> VideoPredictResult:
+                  on_frame: Callable[[int], None] | None = None,
+                  tta: str = "none") -> VideoPredictResult:
     """Segment every frame of ``source`` (a video path or source URI) into ``out_dir``.
 
     Args:
@@ -341,6 +342,8 @@ def predict_video(model: str | Path, source: str, out_dir: str | Path, *,
         fps: frame rate written into the video; 0: the file's own, else the source's
             requested rate, else 30.
         capture_backend: "auto" (:func:`pick_capture`), "gstreamer" or "opencv".
+        tta: test-time augmentation (:data:`engines.backend.TTA_MODES`; ``flip``: two
+            network runs per frame).
 
     Raises:
         PredictError: missing input, a source that cannot be opened or decoded, an output
@@ -355,7 +358,7 @@ def predict_video(model: str | Path, source: str, out_dir: str | Path, *,
     capture_backend = pick_capture(spec, info, capture_backend)
     video_fps = fps or file_fps or float(spec.fps) or 30.0
     total = min(count, max_frames) if count and max_frames else (count or max_frames or None)
-    seg = Segmenter.from_path(model, backend, threads=threads)
+    seg = Segmenter.from_path(model, backend, threads=threads, tta=tta)
     outputs = None
     try:
         names = list(seg.spec.class_names)

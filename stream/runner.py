@@ -117,7 +117,7 @@ def run_pipeline(cfg: PipelineConfig, *, stop: threading.Event | None = None,
     with ExitStack() as stack:
         segmenter = Segmenter.from_path(model, cfg.backend, threads=cfg.threads,
                                         letterbox=cfg.letterbox, batch=cfg.batch,
-                                        policy=cfg.engine_policy)
+                                        policy=cfg.engine_policy, tta=cfg.tta)
         stack.callback(segmenter.close)
         specs = [parse_source(s.uri, s.id) for s in cfg.sources]
         publisher = Publisher.from_config(cfg.publish, segmenter.spec)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from engines.backend import TTA_MODES
 from stream.commands._common import output_problem, positive
 
 EPILOG = """examples:
@@ -46,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="CPU threads for the backend")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="only the first N images (the only ones read from disk)")
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: flip also runs each image mirrored and "
+                   "averages the two logit maps (twice the network time; the report says "
+                   "so; not with --record) (default none)")
     p.add_argument("--out", default=None, help="report JSON path (PNG written beside it)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (for logs written to a file)")
@@ -69,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
               "score the whole split (drop --limit), or write a report with --out",
               file=sys.stderr)
         return 2
+    if args.record and args.tta != "none":
+        print(f"segstream eval: error: --record files the model's own figures in its sidecar; "
+              f"a --tta {args.tta} score is not one of them: drop --tta, or write a report "
+              "with --out", file=sys.stderr)
+        return 2
     if args.record and args.model and Path(args.model).suffix.lower() in (".pt", ".pth"):
         print("segstream eval: error: --record needs a model with a JSON sidecar "
               "(.onnx/.engine), not a checkpoint; export it first", file=sys.stderr)
@@ -79,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"segstream eval: error: {why}", file=sys.stderr)
             return 2
         report = evaluate(model, args.data, args.split, fmt=args.fmt, backend=args.backend,
-                          threads=args.threads, limit=args.limit, progress=args.progress)
+                          threads=args.threads, limit=args.limit, progress=args.progress,
+                          tta=args.tta)
     except (BackendError, DatasetError, EvalError, ModelSpecError, NoModelError) as e:
         print(f"segstream eval: error: {e}", file=sys.stderr)
         return 2

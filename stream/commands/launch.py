@@ -88,7 +88,8 @@ def check_summary(cfg: PipelineConfig) -> list[str]:
                 if pub.publish_frames else "")]
     engine = [f"{k} {v}" for k, v, default in (
         ("threads", cfg.threads, None), ("batch", cfg.batch, 1),
-        ("overlap", cfg.overlap, "auto"), ("engine policy", cfg.engine_policy, "auto"))
+        ("overlap", cfg.overlap, "auto"), ("engine policy", cfg.engine_policy, "auto"),
+        ("tta", cfg.tta, "none"))
         if v != default]
     if engine:
         lines.append("engine: " + ", ".join(engine))

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from engines.backend import TTA_MODES
 from stream.commands._common import positive
 
 DESCRIPTION = """Run a model over a folder of images, a video file or any source URI that
@@ -32,6 +33,7 @@ EPILOG = r"""examples:
   segstream predict frames/ --model runs/shipped/best.pt --out out/labels
   segstream predict drive.mp4 --out out/drive
   segstream predict drive.mp4 --out out/drive --visualize side-by-side --alpha 0.6
+  segstream predict drive.mp4 --out out/drive --model camvid_litefpn.onnx --tta flip
   segstream predict 'test://ball?width=480&height=360&frames=300' --out out/test
   segstream predict 'rtsp://cam.local/stream?transport=tcp' --out out/cam \
       --frames 900 --visualize mask
@@ -63,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default=None)
     p.add_argument("--threads", type=positive(int), default=None,
                    help="CPU threads for the backend")
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: flip also runs each frame mirrored "
+                   "left-right and averages the two logit maps: steadier masks for twice "
+                   "the network time (default none)")
     p.set_defaults(func=run)
 
 
@@ -108,7 +114,8 @@ def _predict_folder(args: argparse.Namespace, model: Path) -> int:
     from engines.predict import predict_folder
 
     res = predict_folder(model, args.input, args.out, overlay_dir=args.overlay_dir,
-                         backend=args.backend, threads=args.threads, alpha=args.alpha)
+                         backend=args.backend, threads=args.threads, alpha=args.alpha,
+                         tta=args.tta)
     extra = f" and {len(res.overlays)} overlays to {args.overlay_dir}" if res.overlays else ""
     print(f"wrote {len(res.labels)} label maps to {args.out}{extra} "
           f"({res.ms_per_image:.1f} ms/image)")
@@ -123,6 +130,7 @@ def _predict_video(args: argparse.Namespace, model: Path) -> int:
     try:
         res = predict_video(model, args.input, args.out, visualize=args.visualize or "overlay",
                             alpha=args.alpha, backend=args.backend, threads=args.threads,
+                            tta=args.tta,
                             max_frames=args.frames, fps=args.fps,
                             capture_backend=args.capture)
     except (SourceError, GstUnavailableError) as e:

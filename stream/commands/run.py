@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from engines.backend import ENGINE_POLICIES
+from engines.backend import ENGINE_POLICIES, TTA_MODES
 from stream.commands._common import report_errors, setup_logging
 from stream.config import (
     ENCODINGS,
@@ -127,6 +127,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    default=PipelineConfig.engine_policy,
                    help="ONNX Runtime threads: latency (spin during runs), throughput (sleep), "
                         f"auto (by measured engine load; default {PipelineConfig.engine_policy})")
+    p.add_argument("--tta", choices=TTA_MODES, default=PipelineConfig.tta,
+                   help="test-time augmentation: flip also runs each frame mirrored and "
+                        "averages the two logit maps (twice the network time a frame; "
+                        f"default {PipelineConfig.tta})")
 
 
 @report_errors
@@ -150,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = PipelineConfig(  # ConfigError (every problem) -> report_errors: exit 2
         sources=sources, model=args.model, backend=args.backend, threads=args.threads,
         letterbox=args.letterbox, batch=args.batch, batch_wait_ms=args.batch_wait_ms,
-        overlap=args.overlap, engine_policy=args.engine_policy,
+        overlap=args.overlap, engine_policy=args.engine_policy, tta=args.tta,
         publish=PublishConfig(endpoints=tuple(args.publish or ("tcp://*:5555",)),
                               encoding=args.encoding, sndhwm=args.sndhwm,
                               curve_keys=args.curve_keys, publish_frames=args.publish_frames,

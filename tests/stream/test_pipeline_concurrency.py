@@ -448,19 +448,19 @@ def test_governor_spins_for_a_slow_camera_and_goes_parallel_when_cpu_bound():
 def test_launch_keys_and_run_flags(tmp_path, capsys):
     doc = tmp_path / "l.yaml"
     doc.write_text("version: 1\nsources: [{uri: 'test://smpte'}]\nbatch: 4\n"
-                   "batch_wait_ms: 5\noverlap: 'off'\nengine_policy: latency\n")
+                   "batch_wait_ms: 5\noverlap: 'off'\nengine_policy: latency\ntta: flip\n")
     cfg = load_launch(doc)
-    assert (cfg.batch, cfg.batch_wait_ms, cfg.overlap, cfg.engine_policy) == (
-        4, 5.0, "off", "latency")
+    assert (cfg.batch, cfg.batch_wait_ms, cfg.overlap, cfg.engine_policy, cfg.tta) == (
+        4, 5.0, "off", "latency", "flip")
     doc.write_text("version: 1\nsources: [{uri: 'test://smpte'}]\noverlap: off\n")
     with pytest.raises(ConfigError, match=r"overlap: expected str, got False .*quote"):
         load_launch(doc)
     doc.write_text("version: 1\nsources: [{uri: 'test://smpte'}]\nbatch: 0\n"
-                   "batch_wait_ms: -1\noverlap: maybe\nengine_policy: fast\n")
+                   "batch_wait_ms: -1\noverlap: maybe\nengine_policy: fast\ntta: mirror\n")
     with pytest.raises(ConfigError) as e:
         load_launch(doc)
     keys = sorted(err.split(":")[0] for err in e.value.errors)
-    assert keys == ["batch", "batch_wait_ms", "engine_policy", "overlap"]
+    assert keys == ["batch", "batch_wait_ms", "engine_policy", "overlap", "tta"]
     assert cli_main(["run", "--source", "test://smpte", "--batch", "65"]) == 2
     assert "batch: must be 1..64" in capsys.readouterr().err
 

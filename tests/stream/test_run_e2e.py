@@ -58,18 +58,19 @@ def _collect(endpoint: str, n: int, cameras=None, timeout: float = 20.0) -> list
     return got
 
 
-def test_videotestsrc_to_subscriber_is_bit_exact(tiny_model):
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_videotestsrc_to_subscriber_is_bit_exact(tiny_model, tta):
     # The "colors" test pattern is the same image in every frame, so every published map
     # must equal the engine's map of one frame captured here the same way.
     with open_capture(parse_source(TEST_SRC, "ref")) as cap:
         frame = cap.latest(10.0)
     assert frame is not None
-    expected = Segmenter.from_path(tiny_model, threads=1)(frame.image)
+    expected = Segmenter.from_path(tiny_model, threads=1, tta=tta)(frame.image)
 
     endpoint = _ipc()
     cfg = PipelineConfig(sources=(SourceConfig(TEST_SRC, "front"),), model=str(tiny_model),
                          threads=1, publish=PublishConfig((endpoint,), encoding="rle"),
-                         stats_interval=0)
+                         stats_interval=0, tta=tta)
     stop, thread, box = _start(cfg)
     try:
         msgs = _collect(endpoint, 8)
