@@ -94,7 +94,7 @@ class BenchCase:
         return (f"{self.model.stem}/{self.backend}/{precision_of(self.model)}/"
                 f"{self.resolution[0]}x{self.resolution[1]} overlap={st.overlap} "
                 f"policy={st.engine_policy} batch={st.batch}/{st.batch_wait_ms:g}ms "
-                f"cameras={st.cameras}")
+                f"cameras={st.cameras}" + (f" tta={st.tta}" if st.tta != "none" else ""))
 
 
 def precision_of(model: Path) -> str:
@@ -152,13 +152,14 @@ def schedule(groups: Sequence[Sequence[int]], repeat: int,
 def expand(models: Sequence[Path], backends: Sequence[str], resolutions: Sequence[tuple[int, int]],
            *, overlaps: Sequence[str] = ("auto",), policies: Sequence[str] = ("auto",),
            batches: Sequence[int] = (1,), waits: Sequence[float] = (0.0,),
-           cameras: Sequence[int] = (1,)) -> list[BenchCase]:
+           cameras: Sequence[int] = (1,), ttas: Sequence[str] = ("none",)) -> list[BenchCase]:
     """Every combination (model x resolution x backend x settings), in that order, without
     duplicates; a batch of 1 never waits (``batch_wait_ms`` only applies to batches)."""
     out: dict[BenchCase, None] = {}
     for model, res, backend in itertools.product(models, resolutions, backends):
-        for ov, pol, b, w, n in itertools.product(overlaps, policies, batches, waits, cameras):
-            st = PipelineSettings(ov, pol, b, w if b > 1 else 0.0, n)
+        for ov, pol, b, w, n, t in itertools.product(overlaps, policies, batches, waits,
+                                                     cameras, ttas):
+            st = PipelineSettings(ov, pol, b, w if b > 1 else 0.0, n, t)
             out[BenchCase(model, backend, res, st)] = None
     return list(out)
 
@@ -169,6 +170,8 @@ def compare_skip_reason(case: BenchCase) -> str:
         return "the hand-written loop runs ONNX Runtime on .onnx models only"
     if case.settings.cameras > 1:
         return "the hand-written loop and the clip serve one camera"
+    if case.settings.tta != "none":
+        return "the hand-written loop runs the network once a frame (no --tta)"
     return ""
 
 

@@ -196,20 +196,21 @@ def _subscribe(endpoint: str, stop: threading.Event, box: dict[str, Any]) -> Non
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """The pipeline's concurrency settings a bench case varies (``segstream run``'s
-    ``--overlap``, ``--engine-policy``, ``--batch``, ``--batch-wait-ms``) and how many
-    live test cameras feed it."""
+    """The pipeline's settings a bench case varies (``segstream run``'s ``--overlap``,
+    ``--engine-policy``, ``--batch``, ``--batch-wait-ms``, ``--tta``) and how many live
+    test cameras feed it."""
 
     overlap: str = PipelineConfig.overlap
     engine_policy: str = PipelineConfig.engine_policy
     batch: int = PipelineConfig.batch
     batch_wait_ms: float = PipelineConfig.batch_wait_ms
     cameras: int = 1
+    tta: str = PipelineConfig.tta
 
     def config(self) -> dict[str, Any]:
         """The :class:`~stream.config.PipelineConfig` keys (all but ``cameras``)."""
         return {"overlap": self.overlap, "engine_policy": self.engine_policy,
-                "batch": self.batch, "batch_wait_ms": self.batch_wait_ms}
+                "batch": self.batch, "batch_wait_ms": self.batch_wait_ms, "tta": self.tta}
 
 
 def run_pipeline_measured(cfg: PipelineConfig, *, warmup_s: float,

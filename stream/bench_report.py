@@ -34,7 +34,7 @@ BENCH_FORMAT = 3  # the report's "segstream_bench" version
 READABLE_FORMATS = (2, 3)
 LOAD_KEYS = ("others_cpu_percent", "steal_percent")
 BUSY_OTHERS, BUSY_STEAL = 50.0, 10.0  # % of one core: above this a run was disturbed
-SETTINGS = ("overlap", "engine_policy", "batch", "batch_wait_ms", "cameras")
+SETTINGS = ("overlap", "engine_policy", "batch", "batch_wait_ms", "cameras", "tta")
 
 
 def upgrade(report: Any, where: str = "report") -> dict[str, Any]:
@@ -56,7 +56,8 @@ def upgrade(report: Any, where: str = "report") -> dict[str, Any]:
     for entry in report["results"]:
         cfg = next((r["pipeline"].get("config", {}) for r in entry["runs"] if "pipeline" in r),
                    {})
-        results.append({**{k: cfg.get(k) for k in SETTINGS[:-1]}, "cameras": 1, **entry})
+        results.append({**{k: cfg.get(k) for k in SETTINGS if k != "cameras"}, "cameras": 1,
+                        **entry})
     return {**report, "segstream_bench": BENCH_FORMAT, "upgraded_from": fmt,
             "results": results}
 
@@ -251,6 +252,8 @@ def _tokens(entry: dict[str, Any], keys: Iterable[str]) -> str:
         out.append(f"b{entry.get('batch')}" + (f"/{wait:g}ms" if wait else ""))
     if "cameras" in keys:
         out.append(f"{entry.get('cameras')}cam")
+    if "tta" in keys:
+        out.append(f"tta-{entry.get('tta')}")
     return " ".join(out)
 
 
@@ -263,12 +266,13 @@ def common_settings(results: list[dict[str, Any]]) -> str:
             "engine_policy": f"engine policy {e.get('engine_policy')}",
             "batch": f"batch {e.get('batch')}", "batch_wait_ms":
             f"batch wait {e.get('batch_wait_ms'):g} ms" if e.get("batch_wait_ms") else "",
-            "cameras": f"{e.get('cameras')} camera{'s' if e.get('cameras') != 1 else ''}"}
+            "cameras": f"{e.get('cameras')} camera{'s' if e.get('cameras') != 1 else ''}",
+            "tta": f"tta {e.get('tta')}" if e.get("tta") not in (None, "none") else ""}
     same = [said[k] for k in SETTINGS if k not in vary and e.get(k) is not None and said[k]]
     text = f"Pipeline settings in every row: {', '.join(same)}." if same else ""
     if vary:
         text += (" Labels: ov = --overlap, ep = --engine-policy, b = --batch[/--batch-wait-ms],"
-                 " cam = --cameras.")
+                 " cam = --cameras, tta = --tta.")
     return text.strip()
 
 

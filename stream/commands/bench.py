@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engines.backend import BACKENDS, ENGINE_POLICIES
+from engines.backend import BACKENDS, ENGINE_POLICIES, TTA_MODES
 from stream.commands._common import output_problem, positive, report_errors
 from stream.config import ENCODINGS, MAX_BATCH, OVERLAP_MODES, PipelineConfig, PublishConfig
 
@@ -111,6 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cameras", action="append", metavar="N",
                    type=positive(int, "a whole number of cameras", most=MAX_CAMERAS),
                    help="live test cameras in one pipeline (default 1)")
+    g.add_argument("--tta", action="append", choices=TTA_MODES,
+                   help="test-time augmentation (flip: two network runs a frame; default "
+                        f"{PipelineConfig.tta})")
     p.add_argument("--json", type=Path, help="write the full report (every run) as JSON")
     p.add_argument("--plot", type=Path, help="write FPS/latency plot as PNG")
     p.add_argument("--markdown", type=Path, help="write the table as Markdown")
@@ -149,7 +152,7 @@ def _measure(args: argparse.Namespace) -> dict:
         policies=args.engine_policy or [PipelineConfig.engine_policy],
         batches=args.batch or [PipelineConfig.batch],
         waits=args.batch_wait_ms or [PipelineConfig.batch_wait_ms],
-        cameras=args.cameras or [1])]
+        cameras=args.cameras or [1], ttas=args.tta or [PipelineConfig.tta])]
     opts = BenchOptions(warmup_s=max(0.0, args.warmup), duration_s=args.duration,
                         repeat=args.repeat, threads=args.threads, encoding=args.encoding,
                         source_fps=args.source_fps or 0, compare_frames=args.compare_frames)

@@ -21,6 +21,7 @@ from stream.bench import (
     BenchOptions,
     calibrate,
     camera_rate,
+    compare_skip_reason,
     expand,
     groups_of,
     precision_of,
@@ -180,6 +181,27 @@ def test_settings_and_cameras_per_row_in_one_interleaved_run(tiny_model, tmp_pat
                    "bench sub %"):
         assert header in text, header
     assert " 2x30" in text  # two cameras at 30 fps each
+
+
+def test_tta_is_a_pipeline_setting_of_its_own_row(tiny_model, tmp_path):
+    """--tta flip and none side by side: each row's pipeline ran with its setting; the
+    hand-written loop (one network call a frame) is not compared with the flip row."""
+    require_gst()
+    opts = BenchOptions(warmup_s=0.3, duration_s=1.0, engine_iters=20, repeat=1, source_fps=30,
+                        threads=1)
+    cases = expand([tiny_model], ["onnxruntime"], [(120, 160)], ttas=["none", "flip"])
+    assert [compare_skip_reason(c) for c in cases] == [
+        "", "the hand-written loop runs the network once a frame (no --tta)"]
+    report = run_bench(cases, opts, workdir=tmp_path)
+    res = report["results"]
+    assert [r["tta"] for r in res] == ["none", "flip"]
+    for r in res:
+        p = r["runs"][0]["pipeline"]
+        assert p["error"] is None and p["published"] > 0 and p["config"]["tta"] == r["tta"]
+    text = table(report)
+    for label in ("tiny ort fp32 120x160 tta-none", "tiny ort fp32 120x160 tta-flip"):
+        assert label in text, text
+    assert "tta = --tta" in text
 
 
 def _frame(shape: tuple[int, int], seed: int = 1) -> np.ndarray:
