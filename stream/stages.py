@@ -132,8 +132,11 @@ class StagedEngine:
         self.segmenter = segmenter
         self.backend = segmenter.backend
         self.max_batch = segmenter.max_batch
-        # submit() starts the engine call and returns, collect() waits for it
-        self._async = callable(getattr(self.backend, "submit", None)) and callable(
+        # submit() starts the engine call and returns, collect() waits for it; with
+        # test-time augmentation a frame takes two backend calls, which Segmenter.infer
+        # makes and averages, so calls are not left in flight then
+        self._async = segmenter.tta == "none" and callable(
+            getattr(self.backend, "submit", None)) and callable(
             getattr(self.backend, "collect", None))
         self._calls: deque[tuple[list[Frame], list[tuple[np.ndarray, Letterbox | None, int]],
                                  int, int, np.ndarray | None, int]] = deque()
