@@ -380,6 +380,7 @@ def test_flip_tta_runs_through_a_two_call_engine(tiny_model):
     for frame, labels in sink.sent:
         assert labels.tobytes() == flip(frame.image).tobytes()
     assert any(labels.tobytes() != plain(frame.image).tobytes() for frame, labels in sink.sent)
+    assert seg.backend.last_call_ns > 0  # its two runs went side by side (submit / collect)
 
 
 def test_a_call_collected_late_reports_its_run_time_not_the_wait(tiny_model):
