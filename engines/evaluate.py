@@ -43,7 +43,7 @@ class EvalReport:
     class_names: tuple[str, ...]
     metrics: SegMetrics
     ms_per_image: float
-    tta: str = "none"  # test-time augmentation (engines.segmenter.TTA_MODES)
+    tta: str = "none"  # test-time augmentation (engines.backend.TTA_MODES)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -33,15 +33,21 @@ from engines.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 
-def check_tta(tta: str, spec: ModelSpec) -> None:
-    """Raise unless ``tta`` is a known mode that ``spec``'s output can take."""
+def check_tta_mode(tta: str) -> None:
+    """Raise ValueError unless ``tta`` is one of :data:`~engines.backend.TTA_MODES`."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown test-time augmentation {tta!r}; valid: "
                          f"{', '.join(TTA_MODES)}")
+
+
+def check_tta(tta: str, spec: ModelSpec) -> None:
+    """Raise unless ``tta`` is a known mode that ``spec``'s output can take (BackendError
+    for a model with labels output)."""
+    check_tta_mode(tta)
     if tta != "none" and spec.output != "logits":
-        raise BackendError(f"--tta {tta} averages logits, but model {spec.name!r} outputs "
-                           "labels (argmax inside the graph); export it with logits output, "
-                           "or drop --tta")
+        raise BackendError(f"test-time augmentation {tta!r} averages logits, but model "
+                           f"{spec.name!r} outputs labels (argmax inside the graph); export "
+                           "it with logits output, or leave tta at none")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,9 @@ class Segmenter:
         self.backend = backend
         self.spec: ModelSpec = backend.spec
         self.tta = tta
+        # with tta: engine time the last infer() took on all the backend's sessions together
+        # (the load an EngineGovernor weighs; the wall time is less when the runs overlap)
+        self.last_busy_ns = 0
         self.pre = Preprocessor(self.spec, letterbox=letterbox, dtype=backend.input_dtype)
         self.post = Postprocessor(self.spec)
 
@@ -99,9 +108,7 @@ class Segmenter:
             options = {"batch": batch, "policy": policy, **options}
         elif name == "tensorrt":
             options = {"batch": batch, **options}
-        if tta not in TTA_MODES:  # before a model is loaded
-            raise ValueError(f"unknown test-time augmentation {tta!r}; valid: "
-                             f"{', '.join(TTA_MODES)}")
+        check_tta_mode(tta)  # before a model is loaded
         be = create_backend(model, backend, threads=threads, **options)
         if (be.name == "tensorrt" and be.spec.output == "logits" and not letterbox
                 and tta == "none" and max_batch_of(be) == 1):
@@ -129,25 +136,50 @@ class Segmenter:
         """(N, 3, h, w) -> (N, K, h', w') logits or (N, H, W) labels (N <= max_batch).
 
         With ``tta="flip"``: the mean of the logits of ``batch`` and of ``batch`` mirrored
-        left-right (mirrored back), float32; two backend calls, side by side where the
-        backend runs two at once."""
+        left-right (mirrored back), float32; two backend calls, submitted together where the
+        backend takes two at once (see :meth:`_pair_in_flight`)."""
         if self.tta == "none":
             return self.backend.infer(batch)
         flipped = np.ascontiguousarray(batch[..., ::-1])
         be = self.backend
-        # out is a float32 copy: a backend may hand out its own output buffer, which its
-        # next call reuses
         if int(getattr(be, "in_flight", 1)) >= 2 and callable(getattr(be, "submit", None)):
-            be.submit(batch)  # two calls side by side (ONNX Runtime's throughput mode,
-            be.submit(flipped)  # TensorRT's two slots); collected in order
-            out = np.array(be.collect(), dtype=np.float32)  # type: ignore[attr-defined]
-            mirrored = be.collect()  # type: ignore[attr-defined]
+            first, mirrored, busy = self._pair_in_flight(be, batch, flipped)
         else:
-            out = np.array(be.infer(batch), dtype=np.float32)  # (N, K, h', w')
-            mirrored = be.infer(flipped)
-        out += mirrored[..., ::-1]
+            t0 = time.perf_counter_ns()
+            first, mirrored = be.infer(batch), be.infer(flipped)
+            busy = time.perf_counter_ns() - t0
+        self.last_busy_ns = busy
+        # a new float32 array: never written into an array the backend handed out
+        out = np.add(first, mirrored[..., ::-1], dtype=np.float32)  # (N, K, h', w')
         out *= 0.5
         return out
+
+    @staticmethod
+    def _pair_in_flight(be: Backend, a: np.ndarray, b: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, int]:
+        """``a`` and ``b`` submitted together (ONNX Runtime's throughput mode runs them on
+        two sessions at once; TensorRT queues them on its stream, its copies overlapping),
+        collected in order; (out a, out b, summed run time). On failure no call is left
+        pending (a later submit would be refused, a later collect stale)."""
+        submitted = 0
+        try:
+            be.submit(a)  # type: ignore[attr-defined]
+            submitted += 1
+            be.submit(b)  # type: ignore[attr-defined]
+            submitted += 1
+            out_a = be.collect()  # type: ignore[attr-defined]
+            submitted -= 1
+            busy = int(getattr(be, "last_call_ns", 0))
+            out_b = be.collect()  # type: ignore[attr-defined]
+            submitted -= 1
+            return out_a, out_b, busy + int(getattr(be, "last_call_ns", 0))
+        except BaseException:
+            for _ in range(submitted):  # drain what is still pending
+                try:
+                    be.collect()  # type: ignore[attr-defined]
+                except Exception:  # the first error is the one raised
+                    log.debug("discarding a failed pending call", exc_info=True)
+            raise
 
     def finish(self, output: np.ndarray, out_hw: tuple[int, int],
                box: Letterbox | None = None) -> np.ndarray:

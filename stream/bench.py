@@ -1,7 +1,8 @@
 """``segstream bench``: bare-engine and end-to-end FPS with per-stage latency, repeated.
 
 For each configuration (model x backend x camera resolution x the pipeline's settings:
-overlap, engine policy, batch and batch wait, number of cameras; :class:`BenchCase`)
+overlap, engine policy, batch and batch wait, number of cameras, test-time augmentation;
+:class:`BenchCase`)
 every figure is measured ``repeat`` times (default 3) and reported as the median and the
 range (min-max):
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engines.segmenter import check_tta
 from engines.spec import ModelSpec, sidecar_path
 from stream.bench_measure import (
     MachineLoad,
@@ -75,7 +77,7 @@ class BenchOptions:
 @dataclass(frozen=True)
 class BenchCase:
     """One configuration: model file, backend, camera resolution (H, W) and the
-    pipeline's concurrency settings (overlap, engine policy, batch, cameras)."""
+    pipeline's settings (overlap, engine policy, batch, cameras, tta)."""
 
     model: Path
     backend: str
@@ -237,6 +239,8 @@ def run_bench(cases: list[BenchCase], opts: BenchOptions, *, compare: bool = Fal
     from stream.machine import machine_info
 
     workdir = workdir or Path("/tmp")
+    for case in cases:  # before anything runs: a setting the model cannot take
+        check_tta(case.settings.tta, ModelSpec.load(sidecar_path(case.model)))
     calibration = [] if opts.source_fps else calibrate(cases, opts)
     rate = {(c["model"], c["backend"]): c["source_fps"] for c in calibration}
     skip = [compare_skip_reason(c) if compare else "" for c in cases]

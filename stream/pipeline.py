@@ -188,7 +188,8 @@ class Pipeline:
         except Exception as e:
             raise EngineError(f"engine failed: {e}") from e
         if self.governor is not None and items:
-            self.governor.call(items[0].infer_ns)
+            # the call's engine time on all sessions (two with --tta flip side by side)
+            self.governor.call(getattr(self.engine, "last_busy_ns", 0) or items[0].infer_ns)
         for item in items:
             self._delivered += 1
             if worker is None:

@@ -11,7 +11,8 @@ the other. Engine stages wrap the three kinds of segmenter (:func:`engine_stage`
   TensorRT with CPU pre/post): pre-processing and the engine call on the engine thread,
   post-processing (upsample + argmax) on the post stage. A backend with ``submit`` /
   ``collect`` keeps up to its ``in_flight`` calls running (TensorRT's two buffers, ONNX
-  Runtime's throughput-mode sessions).
+  Runtime's throughput-mode sessions); with test-time augmentation (``--tta flip``) a
+  frame's two runs are submitted together by ``Segmenter.infer`` instead.
 * :class:`FusedEngine`: TensorRT with the fused CUDA kernels: labels come out of the GPU,
   two frames in flight (the double-buffered stream path).
 * :class:`WholeFrameEngine`: anything else with ``run(image) -> (labels, StageNs)``.
@@ -140,6 +141,7 @@ class StagedEngine:
             getattr(self.backend, "collect", None))
         self._calls: deque[tuple[list[Frame], list[tuple[np.ndarray, Letterbox | None, int]],
                                  int, int, np.ndarray | None, int]] = deque()
+        self.last_busy_ns = 0  # engine time of the last collected call, all sessions
 
     @property
     def pending(self) -> int:
@@ -173,12 +175,17 @@ class StagedEngine:
     def collect(self) -> list[Inferred]:
         frames, prepared, t_taken, t1, out, t2 = self._calls.popleft()
         infer_ns = t2 - t1
+        # engine time the call took on all the backend's sessions (the governor's load)
+        self.last_busy_ns = infer_ns
+        if self.segmenter.tta != "none" and self.segmenter.last_busy_ns > 0:
+            self.last_busy_ns = self.segmenter.last_busy_ns  # a frame's runs side by side
         if out is None:
             out = self.backend.collect()  # type: ignore[attr-defined]
             # the call's own run time where the backend measures it (ONNX Runtime): the
             # wall time since submit also holds the engine loop's wait to collect it
             ran = getattr(self.backend, "last_call_ns", 0)
             infer_ns = ran if isinstance(ran, int) and ran > 0 else time.perf_counter_ns() - t1
+            self.last_busy_ns = infer_ns
         t_ready = time.monotonic_ns()
         return [Inferred(f, out[i], box, t_taken, pre_ns, infer_ns, t_ready)
                 for i, (f, (_, box, pre_ns)) in enumerate(zip(frames, prepared, strict=True))]

@@ -21,7 +21,7 @@ from stream.launch_file import Override, blame, parse_launch
 def check_config(cfg: PipelineConfig, *, load_model: bool = False) -> list[str]:
     """Every problem in ``cfg`` that only the machine can tell, as ``key.path: reason``."""
     return (_check_sources([(s.uri, s.id) for s in cfg.sources])
-            + _check_model(cfg.model, cfg.backend, load_model, cfg.batch)
+            + _check_model(cfg.model, cfg.backend, load_model, cfg.batch, cfg.tta)
             + _check_publish(cfg.publish.endpoints, cfg.publish.curve_keys)
             + _check_preview(cfg) + _check_metrics(cfg))
 
@@ -132,7 +132,7 @@ def _check_sources(sources: Sequence[tuple[str, str]], first: int = 0) -> list[s
 
 
 def _check_model(name: str | None, backend: str | None, load_model: bool,
-                 batch: int = 1) -> list[str]:
+                 batch: int = 1, tta: str = "none") -> list[str]:
     from engines.backend import (
         BackendError,
         DeviceUnavailableError,
@@ -158,7 +158,11 @@ def _check_model(name: str | None, backend: str | None, load_model: bool,
     side = sidecar_path(model)
     try:
         if side.is_file() or model.suffix != ".pt":  # a .pt may carry its own spec
-            ModelSpec.load(side)
+            spec = ModelSpec.load(side)
+            if tta != "none" and spec.output != "logits":
+                return [f"tta: {tta} averages logits, but model {model.name} outputs labels "
+                        "(argmax inside the graph); export it with logits output, or set "
+                        "tta: none"]
         if load_model:  # with --batch, also that ONNX Runtime can run the batches
             ort = batch > 1 and (backend or backend_for_path(model)) == "onnxruntime"
             create_backend(model, backend, threads=1, **({"batch": batch} if ort else {})).close()

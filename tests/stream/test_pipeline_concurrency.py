@@ -365,24 +365,6 @@ def test_throughput_mode_runs_calls_side_by_side_in_order(tiny_model):
         assert labels.tobytes() == one(frame.image).tobytes()
 
 
-def test_flip_tta_runs_through_a_two_call_engine(tiny_model):
-    """--tta flip on an engine that keeps two calls in flight: every published map is the
-    flip-averaged one (the in-flight calls would skip the mirrored run)."""
-    from stream.stages import StagedEngine
-
-    seg = Segmenter.from_path(tiny_model, threads=2, policy="throughput", tta="flip")
-    assert seg.backend.in_flight == 2 and StagedEngine(seg).depth == 1
-    flip = Segmenter.from_path(tiny_model, threads=1, tta="flip")
-    plain = Segmenter.from_path(tiny_model, threads=1)
-    sink = ListSink()
-    res = Pipeline([ListSource("a", 10)], seg, sink, stats_interval=0).run()
-    assert res.published == 10
-    for frame, labels in sink.sent:
-        assert labels.tobytes() == flip(frame.image).tobytes()
-    assert any(labels.tobytes() != plain(frame.image).tobytes() for frame, labels in sink.sent)
-    assert seg.backend.last_call_ns > 0  # its two runs went side by side (submit / collect)
-
-
 def test_a_call_collected_late_reports_its_run_time_not_the_wait(tiny_model):
     """With two calls in flight the engine loop collects a finished call when it next looks
     (after gathering frames, submitting the next call): the "infer" stage is the call's own
