@@ -13,12 +13,15 @@ torch = pytest.importorskip("torch")
 
 from engines.checkpoint import load_checkpoint_model  # noqa: E402
 from engines.data.readers import open_split  # noqa: E402
-from engines.data.torch_dataset import TrainDataset  # noqa: E402
 from engines.ema import ModelEMA, deployed_state  # noqa: E402
 from engines.registry import build_model  # noqa: E402
 from engines.torch_backend import build_from_checkpoint  # noqa: E402
 from engines.train import TrainConfig, evaluate_torch, train  # noqa: E402
-from tests.engines.test_train import make_folder_dataset, tiny_config  # noqa: E402
+from tests.engines.test_train import (  # noqa: E402
+    crash_in_epoch_2,
+    make_folder_dataset,
+    tiny_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +120,8 @@ def test_resume_restores_the_average_exactly(tiny_data: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(tiny_config(tiny_data, straight, epochs=2, ema=0.9, val_split="val"), progress=False)
-    real_set_epoch = TrainDataset.set_epoch
-
-    def crash_at_epoch_2(self: TrainDataset, epoch: int) -> None:
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated crash")
-        real_set_epoch(self, epoch)
-
-    monkeypatch.setattr(TrainDataset, "set_epoch", crash_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tiny_data, interrupted, epochs=2, ema=0.9, val_split="val"),
-              progress=False)
-    monkeypatch.setattr(TrainDataset, "set_epoch", real_set_epoch)
+    crash_in_epoch_2(tiny_config(tiny_data, interrupted, epochs=2, ema=0.9, val_split="val"),
+                     monkeypatch)
     # the short form: --ema comes from the run's checkpoint
     train(tiny_config(tiny_data, interrupted, epochs=2, resume=True, val_split="val"),
           progress=False)

@@ -152,23 +152,28 @@ def test_validation_picks_best_and_records_metrics(tiny_data: Path, tmp_path: Pa
     assert metrics["val_miou"] == pytest.approx(ckpt["best_miou"], abs=1e-4)
 
 
+def crash_in_epoch_2(cfg: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``cfg`` until a simulated crash as its second epoch starts (epoch 1 saved)."""
+    real_set_epoch = TrainDataset.set_epoch
+
+    def crash(self: TrainDataset, epoch: int) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        real_set_epoch(self, epoch)
+
+    monkeypatch.setattr(TrainDataset, "set_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(TrainDataset, "set_epoch", real_set_epoch)
+
+
 def test_resume_reproduces_uninterrupted_run(tiny_data: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     straight = tmp_path / "straight"
     train(tiny_config(tiny_data, straight, epochs=2), progress=False)
 
     interrupted = tmp_path / "interrupted"
-    real_set_epoch = TrainDataset.set_epoch
-
-    def crash_at_epoch_2(self: TrainDataset, epoch: int) -> None:
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated crash")
-        real_set_epoch(self, epoch)
-
-    monkeypatch.setattr(TrainDataset, "set_epoch", crash_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tiny_data, interrupted, epochs=2), progress=False)
-    monkeypatch.setattr(TrainDataset, "set_epoch", real_set_epoch)
+    crash_in_epoch_2(tiny_config(tiny_data, interrupted, epochs=2), monkeypatch)
     assert torch.load(interrupted / "last.pt", weights_only=False)["epoch"] == 1
 
     train(tiny_config(tiny_data, interrupted, epochs=2, resume=True), progress=False)
