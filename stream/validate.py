@@ -139,6 +139,7 @@ def _check_model(name: str | None, backend: str | None, load_model: bool,
         backend_for_path,
         create_backend,
     )
+    from engines.segmenter import check_tta
     from engines.spec import ModelSpec, ModelSpecError, sidecar_path
     from engines.zoo import NoModelError, resolve_model
 
@@ -159,10 +160,10 @@ def _check_model(name: str | None, backend: str | None, load_model: bool,
     try:
         if side.is_file() or model.suffix != ".pt":  # a .pt may carry its own spec
             spec = ModelSpec.load(side)
-            if tta != "none" and spec.output != "logits":
-                return [f"tta: {tta} averages logits, but model {model.name} outputs labels "
-                        "(argmax inside the graph); export it with logits output, or set "
-                        "tta: none"]
+            try:
+                check_tta(tta, spec)
+            except BackendError as e:
+                return [f"tta: {e}"]
         if load_model:  # with --batch, also that ONNX Runtime can run the batches
             ort = batch > 1 and (backend or backend_for_path(model)) == "onnxruntime"
             create_backend(model, backend, threads=1, **({"batch": batch} if ort else {})).close()

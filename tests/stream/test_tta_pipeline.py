@@ -78,8 +78,8 @@ def test_labels_output_with_flip_is_refused_before_anything_runs(
     doc.write_text(f"version: 1\nsources: [{{uri: 'test://smpte'}}]\nmodel: "
                    f"{tiny_argmax_model}\ntta: flip\n")
     assert cli_main(["launch", str(doc), "--check"]) == 2
-    assert "tta: flip averages logits, but model tiny_argmax.onnx outputs labels" in \
-        capsys.readouterr().err
+    assert ("tta: test-time augmentation 'flip' averages logits, but model 'tiny_argmax' "
+            "outputs labels") in capsys.readouterr().err
     assert cli_main(["bench", "--model", str(tiny_argmax_model), "--tta", "flip",
                      "--repeat", "1", "--duration", "0.5"]) == 2
     assert "outputs labels" in capsys.readouterr().err
