@@ -33,7 +33,9 @@ until the next. A camera whose frames stop for a few seconds falls back to flat 
 With a display (DISPLAY or WAYLAND_DISPLAY set and an OpenCV build with GUI support) a
 window per camera opens; press q or Esc to quit. Without one, record instead:
 --save FILE.mp4 writes an MPEG-4 video (one camera; put {camera} in the name to get a
-file per camera), --save-dir DIR writes DIR/<camera>/<seq>.png frames.
+file per camera), --save-dir DIR writes DIR/<camera>/<seq>.png frames. A video's
+frame size is set by its first frame, so --save skips the maps that arrive before the
+class table they name (at most 2.5 s; publishers repeat their tables every 2 s).
 
 Exit status: 0 when done, 1 when nothing arrived within --timeout, 2 for bad arguments
 or when there is neither a display nor --save/--save-dir."""
@@ -49,6 +51,7 @@ EPILOG = """examples:
 LEGEND_W = 150
 WINDOW_POLL_S = 0.05  # how often an idle window redraws and reads keys
 ROW_H = 18
+TABLE_WAIT_S = 2.5  # publishers repeat their class tables every 2 s (docs/wire-format.md)
 
 
 def register(subparsers: Any) -> None:
@@ -175,6 +178,37 @@ class Timeline:
         return n
 
 
+class TableWait:
+    """Holds back a recording's maps whose class table has not arrived yet.
+
+    The wire format lets a map arrive before the table it names (a new subscriber's
+    table and the first maps race). A video's frame size is fixed by its first frame, and
+    a map drawn without its table has fallback colours and a legend of only the ids it
+    shows (another height): drawn first, it would squash the whole recording. Such maps
+    are skipped per camera until the table arrives, for at most ``limit_s`` after the
+    first of them (publishers repeat their tables every 2 s); after that they are drawn
+    with fallback colours."""
+
+    def __init__(self, limit_s: float = TABLE_WAIT_S) -> None:
+        self.limit_ns = int(limit_s * 1e9)
+        self._since: dict[str, int] = {}  # camera -> receive time of its first held map
+        self.held = 0  # maps skipped while waiting
+        self.gave_up: set[str] = set()  # cameras drawn without a table after the wait
+
+    def hold(self, camera: str, has_table: bool, t_receive_mono_ns: int) -> bool:
+        """True: skip this map of ``camera`` (received at ``t_receive_mono_ns``)."""
+        if has_table or camera in self.gave_up:
+            return False
+        since = self._since.setdefault(camera, t_receive_mono_ns)
+        if t_receive_mono_ns - since < self.limit_ns:
+            self.held += 1
+            return True
+        self.gave_up.add(camera)
+        print(f"segstream: [{terminal_safe(camera, 64)}] no class table within "
+              f"{self.limit_ns / 1e9:g} s: recording with fallback colours", file=sys.stderr)
+        return False
+
+
 class Sinks:
     """Window, video writers and PNG folder for rendered frames."""
 
@@ -264,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
 
     sinks = Sinks(args, window)
     pairer = FramePairer()
+    table_wait = TableWait(TABLE_WAIT_S)
     code = 0
     try:
         for msg in messages(sub, sinks):
@@ -281,6 +316,9 @@ def run(args: argparse.Namespace) -> int:
                 if pair is None:
                     continue
                 labels, frame = pair[0], pair[1].image
+            if args.save and table_wait.hold(labels.camera, labels.class_table is not None,
+                                             labels.t_receive_mono_ns):
+                continue
             img = render(labels.labels, labels.class_table, legend=not args.no_legend,
                          frame=frame, alpha=args.alpha)
             if not sinks.show(labels.camera, labels.seq, img, labels.t_capture_mono_ns):
@@ -299,7 +337,9 @@ def run(args: argparse.Namespace) -> int:
         sinks.close()
         sub.close()
     bad = f", bad camera frames {sub.stats.frames_bad}" if sub.stats.frames_bad else ""
+    held = (f", skipped {table_wait.held} that came before their class table"
+            if table_wait.held else "")
     print(f"segstream: {sinks.written} frames shown/saved ({pairer.paired} over camera "
-          f"frames); lost {sub.stats.lost}, rejected {sub.stats.rejected}{bad}",
+          f"frames); lost {sub.stats.lost}, rejected {sub.stats.rejected}{bad}{held}",
           file=sys.stderr)
     return code

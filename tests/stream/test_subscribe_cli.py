@@ -15,9 +15,10 @@ import pytest
 from engines.spec import CAMVID_CLASSES
 from stream.cli import main
 from stream.commands.subscribe import is_same_host, top_classes
-from stream.commands.view import LEGEND_W, render
+from stream.commands.view import LEGEND_W, ROW_H, render
 from stream.publish import Publisher
-from stream.wire import ClassTable, ModelInfo
+from stream.wire import ClassTable, LabelsHeader, ModelInfo, pack_class_table, pack_labels
+from tests.stream.test_pubsub import RawPublisher
 
 TABLE = ClassTable.build(CAMVID_CLASSES, ModelInfo("camvid-test", "fastscnn", (360, 480)))
 
@@ -264,3 +265,53 @@ def test_bad_numbers_are_refused_before_connecting(capsys, args, why):
     with pytest.raises(SystemExit) as e:
         main(["subscribe", "tcp://127.0.0.1:1", *args])
     assert e.value.code == 2 and why in capsys.readouterr().err
+
+
+def _table_race(pub: RawPublisher, table_at: int | None, stop: threading.Event) -> None:
+    """Maps of camera 'front' 33 ms apart in capture time; the class table only from map
+    ``table_at`` on (None: never), as a publisher whose first maps beat it would."""
+    pub.wait_subscribed()
+    seq = 0
+    while not stop.is_set():
+        if table_at is not None and seq >= table_at and seq % 10 == table_at % 10:
+            pub.send(pack_class_table(TABLE))
+        labels = scene()
+        h = LabelsHeader("front", seq, time.time_ns(), seq * 33_000_000, 3, 4, labels.shape,
+                         "raw", TABLE.id, 0, "p1")
+        pub.send(pack_labels(h, labels.tobytes()))
+        seq += 1
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("table_at", [5, None])
+def test_view_recording_waits_for_the_class_table(table_at, tmp_path, capsys, monkeypatch):
+    """Maps that come before the class table they name (the wire format allows it) are
+    skipped by --save: the first map would otherwise set the video's size without the
+    legend's rows and squash every later frame. A table that never comes: fallback
+    colours after the wait."""
+    from stream.commands import view
+
+    monkeypatch.setattr(view, "TABLE_WAIT_S", 0.3)
+    pub, stop = RawPublisher(), threading.Event()
+    t = threading.Thread(target=_table_race, args=(pub, table_at, stop), daemon=True)
+    t.start()
+    video = tmp_path / "race.mp4"
+    try:
+        assert main(["view", pub.endpoint, "--no-window", "--no-frames", "--save",
+                     str(video), "--count", "8", "--timeout", "10"]) == 0
+    finally:
+        stop.set()
+        t.join(5)
+        pub.close()
+    err = capsys.readouterr().err
+    cap = cv2.VideoCapture(str(video))
+    ok, first = cap.read()
+    cap.release()
+    assert ok
+    assert "that came before their class table" in err
+    if table_at is not None:  # the legend lists all 11 classes from the first frame on
+        assert first.shape == (ROW_H * len(CAMVID_CLASSES) + 8, 64 + LEGEND_W, 3)
+        assert "fallback colours" not in err
+    else:  # the ids shown (0, 1, 3) in the legend; the wait is said
+        assert first.shape == (ROW_H * 3 + 8, 64 + LEGEND_W, 3)
+        assert "no class table within 0.3 s: recording with fallback colours" in err
