@@ -187,7 +187,8 @@ class TableWait:
     shows (another height): drawn first, it would squash the whole recording. Such maps
     are skipped per camera until the table arrives, for at most ``limit_s`` after the
     first of them (publishers repeat their tables every 2 s); after that they are drawn
-    with fallback colours."""
+    with fallback colours. Each wait starts afresh once a table has come (a restarted
+    publisher's new model)."""
 
     def __init__(self, limit_s: float = TABLE_WAIT_S) -> None:
         self.limit_ns = int(limit_s * 1e9)
@@ -197,7 +198,11 @@ class TableWait:
 
     def hold(self, camera: str, has_table: bool, t_receive_mono_ns: int) -> bool:
         """True: skip this map of ``camera`` (received at ``t_receive_mono_ns``)."""
-        if has_table or camera in self.gave_up:
+        if has_table:  # a later table-less map (publisher restarted) waits afresh
+            self._since.pop(camera, None)
+            self.gave_up.discard(camera)
+            return False
+        if camera in self.gave_up:
             return False
         since = self._since.setdefault(camera, t_receive_mono_ns)
         if t_receive_mono_ns - since < self.limit_ns:

@@ -32,18 +32,20 @@ def scene(h: int = 48, w: int = 64) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def publishing(camera: str = "front"):
+def publishing(camera: str = "front", period_ns: int | None = None):
     """A publisher on ipc sending the scene at ~100 Hz as ``camera`` (and a "running"
-    event after a few maps) until the block ends; yields its endpoint."""
+    event after a few maps) until the block ends; yields its endpoint. Capture times are
+    the clock's, or ``period_ns`` apart whatever the real pace."""
     pub = Publisher(f"ipc:///tmp/segstream-cli-{uuid.uuid4().hex[:10]}.sock", class_table=TABLE,
                     encoding="rle")
     stop = threading.Event()
 
     def loop() -> None:
-        seq = 0
+        seq, t0 = 0, time.monotonic_ns()
         while not stop.is_set():
+            t_mono = time.monotonic_ns() if period_ns is None else t0 + seq * period_ns
             pub.publish_labels(camera, seq, scene(), t_capture_ns=time.time_ns(),
-                               t_capture_mono_ns=time.monotonic_ns())
+                               t_capture_mono_ns=t_mono)
             if seq == 3:
                 pub.publish_event(camera, "running", "first frames")
             seq += 1
@@ -131,10 +133,11 @@ def test_view_saves_png_frames_in_class_colours(live_publisher, tmp_path, capsys
     assert img[:, 64:].any()  # legend drawn
 
 
-def test_view_records_an_mp4(live_publisher, tmp_path):
+def test_view_records_an_mp4(tmp_path):
     video = tmp_path / "out-{camera}.mp4"
-    assert main(["view", live_publisher, "--no-window", "--save", str(video), "--count", "6",
-                 "--timeout", "10", "--no-legend"]) == 0
+    with publishing(period_ns=10_000_000) as endpoint:  # a 100 fps stream
+        assert main(["view", endpoint, "--no-window", "--save", str(video), "--count", "6",
+                     "--timeout", "10", "--no-legend"]) == 0
     cap = cv2.VideoCapture(str(tmp_path / "out-front.mp4"))
     frames = 0
     while True:
@@ -144,7 +147,9 @@ def test_view_records_an_mp4(live_publisher, tmp_path):
         frames += 1
         assert frame.shape == (48, 64, 3)
     cap.release()
-    assert 1 <= frames <= 6  # maps on a 30 fps timeline: a ~100 Hz stream skips some
+    # 6 maps of a 100 fps stream (50 ms, up to 80 ms with maps lost on the way) on a 30 fps
+    # timeline: 3 frames (0, 33, 67 ms), the other maps skipped
+    assert frames == 3
 
 
 def test_view_save_plays_at_the_streams_real_rate(tmp_path):
@@ -315,3 +320,20 @@ def test_view_recording_waits_for_the_class_table(table_at, tmp_path, capsys, mo
     else:  # the ids shown (0, 1, 3) in the legend; the wait is said
         assert first.shape == (ROW_H * 3 + 8, 64 + LEGEND_W, 3)
         assert "no class table within 0.3 s: recording with fallback colours" in err
+
+
+def test_table_wait_starts_afresh_after_a_table(capsys):
+    """Per camera: table-less maps held for the limit, then drawn; once a table has come,
+    a restarted publisher's first table-less map waits again instead of being drawn at
+    once against the old wait's start."""
+    from stream.commands.view import TableWait
+
+    s = 1_000_000_000
+    wait = TableWait(limit_s=1.0)
+    assert wait.hold("front", False, 0) and wait.hold("front", False, s // 2)
+    assert not wait.hold("rear", True, s // 2)  # another camera is not held up
+    assert not wait.hold("front", True, s)  # the table came
+    assert wait.hold("front", False, 10 * s)  # publisher restarted: new model, new wait
+    assert not wait.hold("front", False, 11 * s) and not wait.hold("front", False, 12 * s)
+    assert wait.held == 3
+    assert capsys.readouterr().err.count("no class table within 1 s") == 1
