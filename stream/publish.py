@@ -448,7 +448,8 @@ class Publisher:
         if not periodic and (now < self._next_resend
                              or not (self._want_table or self._want_states)):
             return
-        self._next_resend = now + _RESEND_GAP_S
+        if not periodic:  # the periodic send has its own interval: it does not delay the
+            self._next_resend = now + _RESEND_GAP_S  # next subscriber's table
         if periodic or self._want_table:
             self._counts["class_tables"] += self._send(self._ct_parts, "class table")
         if periodic:
