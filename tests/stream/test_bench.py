@@ -459,7 +459,7 @@ def test_thread_cpu_measures_a_busy_thread_in_its_group():
     stop.set()
     busy.join()
     assert res["wall_s"] >= 0.35 and set(res["groups"]) == set(GROUPS)
-    assert res["groups"]["post"] > 20, res  # busy: a core, less on a loaded machine
+    assert res["groups"]["post"] > 10, res  # busy: a core, less on a loaded machine
     assert res["groups"]["subscriber"] < 5
     top = res["threads"][0]
     assert top["name"] == "segstream-post" and top["group"] == "post"

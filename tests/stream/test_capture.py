@@ -371,7 +371,9 @@ def test_stalled_live_source_is_rebuilt_and_seq_continues():
     # One frame every 5 s: each new pipeline gives a frame at once, then stalls.
     spec = parse_source("gst://videotestsrc is-live=true ! "
                         "video/x-raw,width=32,height=24,framerate=1/5")
-    opts = CaptureOptions(stall_timeout=0.4, poll_interval=0.05, backoff=Backoff(0.1, 2, 0.2))
+    # A slow pipeline start on a loaded machine is not the stall under test.
+    opts = CaptureOptions(stall_timeout=0.4, poll_interval=0.05, backoff=Backoff(0.1, 2, 0.2),
+                          first_frame_timeout=5)
     with open_capture(spec, options=opts, on_state=log) as cap:
         frames = [f for f in (cap.latest(5.0) for _ in range(3)) if f is not None]
         assert wait_until(lambda: cap.reconnects >= 2, 10)
@@ -420,7 +422,7 @@ def test_a_flapping_source_backs_off_and_gives_up(stall: float):
     spec = parse_source("gst://videotestsrc is-live=true ! "
                         "video/x-raw,width=32,height=24,framerate=1/5")
     opts = CaptureOptions(stall_timeout=stall, poll_interval=0.05, max_retries=3,
-                          backoff=Backoff(0.05, 2, 0.4))
+                          backoff=Backoff(0.05, 2, 0.4), first_frame_timeout=5)
     log = StateLog()
     with open_capture(spec, options=opts, on_state=log) as cap:
         assert cap.wait_state({"failed"}, 15)

@@ -138,6 +138,9 @@ def test_hostile_peer_leaves_memory_bounded_and_honest_subscriber_served(attack)
             # only a Python error in the attack script itself is a broken test.
             assert proc.returncode != 1, proc.stderr.read()[-2000:]
         growth = rss_mib() - before_rss
+        t_end = time.monotonic() + 5  # the reader shares this process: let it catch up
+        while not (got and got[-1] == seq - 1) and time.monotonic() < t_end:
+            time.sleep(0.05)
         received = len(got) - before_got
         stats = pub.stats()
     finally:
@@ -210,7 +213,8 @@ def test_one_host_cannot_take_every_connection_slot():
         port = int(pub.bound_endpoints[0].rsplit(":", 1)[1])
         remote = [socket.create_connection((own, port)) for _ in range(10)]
         local = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
-        time.sleep(0.3)  # the housekeeping thread sees the ACCEPTED events
+        _wait(lambda: pub.stats().peers_cut >= 6)  # housekeeping sees the ACCEPTED events
+        time.sleep(0.3)  # ... and cuts no more than those
         assert pub.stats().peers_cut == 6  # the remote address's 5th..10th
         served = _served(pub, f"tcp://127.0.0.1:{port}", 0.7)  # slot 11 of 12
         # The attacker's address is refused on accept (within one housekeeping period of
@@ -234,11 +238,19 @@ def test_one_host_cannot_take_every_connection_slot():
 
 
 def _hostile_pub() -> tuple[zmq.Socket, str]:
-    sock = zmq.Context.instance().socket(zmq.PUB)
+    """A bare XPUB (sends whatever it is given); :func:`_subscribed` waits for a peer."""
+    sock = zmq.Context.instance().socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 0)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     return sock, f"tcp://127.0.0.1:{port}"
+
+
+def _subscribed(sock: zmq.Socket) -> None:
+    """Wait until a subscriber's subscriptions reached ``sock`` (no slow-joiner loss)."""
+    assert sock.poll(10_000), "the subscriber never subscribed"
+    while sock.poll(200):
+        sock.recv()
 
 
 def _wait(cond, timeout: float = 10.0) -> None:
@@ -254,9 +266,10 @@ def test_subscriber_refuses_a_huge_frame_before_allocating_it():
     ZeroMQ refuses it at the frame header; RSS stays flat and later maps still arrive."""
     code = textwrap.dedent("""
         import sys, time, zmq, json
-        ctx = zmq.Context(); s = ctx.socket(zmq.PUB); s.setsockopt(zmq.SNDHWM, 0)
+        ctx = zmq.Context(); s = ctx.socket(zmq.XPUB); s.setsockopt(zmq.SNDHWM, 0)
         port = s.bind_to_random_port("tcp://127.0.0.1"); print(port, flush=True)
         sys.stdin.readline()
+        print("sent" if s.poll(10000) else "no subscriber", flush=True)
         s.send_multipart([b"seg/front", b"{}", bytes(512 << 20)])
         time.sleep(3)
         import os; os._exit(0)
@@ -270,6 +283,7 @@ def test_subscriber_refuses_a_huge_frame_before_allocating_it():
             before = rss_mib()
             proc.stdin.write("go\n")
             proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "sent"  # to a subscribed peer
             time.sleep(2.5)
             growth = rss_mib() - before
             assert sub.stats.received == 0
@@ -283,7 +297,7 @@ def test_subscriber_backlog_is_bounded_in_bytes_whatever_the_publisher_sends():
     sock, ep = _hostile_pub()
     limit = 8 << 20
     with Subscriber(ep, max_backlog_bytes=limit, rcvhwm=1000) as sub:
-        time.sleep(0.3)
+        _subscribed(sock)
         big = json.dumps({"v": 1, "type": "labels", "camera": "front", "seq": 0,
                           "t_capture_ns": 1, "t_capture_mono_ns": 1, "t_infer_ns": 1,
                           "t_publish_ns": 1, "shape": [1024, 1024], "dtype": "uint8",
@@ -306,7 +320,7 @@ def test_subscriber_backlog_is_bounded_in_bytes_whatever_the_publisher_sends():
 def test_oversized_header_is_dropped_on_arrival():
     sock, ep = _hostile_pub()
     with Subscriber(ep, timeout=1.0) as sub:
-        time.sleep(0.3)
+        _subscribed(sock)
         sock.send_multipart([b"evt/front", b"{" + b" " * (2 << 20) + b"}", b""])
         _wait(lambda: sub._pump.oversize == 1)
     sock.close()

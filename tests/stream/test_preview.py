@@ -255,11 +255,13 @@ def test_http_and_websocket_against_a_real_run(gst, tiny_model):
         assert engine["describe"].startswith(f"overlap on, {engine['mode']} (auto, ")
         assert st["preview"]["frames"] == 0 and st["preview"]["viewers"] == 0  # no browser
 
-        got = asyncio.run(ws_messages(url.replace("http", "ws") + "camera/front/ws", 5))
+        got = asyncio.run(ws_messages(url.replace("http", "ws") + "camera/front/ws", 6))
         messages = [m for _, m in got]
         frames = [m for m in messages if isinstance(m, bytes)]
-        times = [t for t, m in got if isinstance(m, bytes)]
-        assert times[-1] - times[0] >= 4 * 0.2 * 0.9  # --preview-fps 5 (the camera: 30)
+        # --preview-fps 5 (the camera: 30); from the second frame on, so that a slow first
+        # encode on a loaded machine does not bunch the arrivals
+        times = [t for t, m in got if isinstance(m, bytes)][1:]
+        assert times[-1] - times[0] >= 4 * 0.2 * 0.9
         seqs = []
         for m in frames:
             head, image, labels = decode_view(m)
