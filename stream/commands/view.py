@@ -209,6 +209,7 @@ class TableWait:
             self.held += 1
             return True
         self.gave_up.add(camera)
+        del self._since[camera]
         print(f"segstream: [{terminal_safe(camera, 64)}] no class table within "
               f"{self.limit_ns / 1e9:g} s: recording with fallback colours", file=sys.stderr)
         return False

@@ -145,7 +145,7 @@ def test_frames_are_encoded_only_while_someone_subscribes_and_old_clients_never_
     old = ctx.socket(zmq.SUB)
     try:
         with Publisher(ipc(), class_table=TABLE, frames=FrameOptions(rate=1000),
-                       context=ctx) as pub:
+                       context=ctx, sndhwm=1000) as pub:  # no loss to a starved I/O thread
             ep = pub.bound_endpoints[0]
             for prefix in (b"seg/", b"cls/", b"evt/"):
                 old.setsockopt(zmq.SUBSCRIBE, prefix)

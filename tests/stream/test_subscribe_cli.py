@@ -37,7 +37,7 @@ def publishing(camera: str = "front", period_ns: int | None = None):
     event after a few maps) until the block ends; yields its endpoint. Capture times are
     the clock's, or ``period_ns`` apart whatever the real pace."""
     pub = Publisher(f"ipc:///tmp/segstream-cli-{uuid.uuid4().hex[:10]}.sock", class_table=TABLE,
-                    encoding="rle")
+                    encoding="rle", sndhwm=1000)
     stop = threading.Event()
 
     def loop() -> None:
