@@ -175,17 +175,16 @@ class StagedEngine:
     def collect(self) -> list[Inferred]:
         frames, prepared, t_taken, t1, out, t2 = self._calls.popleft()
         infer_ns = t2 - t1
-        # engine time the call took on all the backend's sessions (the governor's load)
-        self.last_busy_ns = infer_ns
-        if self.segmenter.tta != "none" and self.segmenter.last_busy_ns > 0:
-            self.last_busy_ns = self.segmenter.last_busy_ns  # a frame's runs side by side
         if out is None:
             out = self.backend.collect()  # type: ignore[attr-defined]
             # the call's own run time where the backend measures it (ONNX Runtime): the
             # wall time since submit also holds the engine loop's wait to collect it
             ran = getattr(self.backend, "last_call_ns", 0)
             infer_ns = ran if isinstance(ran, int) and ran > 0 else time.perf_counter_ns() - t1
-            self.last_busy_ns = infer_ns
+        # engine time the call took on all the backend's sessions (the governor's load):
+        # with tta, a frame's two runs side by side (never on the submit/collect path)
+        tta_busy = self.segmenter.last_busy_ns if self.segmenter.tta != "none" else 0
+        self.last_busy_ns = tta_busy or infer_ns
         t_ready = time.monotonic_ns()
         return [Inferred(f, out[i], box, t_taken, pre_ns, infer_ns, t_ready)
                 for i, (f, (_, box, pre_ns)) in enumerate(zip(frames, prepared, strict=True))]

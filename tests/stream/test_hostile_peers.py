@@ -25,6 +25,7 @@ from stream.publish import Publisher
 from stream.sub_pump import OTHER
 from stream.subscribe import LabelMessage, Subscriber
 from stream.wire import ClassTable, ModelInfo
+from tests.stream.test_pubsub import wait_subscriptions
 
 TABLE = ClassTable.build(CAMVID_CLASSES, ModelInfo("camvid-test", "fastscnn", (360, 480)))
 RATE_HZ = 100
@@ -238,19 +239,13 @@ def test_one_host_cannot_take_every_connection_slot():
 
 
 def _hostile_pub() -> tuple[zmq.Socket, str]:
-    """A bare XPUB (sends whatever it is given); :func:`_subscribed` waits for a peer."""
+    """A bare XPUB (sends whatever it is given); :func:`wait_subscriptions` waits for a
+    peer."""
     sock = zmq.Context.instance().socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 0)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     return sock, f"tcp://127.0.0.1:{port}"
-
-
-def _subscribed(sock: zmq.Socket) -> None:
-    """Wait until a subscriber's subscriptions reached ``sock`` (no slow-joiner loss)."""
-    assert sock.poll(10_000), "the subscriber never subscribed"
-    while sock.poll(200):
-        sock.recv()
 
 
 def _wait(cond, timeout: float = 10.0) -> None:
@@ -305,7 +300,7 @@ def test_subscriber_backlog_is_bounded_in_bytes_whatever_the_publisher_sends():
     sock, ep = _hostile_pub()
     limit = 8 << 20
     with Subscriber(ep, max_backlog_bytes=limit, rcvhwm=1000) as sub:
-        _subscribed(sock)
+        wait_subscriptions(sock, 10_000)
         big = json.dumps({"v": 1, "type": "labels", "camera": "front", "seq": 0,
                           "t_capture_ns": 1, "t_capture_mono_ns": 1, "t_infer_ns": 1,
                           "t_publish_ns": 1, "shape": [1024, 1024], "dtype": "uint8",
@@ -328,7 +323,7 @@ def test_subscriber_backlog_is_bounded_in_bytes_whatever_the_publisher_sends():
 def test_oversized_header_is_dropped_on_arrival():
     sock, ep = _hostile_pub()
     with Subscriber(ep, timeout=1.0) as sub:
-        _subscribed(sock)
+        wait_subscriptions(sock, 10_000)
         sock.send_multipart([b"evt/front", b"{" + b" " * (2 << 20) + b"}", b""])
         _wait(lambda: sub._pump.oversize == 1)
     sock.close()

@@ -211,6 +211,14 @@ def test_latest_only_subscriber_gets_only_recent_maps():
     assert sub.stats.overflow > 0 and sub.stats.lost == 0, sub.stats
 
 
+def wait_subscriptions(sock: zmq.Socket, timeout_ms: int = 5000) -> None:
+    """Wait until a subscriber's subscriptions reached the XPUB ``sock`` (no slow-joiner
+    loss), and read them all."""
+    assert sock.poll(timeout_ms), "subscriber never subscribed"
+    while sock.poll(200):
+        sock.recv()
+
+
 class RawPublisher:
     """A bare XPUB that sends arbitrary frames (to inject malformed messages)."""
 
@@ -222,9 +230,7 @@ class RawPublisher:
         self.sock.bind(self.endpoint)
 
     def wait_subscribed(self) -> None:
-        assert self.sock.poll(5000), "subscriber never subscribed"
-        while self.sock.poll(200):
-            self.sock.recv()
+        wait_subscriptions(self.sock)
 
     def send(self, parts) -> None:
         self.sock.send_multipart([bytes(p) for p in parts])

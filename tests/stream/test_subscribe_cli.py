@@ -156,28 +156,10 @@ def test_view_save_plays_at_the_streams_real_rate(tmp_path):
     """30 maps captured 100 ms apart (a 10 fps stream, 2.9 s) into a 30 fps video: each
     map held for 3 frames, 88 frames = 2.9 s; before, the video ran at 15 fps whatever
     the stream did (a 30 fps stream played at half speed)."""
-    pub = Publisher(f"ipc:///tmp/segstream-rate-{uuid.uuid4().hex[:10]}.sock",
-                    class_table=TABLE, encoding="zstd")
-    stop = threading.Event()
-
-    def loop() -> None:
-        seq, t0 = 0, time.monotonic_ns()
-        while not stop.is_set():
-            pub.publish_labels("front", seq, scene(), t_capture_ns=time.time_ns(),
-                               t_capture_mono_ns=t0 + seq * 100_000_000)
-            seq += 1
-            time.sleep(0.01)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
     video = tmp_path / "rate.mp4"
-    try:
-        assert main(["view", pub.bound_endpoints[0], "--no-window", "--save", str(video),
+    with publishing(period_ns=100_000_000) as endpoint:  # a 10 fps stream, sent at ~100 Hz
+        assert main(["view", endpoint, "--no-window", "--save", str(video),
                      "--count", "30", "--timeout", "10", "--fps", "30"]) == 0
-    finally:
-        stop.set()
-        t.join()
-        pub.close()
     cap = cv2.VideoCapture(str(video))
     assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(30, abs=0.5)
     frames = 0
